@@ -1,0 +1,133 @@
+/// @file config.hpp
+/// @brief SaeConfig, training options, loss terms and feature codes shared by every architecture.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <sae/core/error.hpp>
+#include <sae/core/types.hpp>
+
+namespace sae {
+
+/// @brief Shape and hyperparameters of an SAE (SAELens names where SAELens has them).
+struct SaeConfig {
+  Index d_in = 0;   ///< Width of the activations.
+  Index d_sae = 0;  ///< Number of latents.
+  Index k = 0;      ///< TopK: latents kept per token.
+  /// Subtract b_dec from the input before encoding (it is always added on decode).
+  bool apply_b_dec_to_input = true;
+  /// TopK: select on pre-activations scaled by the decoder row norms and decode f / n.
+  bool rescale_acts_by_decoder_norm = false;
+  double l1_coefficient = 1.0;        ///< Standard, gated: weight of the sparsity penalty.
+  double lp_norm = 1.0;               ///< Standard: p of the decoder-norm-weighted penalty.
+  double aux_loss_coefficient = 1.0;  ///< TopK: weight of AuxK.
+  double decoder_init_norm = 0.1;     ///< Row norm of W_dec at initialisation.
+
+  /// @brief Checks the fields every architecture needs; throws ConfigError.
+  void validateCommon() const {
+    require(d_in > 0, "d_in must be positive, found ", d_in);
+    require(d_sae > 0, "d_sae must be positive, found ", d_sae);
+    require(d_sae <= Index(INT32_MAX), "d_sae must fit in 32 bits, found ", d_sae);
+    checkCoefficient("l1_coefficient", l1_coefficient);
+    checkCoefficient("aux_loss_coefficient", aux_loss_coefficient);
+    require(std::isfinite(lp_norm) && lp_norm >= 1.0, "lp_norm must be >= 1, found ", lp_norm);
+    require(std::isfinite(decoder_init_norm) && decoder_init_norm > 0,
+            "decoder_init_norm must be positive, found ", decoder_init_norm);
+  }
+
+  static void checkCoefficient(const char* name, double value) {
+    require(std::isfinite(value) && value >= 0.0, name, " must be finite and >= 0, found ", value);
+  }
+};
+
+/// @brief Per-step inputs of the training loss besides the batch.
+struct TrainOptions {
+  /// TopK: latents that count as dead for AuxK (1 = dead, size d_sae); null = none dead.
+  const LatentMask* dead_mask = nullptr;
+  /// Multiplier of the sparsity coefficient (coefficient warm-up), in [0, 1] normally.
+  double sparsity_scale = 1.0;
+};
+
+/// @brief The terms of a loss by their SAELens names, in SAELens order, and their total.
+template <typename Scalar>
+class LossTerms {
+ public:
+  void add(std::string name, Scalar value) { m_terms.emplace_back(std::move(name), value); }
+
+  /// @brief Sum of the terms in order.
+  Scalar total() const {
+    Scalar t = 0;
+    for (const auto& term : m_terms) t += term.second;
+    return t;
+  }
+
+  /// @brief Value of term `name` ("total" gives total()); throws ConfigError if absent.
+  Scalar operator[](std::string_view name) const {
+    if (name == "total") return total();
+    for (const auto& term : m_terms)
+      if (term.first == name) return term.second;
+    std::string names;
+    for (const auto& term : m_terms) names += (names.empty() ? "" : ", ") + term.first;
+    throw ConfigError(detail::concat("no loss term named '", name, "' (have: ", names, ")"));
+  }
+
+  bool contains(std::string_view name) const {
+    for (const auto& term : m_terms)
+      if (term.first == name) return true;
+    return false;
+  }
+
+  const std::vector<std::pair<std::string, Scalar>>& terms() const { return m_terms; }
+  void clear() { m_terms.clear(); }
+
+ private:
+  std::vector<std::pair<std::string, Scalar>> m_terms;
+};
+
+/// @brief Feature activations as a dense `[tokens, d_sae]` matrix (standard, gated).
+template <typename Scalar>
+struct DenseCodes {
+  RowMatrix<Scalar> values;
+
+  Index rows() const { return values.rows(); }
+  Index latents() const { return values.cols(); }
+  const RowMatrix<Scalar>& toDense() const { return values; }
+  /// @brief Mean number of non-zero activations per token.
+  double l0() const {
+    return values.rows() ? double((values.array() != Scalar(0)).count()) / double(values.rows())
+                         : 0.0;
+  }
+};
+
+/// @brief Feature activations kept sparse: k (index, value) pairs per token (TopK).
+///
+/// Values are SAELens's feature activations (with rescale_acts_by_decoder_norm, in units
+/// scaled by the decoder row norms). Pairs are sorted by decreasing value; a value may be 0
+/// when fewer than k pre-activations are positive.
+template <typename Scalar>
+struct SparseCodes {
+  IndexMatrix indices;       ///< `[tokens, k]` latent ids.
+  RowMatrix<Scalar> values;  ///< `[tokens, k]` activations.
+  Index d_sae = 0;           ///< Number of latents.
+
+  Index rows() const { return indices.rows(); }
+  Index latents() const { return d_sae; }
+  /// @brief The dense `[tokens, d_sae]` matrix (allocates; for inspection and export).
+  RowMatrix<Scalar> toDense() const {
+    RowMatrix<Scalar> out = RowMatrix<Scalar>::Zero(indices.rows(), d_sae);
+    for (Index b = 0; b < indices.rows(); ++b)
+      for (Index j = 0; j < indices.cols(); ++j) out(b, indices(b, j)) = values(b, j);
+    return out;
+  }
+  double l0() const {
+    return values.rows() ? double((values.array() != Scalar(0)).count()) / double(values.rows())
+                         : 0.0;
+  }
+};
+
+}  // namespace sae

@@ -1,0 +1,180 @@
+/// @file gated.hpp
+/// @brief The gated SAE: a gate path deciding which latents fire and a magnitude path, sharing
+/// encoder directions.
+///
+/// Rajamanoharan et al., "Improving Dictionary Learning with Gated Sparse Autoencoders" (2024),
+/// in SAELens's form (the auxiliary term trains W_dec and b_dec too, unlike the paper):
+/// ```
+/// xc = x - b_dec;  P = xc W_enc
+/// pi_gate = P + b_gate;  pi_mag = P * exp(r_mag) + b_mag  (column i of W_enc scaled by exp(r_mag_i))
+/// f = 1[pi_gate > 0] * relu(pi_mag);  y = f W_dec + b_dec
+/// mse_loss = mean_b sum_j (y - x)^2
+/// l1_loss  = l1_coefficient * mean_b sum_i relu(pi_gate)_i n_i
+/// auxiliary_reconstruction_loss = mean_b || relu(pi_gate) W_dec + b_dec - x ||^2
+/// ```
+/// The Heaviside gate passes no gradient.
+#pragma once
+
+#include <sae/kernels/sparse.hpp>
+#include <sae/models/sparse_autoencoder.hpp>
+
+namespace sae {
+
+/// @brief Architecture policy of the gated SAE; see SparseAutoencoder.
+struct GatedArch {
+  static constexpr const char* kName = "gated";
+
+  template <typename S>
+  using Codes = DenseCodes<S>;
+
+  template <typename S>
+  struct Workspace {
+    Codes<S> codes;               ///< f, `[B, d_sae]`.
+    RowMatrix<S> reconstruction;  ///< y, `[B, d_in]`.
+    RowMatrix<S> xc;              ///< centred input.
+    RowMatrix<S> pre;             ///< P = xc W_enc.
+    RowMatrix<S> gate;            ///< relu(pi_gate).
+    RowMatrix<S> aux_reconstruction;
+    RowMatrix<S> grad_y, grad_aux;
+    RowMatrix<S> grad_f, grad_gate;
+    Vector<S> norms, exp_r_mag;
+  };
+
+  static void validate(const SaeConfig&) {}
+
+  template <typename S>
+  static void addParameters(ParameterSet<S>& p, const SaeConfig& cfg) {
+    p.add("b_gate", {cfg.d_sae});
+    p.add("b_mag", {cfg.d_sae});
+    p.add("r_mag", {cfg.d_sae});
+    p.add("W_dec", {cfg.d_sae, cfg.d_in});
+    p.add("b_dec", {cfg.d_in});
+  }
+
+  template <typename S>
+  static void initialize(ParameterSet<S>&, const SaeConfig&, Rng&) {}
+
+  /// f from P = xc W_enc (`pre`); also relu(pi_gate) when `gate` is non-null.
+  template <typename S>
+  static void activate(const ParameterSet<S>& p, const RowMatrix<S>& pre,
+                       const Vector<S>& exp_r_mag, RowMatrix<S>& f, RowMatrix<S>* gate) {
+    const auto b_gate = p.flat("b_gate");
+    const auto b_mag = p.flat("b_mag");
+    const Index B = pre.rows();
+    const Index n = pre.cols();
+    f.resize(B, n);
+    if (gate) gate->resize(B, n);
+    SAE_PRAGMA_OMP(parallel for schedule(static))
+    for (Index b = 0; b < B; ++b) {
+      for (Index i = 0; i < n; ++i) {
+        const S pi_gate = pre(b, i) + b_gate[i];
+        const S pi_mag = pre(b, i) * exp_r_mag[i] + b_mag[i];
+        f(b, i) = pi_gate > S(0) && pi_mag > S(0) ? pi_mag : S(0);
+        if (gate) (*gate)(b, i) = pi_gate > S(0) ? pi_gate : S(0);
+      }
+    }
+  }
+
+  template <typename S>
+  static void encode(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                     Codes<S>& codes) {
+    RowMatrix<S> xc, pre;
+    detail::centerInput(x, p, cfg, xc);
+    pre.noalias() = xc * p.colMajor("W_enc");
+    const Vector<S> e = p.flat("r_mag").array().exp();
+    activate<S>(p, pre, e, codes.values, nullptr);
+  }
+
+  template <typename S>
+  static void decode(const ParameterSet<S>& p, const SaeConfig&, const Codes<S>& codes,
+                     RowMatrix<S>& out) {
+    out.noalias() = codes.values * p.rowMajor("W_dec");
+    out.rowwise() += p.flat("b_dec").transpose();
+  }
+
+  template <typename S>
+  static void forward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                      const TrainOptions& opts, Workspace<S>& ws, LossTerms<S>& terms) {
+    const auto W_dec = p.rowMajor("W_dec");
+    const auto b_dec = p.flat("b_dec");
+    detail::centerInput(x, p, cfg, ws.xc);
+    ws.pre.noalias() = ws.xc * p.colMajor("W_enc");
+    ws.exp_r_mag = p.flat("r_mag").array().exp();
+    activate<S>(p, ws.pre, ws.exp_r_mag, ws.codes.values, &ws.gate);
+    ws.reconstruction.noalias() = ws.codes.values * W_dec;
+    ws.reconstruction.rowwise() += b_dec.transpose();
+    ws.aux_reconstruction.noalias() = ws.gate * W_dec;
+    ws.aux_reconstruction.rowwise() += b_dec.transpose();
+
+    ws.norms.resize(cfg.d_sae);
+    kernels::rowNorms<S>(W_dec, ws.norms);
+    const double coef = cfg.l1_coefficient * opts.sparsity_scale;
+    double penalty = 0;
+    for (Index b = 0; b < x.rows(); ++b) penalty += double(ws.gate.row(b).dot(ws.norms.transpose()));
+    terms.add("mse_loss", S(detail::meanSquaredError<S>(ws.reconstruction, x)));
+    terms.add("l1_loss", S(coef * penalty / double(x.rows())));
+    terms.add("auxiliary_reconstruction_loss",
+              S(detail::meanSquaredError<S>(ws.aux_reconstruction, x)));
+  }
+
+  template <typename S>
+  static void backward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                       const TrainOptions& opts, Workspace<S>& ws, ParameterSet<S>& g) {
+    const Index B = x.rows();
+    const Index n = cfg.d_sae;
+    const auto W_dec = p.rowMajor("W_dec");
+    const S scale = S(2) / S(B);
+    const S coef = S(cfg.l1_coefficient * opts.sparsity_scale / double(B));
+    ws.grad_y.noalias() = scale * (ws.reconstruction - x);
+    ws.grad_aux.noalias() = scale * (ws.aux_reconstruction - x);
+    ws.grad_f.noalias() = ws.grad_y * W_dec.transpose();
+    ws.grad_gate.noalias() = ws.grad_aux * W_dec.transpose();
+
+    // grad_f becomes d/d pi_mag, grad_gate d/d pi_gate.
+    const auto b_gate = p.flat("b_gate");
+    const auto b_mag = p.flat("b_mag");
+    SAE_PRAGMA_OMP(parallel for schedule(static))
+    for (Index b = 0; b < B; ++b) {
+      for (Index i = 0; i < n; ++i) {
+        const S pi_gate = ws.pre(b, i) + b_gate[i];
+        const S pi_mag = ws.pre(b, i) * ws.exp_r_mag[i] + b_mag[i];
+        const bool open = pi_gate > S(0);
+        const S g_mag = open && pi_mag > S(0) ? ws.grad_f(b, i) : S(0);
+        const S g_gate = open ? ws.grad_gate(b, i) + coef * ws.norms[i] : S(0);
+        ws.grad_f(b, i) = g_mag;
+        ws.grad_gate(b, i) = g_gate;
+      }
+    }
+    auto gb_mag = g.flat("b_mag");
+    auto gr_mag = g.flat("r_mag");
+    gb_mag = ws.grad_f.colwise().sum().transpose();
+    // d/d r_mag_i = sum_b g_mag_bi P_bi exp(r_mag_i)
+    gr_mag = ws.grad_f.cwiseProduct(ws.pre).colwise().sum().transpose().cwiseProduct(ws.exp_r_mag);
+    g.flat("b_gate") = ws.grad_gate.colwise().sum().transpose();
+    // d/dP = g_gate + g_mag exp(r_mag), in place.
+    SAE_PRAGMA_OMP(parallel for schedule(static))
+    for (Index b = 0; b < B; ++b)
+      ws.grad_gate.row(b) += ws.grad_f.row(b).cwiseProduct(ws.exp_r_mag.transpose());
+
+    auto gW_dec = g.rowMajor("W_dec");
+    gW_dec.noalias() = ws.codes.values.transpose() * ws.grad_y;
+    gW_dec.noalias() += ws.gate.transpose() * ws.grad_aux;
+    const Vector<S> d_norms = coef * ws.gate.colwise().sum().transpose();
+    detail::addDecoderNormGradient<S>(W_dec, ws.norms, d_norms, gW_dec);
+
+    auto gW_enc = g.colMajor("W_enc");
+    gW_enc.noalias() = ws.xc.transpose() * ws.grad_gate;
+    auto gb_dec = g.flat("b_dec");
+    gb_dec = (ws.grad_y.colwise().sum() + ws.grad_aux.colwise().sum()).transpose();
+    if (cfg.apply_b_dec_to_input) {
+      const Vector<S> g_pre_sum = ws.grad_gate.colwise().sum().transpose();
+      gb_dec.noalias() -= p.colMajor("W_enc") * g_pre_sum;
+    }
+  }
+};
+
+/// @brief Gated SAE (SAELens "gated").
+template <typename Scalar>
+using GatedSAE = SparseAutoencoder<Scalar, GatedArch>;
+
+}  // namespace sae

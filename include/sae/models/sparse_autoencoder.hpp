@@ -1,0 +1,235 @@
+/// @file sparse_autoencoder.hpp
+/// @brief SparseAutoencoder: one model template for every architecture, parameterised by an
+/// architecture policy (see StandardArch, GatedArch, TopKArch).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include <sae/core/config.hpp>
+#include <sae/core/error.hpp>
+#include <sae/core/parameters.hpp>
+#include <sae/core/rng.hpp>
+#include <sae/core/types.hpp>
+#include <sae/kernels/sparse.hpp>
+#include <sae/models/config.hpp>
+
+namespace sae {
+namespace detail {
+
+/// Throws ConfigError / NumericError unless `x` is a finite `[tokens, d_in]` batch.
+template <typename Scalar>
+void checkBatch(const ConstBatchRef<Scalar>& x, Index d_in) {
+  require(x.rows() > 0, "input batch has no rows");
+  require(x.cols() == d_in, "input batch has ", x.cols(), " columns, expected d_in = ", d_in);
+  if (!x.allFinite()) {
+    for (Index r = 0; r < x.rows(); ++r)
+      for (Index c = 0; c < x.cols(); ++c)
+        if (!std::isfinite(x(r, c)))
+          throw NumericError(concat("input batch has a non-finite value (", x(r, c), ") at row ",
+                                    r, ", column ", c));
+  }
+}
+
+/// xc = x - b_dec when apply_b_dec_to_input, else a copy of x.
+template <typename Scalar>
+void centerInput(const ConstBatchRef<Scalar>& x, const ParameterSet<Scalar>& params,
+                 const SaeConfig& cfg, RowMatrix<Scalar>& xc) {
+  if (cfg.apply_b_dec_to_input) {
+    const auto b_dec = params.flat("b_dec");
+    xc.noalias() = x.rowwise() - b_dec.transpose();
+  } else {
+    xc = x;
+  }
+}
+
+/// SAELens initialisation of the weights every architecture shares: W_dec drawn
+/// kaiming-uniform (torch's default gain sqrt(2), fan_in = d_in), each row then scaled to
+/// norm decoder_init_norm, W_enc = W_dec^T; biases stay zero.
+template <typename Scalar>
+void initializeTiedWeights(ParameterSet<Scalar>& params, const SaeConfig& cfg, Rng& rng) {
+  auto W_dec = params.rowMajor("W_dec");
+  const double bound = std::sqrt(2.0) * std::sqrt(3.0 / double(cfg.d_in));
+  for (Index i = 0; i < W_dec.rows(); ++i) {
+    for (Index j = 0; j < W_dec.cols(); ++j) W_dec(i, j) = Scalar(rng.uniform(-bound, bound));
+    const Scalar norm = W_dec.row(i).norm();
+    // A zero row has probability 0 but would make the scaling NaN: redraw the first entry.
+    if (norm == Scalar(0)) W_dec(i, 0) = Scalar(bound);
+    W_dec.row(i) *= Scalar(cfg.decoder_init_norm) / W_dec.row(i).norm();
+  }
+  params.colMajor("W_enc") = W_dec.transpose();
+}
+
+/// Adds the decoder-norm term of a penalty: dW_dec[i, :] += dn[i] * W_dec[i, :] / n_i.
+template <typename Scalar>
+void addDecoderNormGradient(const Eigen::Ref<const RowMatrix<Scalar>>& W_dec,
+                            const Vector<Scalar>& norms, const Vector<Scalar>& d_norms,
+                            Eigen::Ref<RowMatrix<Scalar>> gW_dec) {
+  const Index n = W_dec.rows();
+  SAE_PRAGMA_OMP(parallel for schedule(static))
+  for (Index i = 0; i < n; ++i) {
+    if (norms[i] > Scalar(0)) gW_dec.row(i) += (d_norms[i] / norms[i]) * W_dec.row(i);
+  }
+}
+
+/// Mean over rows of the squared error, summed over columns; accumulated in double.
+template <typename Scalar>
+double meanSquaredError(const Eigen::Ref<const RowMatrix<Scalar>>& a,
+                        const ConstBatchRef<Scalar>& b) {
+  double s = 0;
+  for (Index r = 0; r < a.rows(); ++r) s += double((a.row(r) - b.row(r)).squaredNorm());
+  return s / double(a.rows());
+}
+
+}  // namespace detail
+
+/// @brief A sparse autoencoder of architecture `Arch_` over scalar type `Scalar_`.
+///
+/// Parameters use SAELens names and logical shapes (`W_enc [d_in, d_sae]`,
+/// `W_dec [d_sae, d_in]`, `b_enc`, `b_dec`, plus the architecture's own) and live in one
+/// ParameterSet; `W_enc` is stored column-major so that each latent's encoder weights are
+/// contiguous.
+///
+/// @tparam Scalar_ float (training, inference) or double (gradient checks, reference).
+/// @tparam Arch_ architecture policy. It must provide:
+///   - `static constexpr const char* kName`: the SAELens architecture name;
+///   - `template <typename S> using Codes`: DenseCodes<S> or SparseCodes<S>;
+///   - `template <typename S> struct Workspace` with members `codes` (Codes<S>) and
+///     `reconstruction` (RowMatrix<S>), reused across calls;
+///   - `static void validate(const SaeConfig&)`;
+///   - `template <typename S> static void addParameters(ParameterSet<S>&, const SaeConfig&)`;
+///   - `template <typename S> static void initialize(ParameterSet<S>&, const SaeConfig&, Rng&)`;
+///   - `template <typename S> static void encode(const ParameterSet<S>&, const SaeConfig&,
+///      const ConstBatchRef<S>&, Codes<S>&)`;
+///   - `template <typename S> static void decode(const ParameterSet<S>&, const SaeConfig&,
+///      const Codes<S>&, RowMatrix<S>&)`;
+///   - `template <typename S> static void forward(const ParameterSet<S>&, const SaeConfig&,
+///      const ConstBatchRef<S>&, const TrainOptions&, Workspace<S>&, LossTerms<S>&)`:
+///      training forward pass and loss terms;
+///   - `template <typename S> static void backward(const ParameterSet<S>&, const SaeConfig&,
+///      const ConstBatchRef<S>&, const TrainOptions&, Workspace<S>&, ParameterSet<S>&)`:
+///      gradients of the total loss after forward(), written (not added) to the set.
+template <typename Scalar_, typename Arch_>
+class SparseAutoencoder {
+  static_assert(std::is_floating_point<Scalar_>::value,
+                "SparseAutoencoder: Scalar_ must be float or double");
+  static_assert(std::is_convertible<decltype(Arch_::kName), const char*>::value,
+                "SparseAutoencoder: Arch_ must declare static constexpr const char* kName");
+
+ public:
+  using Scalar = Scalar_;
+  using Arch = Arch_;
+  using Matrix = RowMatrix<Scalar>;
+  using Codes = typename Arch::template Codes<Scalar>;
+  using Workspace = typename Arch::template Workspace<Scalar>;
+
+  /// @brief A model with every parameter zero (to be filled, e.g. from a file).
+  explicit SparseAutoencoder(const SaeConfig& cfg) : m_cfg(cfg) {
+    m_cfg.validateCommon();
+    Arch::validate(m_cfg);
+    m_params.add("W_enc", {m_cfg.d_in, m_cfg.d_sae}, Layout::ColMajor);
+    Arch::addParameters(m_params, m_cfg);
+  }
+
+  /// @brief A model with SAELens's initialisation drawn from `seed`.
+  SparseAutoencoder(const SaeConfig& cfg, std::uint64_t seed) : SparseAutoencoder(cfg) {
+    Rng rng(seed);
+    detail::initializeTiedWeights(m_params, m_cfg, rng);
+    Arch::initialize(m_params, m_cfg, rng);
+  }
+
+  /// @brief SAELens's name of the architecture ("standard", "gated", "topk").
+  static constexpr const char* architecture() { return Arch::kName; }
+
+  const SaeConfig& config() const { return m_cfg; }
+  Index dIn() const { return m_cfg.d_in; }
+  Index dSae() const { return m_cfg.d_sae; }
+
+  /// @brief All parameters by SAELens name.
+  ParameterSet<Scalar>& parameters() { return m_params; }
+  const ParameterSet<Scalar>& parameters() const { return m_params; }
+
+  /// @brief A zero set shaped like the parameters, for backward().
+  ParameterSet<Scalar> makeGradients() const { return m_params.zerosLike(); }
+
+  /// @brief Feature activations of a batch `[tokens, d_in]`.
+  Codes encode(const ConstBatchRef<Scalar>& x) const {
+    Codes codes;
+    encode(x, codes);
+    return codes;
+  }
+  /// @brief Feature activations of a batch into `codes` (reusing its storage).
+  void encode(const ConstBatchRef<Scalar>& x, Codes& codes) const {
+    detail::checkBatch(x, m_cfg.d_in);
+    Arch::encode(m_params, m_cfg, x, codes);
+  }
+
+  /// @brief Reconstruction `[tokens, d_in]` from feature activations.
+  Matrix decode(const Codes& codes) const {
+    require(codes.latents() == m_cfg.d_sae, "codes have ", codes.latents(),
+            " latents, expected d_sae = ", m_cfg.d_sae);
+    Matrix out;
+    Arch::decode(m_params, m_cfg, codes, out);
+    return out;
+  }
+
+  /// @brief decode(encode(x)).
+  Matrix forward(const ConstBatchRef<Scalar>& x) const { return decode(encode(x)); }
+
+  /// @brief Training loss terms of a batch (no gradients).
+  LossTerms<Scalar> loss(const ConstBatchRef<Scalar>& x, const TrainOptions& opts = {}) const {
+    Workspace ws;
+    return loss(x, opts, ws);
+  }
+  /// @brief Training loss terms; `ws` keeps the codes and the reconstruction afterwards.
+  LossTerms<Scalar> loss(const ConstBatchRef<Scalar>& x, const TrainOptions& opts,
+                         Workspace& ws) const {
+    checkStep(x, opts);
+    LossTerms<Scalar> terms;
+    Arch::forward(m_params, m_cfg, x, opts, ws, terms);
+    return terms;
+  }
+
+  /// @brief Loss terms and the gradient of their total with respect to every parameter.
+  ///
+  /// @param x      batch `[tokens, d_in]`.
+  /// @param grads  overwritten with the gradients (shape it with makeGradients()).
+  /// @param opts   dead-latent mask (TopK AuxK) and sparsity-coefficient scale.
+  /// @param ws     scratch reused across steps; holds codes and reconstruction afterwards.
+  LossTerms<Scalar> backward(const ConstBatchRef<Scalar>& x, ParameterSet<Scalar>& grads,
+                             const TrainOptions& opts, Workspace& ws) const {
+    require(grads.sameLayout(m_params),
+            "gradient set does not match the model's parameters (use makeGradients())");
+    LossTerms<Scalar> terms = loss(x, opts, ws);
+    Arch::backward(m_params, m_cfg, x, opts, ws, grads);
+    return terms;
+  }
+  LossTerms<Scalar> backward(const ConstBatchRef<Scalar>& x, ParameterSet<Scalar>& grads,
+                             const TrainOptions& opts = {}) const {
+    Workspace ws;
+    return backward(x, grads, opts, ws);
+  }
+
+  /// @brief Euclidean norms of the decoder rows, `[d_sae]`.
+  Vector<Scalar> decoderNorms() const {
+    Vector<Scalar> n(m_cfg.d_sae);
+    kernels::rowNorms<Scalar>(m_params.rowMajor("W_dec"), n);
+    return n;
+  }
+
+ private:
+  void checkStep(const ConstBatchRef<Scalar>& x, const TrainOptions& opts) const {
+    detail::checkBatch(x, m_cfg.d_in);
+    require(std::isfinite(opts.sparsity_scale) && opts.sparsity_scale >= 0,
+            "sparsity_scale must be finite and >= 0, found ", opts.sparsity_scale);
+    if (opts.dead_mask)
+      require(opts.dead_mask->size() == m_cfg.d_sae, "dead-latent mask has ",
+              opts.dead_mask->size(), " entries, expected d_sae = ", m_cfg.d_sae);
+  }
+
+  SaeConfig m_cfg;
+  ParameterSet<Scalar> m_params;
+};
+
+}  // namespace sae

@@ -1,0 +1,274 @@
+/// @file topk.hpp
+/// @brief The TopK SAE: keep the k largest pre-activations per token, with the AuxK loss that
+/// revives dead latents.
+///
+/// Gao et al., "Scaling and Evaluating Sparse Autoencoders" (2024), in SAELens's form:
+/// ```
+/// xc = x - b_dec;  h = xc W_enc + b_enc;  p = h * n^r   (r = rescale_acts_by_decoder_norm)
+/// S = the k largest p per row;  f_i = relu(p_i) on S, 0 elsewhere;  y = (f / n^r) W_dec + b_dec
+/// mse_loss = mean_b sum_j (y - x)^2
+/// auxiliary_reconstruction_loss (AuxK), D = dead latents, half = d_in / 2 (integer):
+///   k_aux = min(half, |D|);  s = min(|D| / half, 1);  A = the k_aux largest p among D per row
+///   e = sum_{i in A} (p_i / n_i^r) W_dec[i, :]   (no b_dec, no ReLU)
+///   aux = aux_loss_coefficient * s * mean_b || e - (x - y) ||^2,  (x - y) held constant
+/// ```
+/// The training path never builds a dense `[tokens, d_sae]` matrix: pre-activations are made
+/// a tile of rows at a time, reduced to k (and k_aux) entries per row, and every later product
+/// (decode, gradients of W_dec, W_enc, b_enc) works on the selected entries only.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include <sae/kernels/sparse.hpp>
+#include <sae/kernels/topk.hpp>
+#include <sae/models/sparse_autoencoder.hpp>
+
+namespace sae {
+
+/// @brief Architecture policy of the TopK SAE; see SparseAutoencoder.
+struct TopKArch {
+  static constexpr const char* kName = "topk";
+
+  template <typename S>
+  using Codes = SparseCodes<S>;
+
+  template <typename S>
+  struct Workspace {
+    Codes<S> codes;               ///< k (latent, f) pairs per token.
+    RowMatrix<S> reconstruction;  ///< y, `[B, d_in]`.
+    Index tile_rows = 512;        ///< Rows of pre-activations made at once.
+
+    RowMatrix<S> xc;           // centred input
+    RowMatrix<S> tile;         // [tile_rows, d_sae] pre-activations of one tile
+    RowMatrix<S> scaled;       // [threads, d_sae] p = h n per thread
+    Vector<S> norms;           // decoder row norms
+    RowMatrix<S> h_sel;        // [B, k] h of the selected latents
+    RowMatrix<S> u;            // [B, k] decoder input relu(h)
+    std::vector<std::int32_t> dead;  // dead latent ids
+    IndexMatrix aux_index;     // [B, k_aux]
+    RowMatrix<S> aux_h;        // [B, k_aux] h of the AuxK latents
+    RowMatrix<S> aux_p;        // [B, k_aux] selection scores (scratch)
+    RowMatrix<S> stacked;      // [2B, d_in]: d/dy on top, AuxK residual / its gradient below
+    RowMatrix<S> grad_h, grad_h_aux;
+    kernels::LatentBuckets buckets;
+    std::vector<std::int32_t> dec_row, enc_row;
+    std::vector<S> dec_coef, enc_coef;
+    double aux_scale = 0;  // s * aux_loss_coefficient of the last forward
+  };
+
+  static void validate(const SaeConfig& cfg) {
+    require(cfg.k >= 1, "k must be >= 1, found ", cfg.k);
+    require(cfg.k <= cfg.d_sae, "k must be <= d_sae = ", cfg.d_sae, ", found ", cfg.k);
+  }
+
+  template <typename S>
+  static void addParameters(ParameterSet<S>& p, const SaeConfig& cfg) {
+    p.add("b_enc", {cfg.d_sae});
+    p.add("W_dec", {cfg.d_sae, cfg.d_in});
+    p.add("b_dec", {cfg.d_in});
+  }
+
+  template <typename S>
+  static void initialize(ParameterSet<S>&, const SaeConfig&, Rng&) {}
+
+  /// Pre-activations a tile at a time, top-k per row. Fills codes (f), and when `ws_train` is
+  /// non-null also h_sel, u and the AuxK selection among `ws_train->dead`.
+  template <typename S>
+  static void select(const ParameterSet<S>& p, const SaeConfig& cfg, const RowMatrix<S>& xc,
+                     const Vector<S>& norms, Index k_aux, Workspace<S>& ws, bool train) {
+    const Index B = xc.rows();
+    const Index n = cfg.d_sae;
+    const Index k = cfg.k;
+    const auto W_enc = p.colMajor("W_enc");
+    const auto b_enc = p.flat("b_enc");
+    const bool rescale = cfg.rescale_acts_by_decoder_norm;
+    const Index T = std::max<Index>(1, std::min(ws.tile_rows, B));
+    ws.tile.resize(T, n);
+    if (rescale) ws.scaled.resize(maxThreads(), n);
+    ws.codes.d_sae = n;
+    ws.codes.indices.resize(B, k);
+    ws.codes.values.resize(B, k);
+    if (train) {
+      ws.h_sel.resize(B, k);
+      ws.u.resize(B, k);
+      ws.aux_index.resize(B, k_aux);
+      ws.aux_h.resize(B, k_aux);
+      ws.aux_p.resize(B, k_aux);
+    }
+    const std::int32_t* dead = ws.dead.data();
+    const Index n_dead = static_cast<Index>(ws.dead.size());
+    for (Index r0 = 0; r0 < B; r0 += T) {
+      const Index rows = std::min(T, B - r0);
+      ws.tile.topRows(rows).noalias() = xc.middleRows(r0, rows) * W_enc;
+      SAE_PRAGMA_OMP(parallel for schedule(static))
+      for (Index t = 0; t < rows; ++t) {
+        const Index b = r0 + t;
+        auto h = ws.tile.row(t);
+        h += b_enc.transpose();
+        const S* score = h.data();
+        if (rescale) {
+          auto s = ws.scaled.row(threadIndex());
+          s = h.cwiseProduct(norms.transpose());
+          score = s.data();
+        }
+        std::int32_t* idx = ws.codes.indices.row(b).data();
+        S* val = ws.codes.values.row(b).data();
+        kernels::selectTopK(score, static_cast<const std::int32_t*>(nullptr), n, k, idx, val);
+        for (Index j = 0; j < k; ++j) val[j] = std::max(val[j], S(0));
+        if (!train) continue;
+        for (Index j = 0; j < k; ++j) {
+          ws.h_sel(b, j) = h[idx[j]];
+          ws.u(b, j) = std::max(h[idx[j]], S(0));
+        }
+        if (k_aux > 0) {
+          std::int32_t* aidx = ws.aux_index.row(b).data();
+          kernels::selectTopK(score, dead, n_dead, k_aux, aidx, ws.aux_p.row(b).data());
+          for (Index j = 0; j < k_aux; ++j) ws.aux_h(b, j) = h[aidx[j]];
+        }
+      }
+    }
+  }
+
+  template <typename S>
+  static void encode(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                     Codes<S>& codes) {
+    Workspace<S> ws;
+    detail::centerInput(x, p, cfg, ws.xc);
+    ws.norms.resize(cfg.d_sae);
+    if (cfg.rescale_acts_by_decoder_norm) kernels::rowNorms<S>(p.rowMajor("W_dec"), ws.norms);
+    select(p, cfg, ws.xc, ws.norms, 0, ws, false);
+    codes = std::move(ws.codes);
+  }
+
+  template <typename S>
+  static void decode(const ParameterSet<S>& p, const SaeConfig& cfg, const Codes<S>& codes,
+                     RowMatrix<S>& out) {
+    const auto W_dec = p.rowMajor("W_dec");
+    out.resize(codes.rows(), cfg.d_in);
+    if (cfg.rescale_acts_by_decoder_norm) {
+      Vector<S> norms(cfg.d_sae);
+      kernels::rowNorms<S>(W_dec, norms);
+      RowMatrix<S> u(codes.values.rows(), codes.values.cols());
+      for (Index b = 0; b < u.rows(); ++b)
+        for (Index j = 0; j < u.cols(); ++j)
+          u(b, j) = codes.values(b, j) / norms[codes.indices(b, j)];
+      kernels::gatherDecode<S>(codes.indices, u, W_dec, p.flat("b_dec"), out);
+    } else {
+      kernels::gatherDecode<S>(codes.indices, codes.values, W_dec, p.flat("b_dec"), out);
+    }
+  }
+
+  template <typename S>
+  static void forward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                      const TrainOptions& opts, Workspace<S>& ws, LossTerms<S>& terms) {
+    const Index B = x.rows();
+    const auto W_dec = p.rowMajor("W_dec");
+    detail::centerInput(x, p, cfg, ws.xc);
+    ws.norms.resize(cfg.d_sae);
+    kernels::rowNorms<S>(W_dec, ws.norms);
+
+    // AuxK sizes from the dead mask.
+    ws.dead.clear();
+    if (opts.dead_mask)
+      for (Index i = 0; i < cfg.d_sae; ++i)
+        if ((*opts.dead_mask)[i]) ws.dead.push_back(static_cast<std::int32_t>(i));
+    const Index n_dead = static_cast<Index>(ws.dead.size());
+    const Index half = cfg.d_in / 2;
+    Index k_aux = 0;
+    ws.aux_scale = 0;
+    if (n_dead > 0 && half > 0 && cfg.aux_loss_coefficient > 0) {
+      k_aux = std::min(half, n_dead);
+      ws.aux_scale = cfg.aux_loss_coefficient * std::min(double(n_dead) / double(half), 1.0);
+    }
+
+    select(p, cfg, ws.xc, ws.norms, k_aux, ws, true);
+    ws.reconstruction.resize(B, cfg.d_in);
+    kernels::gatherDecode<S>(ws.codes.indices, ws.u, W_dec, p.flat("b_dec"), ws.reconstruction);
+    terms.add("mse_loss", S(detail::meanSquaredError<S>(ws.reconstruction, x)));
+
+    ws.stacked.resize(2 * B, cfg.d_in);
+    double aux = 0;
+    if (k_aux > 0) {
+      // Lower half: e - (x - y), the AuxK residual.
+      auto resid = ws.stacked.bottomRows(B);
+      kernels::gatherDecode<S>(ws.aux_index, ws.aux_h, W_dec, Vector<S>(), resid);
+      resid += ws.reconstruction - x;
+      for (Index b = 0; b < B; ++b) aux += double(resid.row(b).squaredNorm());
+      aux *= ws.aux_scale / double(B);
+    }
+    terms.add("auxiliary_reconstruction_loss", S(aux));
+  }
+
+  template <typename S>
+  static void backward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                       const TrainOptions&, Workspace<S>& ws, ParameterSet<S>& g) {
+    const Index B = x.rows();
+    const Index k = cfg.k;
+    const Index k_aux = ws.aux_index.cols();
+    const auto W_dec = p.rowMajor("W_dec");
+    const S scale = S(2) / S(B);
+
+    auto grad_y = ws.stacked.topRows(B);
+    grad_y.noalias() = scale * (ws.reconstruction - x);
+    ws.grad_h.resize(B, k);
+    kernels::gatherDot<S>(grad_y, ws.codes.indices, W_dec, ws.grad_h);
+    ws.grad_h = (ws.h_sel.array() > S(0)).select(ws.grad_h, S(0));
+    ws.grad_h_aux.resize(B, k_aux);
+    if (k_aux > 0) {
+      auto grad_e = ws.stacked.bottomRows(B);
+      grad_e *= S(2 * ws.aux_scale / double(B));
+      kernels::gatherDot<S>(grad_e, ws.aux_index, W_dec, ws.grad_h_aux);
+      ws.buckets.build(cfg.d_sae, {&ws.codes.indices, &ws.aux_index});
+    } else {
+      ws.buckets.build(cfg.d_sae, {&ws.codes.indices});
+    }
+
+    // Per-entry rows and coefficients: main entries first (b * k + j), then AuxK entries.
+    const std::size_t total = static_cast<std::size_t>(B * (k + k_aux));
+    ws.dec_row.resize(total);
+    ws.enc_row.resize(total);
+    ws.dec_coef.resize(total);
+    ws.enc_coef.resize(total);
+    SAE_PRAGMA_OMP(parallel for schedule(static))
+    for (Index b = 0; b < B; ++b) {
+      for (Index j = 0; j < k; ++j) {
+        const std::size_t e = static_cast<std::size_t>(b * k + j);
+        ws.dec_row[e] = static_cast<std::int32_t>(b);
+        ws.dec_coef[e] = ws.u(b, j);
+        ws.enc_row[e] = static_cast<std::int32_t>(b);
+        ws.enc_coef[e] = ws.grad_h(b, j);
+      }
+      for (Index j = 0; j < k_aux; ++j) {
+        const std::size_t e = static_cast<std::size_t>(B * k + b * k_aux + j);
+        ws.dec_row[e] = static_cast<std::int32_t>(B + b);
+        ws.dec_coef[e] = ws.aux_h(b, j);
+        ws.enc_row[e] = static_cast<std::int32_t>(b);
+        ws.enc_coef[e] = ws.grad_h_aux(b, j);
+      }
+    }
+
+    auto gW_dec = g.rowMajor("W_dec");
+    gW_dec.setZero();
+    kernels::accumulateByLatent<S>(ws.buckets, ws.dec_row.data(), ws.dec_coef.data(), ws.stacked,
+                                   gW_dec);
+    // The column-major gradient of W_enc [d_in, d_sae] is a row-major [d_sae, d_in] matrix.
+    auto gW_enc_flat = g.flat("W_enc");
+    gW_enc_flat.setZero();
+    Eigen::Map<RowMatrix<S>> gW_enc_t(gW_enc_flat.data(), cfg.d_sae, cfg.d_in);
+    auto gb_enc = g.flat("b_enc");
+    gb_enc.setZero();
+    kernels::accumulateByLatent<S>(ws.buckets, ws.enc_row.data(), ws.enc_coef.data(), ws.xc,
+                                   gW_enc_t, gb_enc.data());
+    auto gb_dec = g.flat("b_dec");
+    gb_dec = grad_y.colwise().sum().transpose();
+    if (cfg.apply_b_dec_to_input) gb_dec.noalias() -= p.colMajor("W_enc") * gb_enc;
+  }
+};
+
+/// @brief TopK SAE (SAELens "topk").
+template <typename Scalar>
+using TopKSAE = SparseAutoencoder<Scalar, TopKArch>;
+
+}  // namespace sae

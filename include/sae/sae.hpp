@@ -1,0 +1,16 @@
+/// @file sae.hpp
+/// @brief Umbrella header: everything a user of the library needs.
+#pragma once
+
+#include <sae/core/config.hpp>
+#include <sae/core/error.hpp>
+#include <sae/core/parameters.hpp>
+#include <sae/core/rng.hpp>
+#include <sae/core/types.hpp>
+#include <sae/kernels/sparse.hpp>
+#include <sae/kernels/topk.hpp>
+#include <sae/models/config.hpp>
+#include <sae/models/gated.hpp>
+#include <sae/models/sparse_autoencoder.hpp>
+#include <sae/models/standard.hpp>
+#include <sae/models/topk.hpp>
