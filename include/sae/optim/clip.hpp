@@ -1,0 +1,123 @@
+/// @file clip.hpp
+/// @brief Global gradient-norm clipping, as `torch.nn.utils.clip_grad_norm_`.
+///
+/// SAELens's trainer calls `clip_grad_norm_(sae.parameters(), 1.0)` between `backward()` and
+/// `optimizer.step()` on every step: one L2 norm over every scalar of every parameter's
+/// gradient (not one norm per tensor), and all gradients scaled by the same factor when that
+/// norm is too large.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <sae/core/config.hpp>
+#include <sae/core/error.hpp>
+#include <sae/core/parameters.hpp>
+
+namespace sae {
+
+namespace detail {
+
+/// Elements per partial sum of globalGradNorm(). The chunking, not the thread count, fixes the
+/// order of the floating-point additions.
+inline constexpr Index kGradNormChunk = Index(1) << 14;
+/// Below this many scalars, gradient scaling runs on one thread.
+inline constexpr Index kGradScaleParallelMin = Index(1) << 15;
+
+/// Sum of x[i]^2 in double over one chunk, in a fixed order: eight interleaved partial sums
+/// (which the compiler can keep in vector registers), combined pairwise, then the tail.
+template <typename Scalar>
+double sumOfSquares(const Scalar* x, Index n) {
+  double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  Index i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) {
+      const double xj = static_cast<double>(x[i + j]);
+      acc[j] += xj * xj;
+    }
+  }
+  double sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) {
+    const double xi = static_cast<double>(x[i]);
+    sum += xi * xi;
+  }
+  return sum;
+}
+
+/// Describes why the gradient norm is not finite: the first non-finite gradient, or overflow.
+template <typename Scalar>
+std::string nonFiniteGradient(const ParameterSet<Scalar>& grads) {
+  for (const ParameterInfo& e : grads.entries()) {
+    const auto g = grads.flat(e.name);
+    for (Index i = 0; i < e.size; ++i) {
+      if (!std::isfinite(g[i])) {
+        const char* what = std::isnan(g[i]) ? "NaN" : (g[i] > 0 ? "+infinity" : "-infinity");
+        return concat("the gradient of '", e.name, "' is ", what, " at flat index ", i);
+      }
+    }
+  }
+  return "the sum of squared gradients overflowed";
+}
+
+}  // namespace detail
+
+/// @brief L2 norm of all gradients together: sqrt of the sum of g^2 over every scalar of every
+/// tensor, accumulated in double.
+///
+/// The buffer is cut into fixed chunks of detail::kGradNormChunk elements whose partial sums
+/// are computed in parallel and added in chunk order, so the result is bitwise the same for
+/// any number of threads. A NaN or infinite gradient gives a NaN or infinite result.
+/// @tparam Scalar float or double.
+/// @param grads the gradients.
+template <typename Scalar>
+double globalGradNorm(const ParameterSet<Scalar>& grads) {
+  const Scalar* const g = grads.flat().data();
+  const Index n = grads.size();
+  const Index chunks = (n + detail::kGradNormChunk - 1) / detail::kGradNormChunk;
+  std::vector<double> partial(static_cast<std::size_t>(chunks));
+  SAE_PRAGMA_OMP(parallel for schedule(static) if (chunks > 1))
+  for (Index c = 0; c < chunks; ++c) {
+    const Index begin = c * detail::kGradNormChunk;
+    partial[static_cast<std::size_t>(c)] =
+        detail::sumOfSquares(g + begin, std::min(detail::kGradNormChunk, n - begin));
+  }
+  double total = 0.0;
+  for (const double s : partial) total += s;
+  return std::sqrt(total);
+}
+
+/// @brief Clips the gradients to a global L2 norm, as `torch.nn.utils.clip_grad_norm_`.
+///
+/// With N = globalGradNorm(grads) and c = max_norm / (N + 1e-6): when c < 1 every gradient is
+/// multiplied by c, otherwise nothing changes. The 1e-6 is torch's, so a norm exactly equal to
+/// max_norm is still scaled, by max_norm / (max_norm + 1e-6).
+/// @tparam Scalar float or double.
+/// @param grads    the gradients, scaled in place.
+/// @param max_norm largest allowed norm, finite and > 0 (SAELens uses 1.0); ConfigError otherwise.
+/// @return N, the norm before clipping (what torch returns).
+/// @throws NumericError when N is NaN or infinite (a non-finite gradient, or overflow); the
+/// gradients are then left unchanged.
+template <typename Scalar>
+double clipGradNorm(ParameterSet<Scalar>& grads, double max_norm) {
+  require(std::isfinite(max_norm) && max_norm > 0.0,
+          "clipGradNorm: max_norm must be finite and > 0, found ", max_norm);
+  const double norm = globalGradNorm(grads);
+  if (!std::isfinite(norm)) {
+    throw NumericError(detail::concat("clipGradNorm: the global gradient norm is ",
+                                      std::isnan(norm) ? "NaN" : "infinite", ": ",
+                                      detail::nonFiniteGradient(grads)));
+  }
+  const double coef = max_norm / (norm + 1e-6);
+  if (coef < 1.0) {
+    const Scalar c = static_cast<Scalar>(coef);
+    Scalar* const g = grads.flat().data();
+    const Index n = grads.size();
+    SAE_PRAGMA_OMP(parallel for simd schedule(simd : static) if (n >= detail::kGradScaleParallelMin))
+    for (Index i = 0; i < n; ++i) g[i] *= c;
+  }
+  return norm;
+}
+
+}  // namespace sae
