@@ -14,3 +14,6 @@
 #include <sae/models/sparse_autoencoder.hpp>
 #include <sae/models/standard.hpp>
 #include <sae/models/topk.hpp>
+#include <sae/optim/adam.hpp>
+#include <sae/optim/clip.hpp>
+#include <sae/optim/schedule.hpp>
