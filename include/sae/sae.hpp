@@ -7,6 +7,8 @@
 #include <sae/core/parameters.hpp>
 #include <sae/core/rng.hpp>
 #include <sae/core/types.hpp>
+#include <sae/eval/metrics.hpp>
+#include <sae/eval/synthetic.hpp>
 #include <sae/kernels/sparse.hpp>
 #include <sae/kernels/topk.hpp>
 #include <sae/models/config.hpp>
@@ -17,3 +19,4 @@
 #include <sae/optim/adam.hpp>
 #include <sae/optim/clip.hpp>
 #include <sae/optim/schedule.hpp>
+#include <sae/train/dead_latents.hpp>

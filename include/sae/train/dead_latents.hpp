@@ -1,0 +1,67 @@
+/// @file dead_latents.hpp
+/// @brief Dead-latent tracking: a latent is dead when it has not fired for a window of steps.
+#pragma once
+
+#include <cstdint>
+
+#include <sae/core/error.hpp>
+#include <sae/core/types.hpp>
+#include <sae/models/config.hpp>
+
+namespace sae {
+
+/// @brief Counts, per latent, the training steps since it last fired (SAELens's
+/// `dead_feature_window`): a latent is dead once that count reaches the window. The mask feeds
+/// TopK's AuxK loss through TrainOptions::dead_mask.
+class DeadLatentTracker {
+ public:
+  /// @param d_sae   number of latents.
+  /// @param window  steps without firing after which a latent counts as dead (>= 1).
+  DeadLatentTracker(Index d_sae, std::int64_t window)
+      : m_steps_since(Eigen::Matrix<std::int64_t, Eigen::Dynamic, 1>::Zero(d_sae)),
+        m_mask(LatentMask::Zero(d_sae)),
+        m_window(window) {
+    require(d_sae > 0, "DeadLatentTracker: d_sae must be positive, found ", d_sae);
+    require(window >= 1, "DeadLatentTracker: window must be >= 1, found ", window);
+  }
+
+  /// @brief Records one step's codes (which latents fired) and updates the mask.
+  template <typename Codes>
+  void update(const Codes& codes) {
+    require(codes.latents() == m_mask.size(), "DeadLatentTracker: codes have ", codes.latents(),
+            " latents, expected ", m_mask.size());
+    m_steps_since.array() += 1;
+    markFired(codes);
+    for (Index i = 0; i < m_mask.size(); ++i) m_mask[i] = m_steps_since[i] >= m_window ? 1 : 0;
+  }
+
+  /// @brief 1 for each latent dead now.
+  const LatentMask& mask() const { return m_mask; }
+  /// @brief Number of dead latents.
+  Index deadCount() const { return Index(m_mask.cast<Index>().sum()); }
+  double deadFraction() const { return double(deadCount()) / double(m_mask.size()); }
+  std::int64_t window() const { return m_window; }
+  /// @brief Steps since each latent last fired (for checkpoints).
+  const Eigen::Matrix<std::int64_t, Eigen::Dynamic, 1>& stepsSinceFired() const {
+    return m_steps_since;
+  }
+
+ private:
+  template <typename Scalar>
+  void markFired(const SparseCodes<Scalar>& codes) {
+    for (Index b = 0; b < codes.indices.rows(); ++b)
+      for (Index j = 0; j < codes.indices.cols(); ++j)
+        if (codes.values(b, j) != Scalar(0)) m_steps_since[codes.indices(b, j)] = 0;
+  }
+  template <typename Scalar>
+  void markFired(const DenseCodes<Scalar>& codes) {
+    for (Index i = 0; i < codes.values.cols(); ++i)
+      if ((codes.values.col(i).array() != Scalar(0)).any()) m_steps_since[i] = 0;
+  }
+
+  Eigen::Matrix<std::int64_t, Eigen::Dynamic, 1> m_steps_since;
+  LatentMask m_mask;
+  std::int64_t m_window;
+};
+
+}  // namespace sae
