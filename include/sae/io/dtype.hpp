@@ -1,0 +1,258 @@
+/// @file dtype.hpp
+/// @brief Element types of array files (npy, safetensors, raw) and their exact conversion to
+/// float / double.
+///
+/// Conversions are exact wherever the target can hold the value: float16 and bfloat16 widen to
+/// float without rounding (subnormals, infinities and NaN included), float32 widens to double.
+/// Narrowing (float64 -> float, the only lossy case) rounds to nearest even, as a C++ cast does.
+/// The element loops load through memcpy, so they work on unaligned mapped data, and are
+/// branch-free so that the compiler can vectorise them.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include <sae/core/config.hpp>
+
+namespace sae::io {
+
+/// @brief Element type of an array stored in a file.
+enum class DType : std::uint8_t {
+  F32,   ///< IEEE-754 binary32.
+  F64,   ///< IEEE-754 binary64.
+  F16,   ///< IEEE-754 binary16 (half).
+  BF16,  ///< bfloat16: the upper 16 bits of a binary32.
+  U8,    ///< unsigned 8-bit integer (masks).
+  Bool   ///< one byte, 0 = false, anything else = true (numpy `|b1`).
+};
+
+/// @brief Byte order of multi-byte elements in a file.
+enum class ByteOrder : std::uint8_t { Little, Big };
+
+/// Byte order of the machine the library runs on.
+inline constexpr ByteOrder kNativeByteOrder =
+    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? ByteOrder::Little : ByteOrder::Big;
+
+/// @brief Size in bytes of one element of type `t`.
+inline constexpr std::size_t dtypeSize(DType t) {
+  switch (t) {
+    case DType::F64:
+      return 8;
+    case DType::F32:
+      return 4;
+    case DType::F16:
+    case DType::BF16:
+      return 2;
+    case DType::U8:
+    case DType::Bool:
+      return 1;
+  }
+  return 0;
+}
+
+/// @brief Readable name of `t` ("float32", "bfloat16", ...), used in messages.
+inline constexpr const char* dtypeName(DType t) {
+  switch (t) {
+    case DType::F64:
+      return "float64";
+    case DType::F32:
+      return "float32";
+    case DType::F16:
+      return "float16";
+    case DType::BF16:
+      return "bfloat16";
+    case DType::U8:
+      return "uint8";
+    case DType::Bool:
+      return "bool";
+  }
+  return "?";
+}
+
+namespace detail {
+
+/// Reinterprets the bits of `from` as a `To` of the same size (std::bit_cast before C++20).
+template <typename To, typename From>
+inline To bitCast(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "bitCast needs types of the same size");
+  To to;
+  std::memcpy(&to, &from, sizeof(To));
+  return to;
+}
+
+inline std::uint8_t byteSwap(std::uint8_t v) { return v; }
+inline std::uint16_t byteSwap(std::uint16_t v) { return __builtin_bswap16(v); }
+inline std::uint32_t byteSwap(std::uint32_t v) { return __builtin_bswap32(v); }
+inline std::uint64_t byteSwap(std::uint64_t v) { return __builtin_bswap64(v); }
+
+}  // namespace detail
+
+/// @brief Widens IEEE binary16 bits to float exactly (subnormals, infinities, NaN payloads).
+///
+/// Integer-only except for subnormals, which are computed as `mantissa * 2^-24`: the product is
+/// a normal float, so the result does not depend on flush-to-zero / denormals-are-zero modes.
+inline float halfToFloat(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t magnitude = h & 0x7fffu;
+  const std::uint32_t exponent = magnitude >> 10;
+  const float subnormal = static_cast<float>(magnitude & 0x3ffu) * 0x1p-24f;
+  const std::uint32_t subnormalBits = detail::bitCast<std::uint32_t>(subnormal);
+  // Rebias the exponent from 15 to 127: add (127 - 15) << 23 to the shifted fields.
+  const std::uint32_t normalBits = (magnitude << 13) + 0x38000000u;
+  // Exponent 31: infinity or NaN; keep the mantissa (NaN payload), set the float exponent to 255.
+  const std::uint32_t specialBits = (magnitude << 13) | 0x7f800000u;
+  const std::uint32_t bits =
+      exponent == 0 ? subnormalBits : (exponent == 31 ? specialBits : normalBits);
+  return detail::bitCast<float>(bits | sign);
+}
+
+/// @brief Widens bfloat16 bits to float exactly: the bits are the upper half of a binary32.
+inline float bfloat16ToFloat(std::uint16_t b) {
+  return detail::bitCast<float>(static_cast<std::uint32_t>(b) << 16);
+}
+
+/// @brief Rounds a float to bfloat16 bits, to nearest with ties to even.
+///
+/// Values beyond the largest bfloat16 become infinity, values below half the smallest subnormal
+/// become zero (with the sign kept), NaN stays NaN (quieted).
+inline std::uint16_t floatToBfloat16(float f) {
+  const std::uint32_t u = detail::bitCast<std::uint32_t>(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    return static_cast<std::uint16_t>((u >> 16) | 0x0040u);
+  }
+  const std::uint32_t rounded = u + 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<std::uint16_t>(rounded >> 16);
+}
+
+/// @brief Rounds a double to bfloat16 bits, to nearest with ties to even, in one rounding.
+///
+/// A plain `floatToBfloat16(float(d))` rounds twice and can round a value just above a tie the
+/// wrong way. Here the double is first rounded to float *to odd* (an inexact result gets an odd
+/// last bit), which keeps the information needed for the second rounding to be correct.
+inline std::uint16_t doubleToBfloat16(double d) {
+  const float f = static_cast<float>(d);
+  if (std::isnan(d) || static_cast<double>(f) == d) return floatToBfloat16(f);
+  std::uint32_t u = detail::bitCast<std::uint32_t>(f);
+  if (std::isinf(f)) {
+    u = (u & 0x80000000u) | 0x7f7fffffu;  // largest finite float, odd
+  } else if ((u & 1u) == 0) {
+    // Step to the neighbour on d's side, which is odd.
+    u = std::abs(static_cast<double>(f)) > std::abs(d) ? u - 1 : u + 1;
+  }
+  return floatToBfloat16(detail::bitCast<float>(u));
+}
+
+namespace detail {
+
+/// Unsigned integer of the same size as one element of the file type.
+template <std::size_t Bytes>
+struct BitsOfSize;
+template <>
+struct BitsOfSize<1> {
+  using type = std::uint8_t;
+};
+template <>
+struct BitsOfSize<2> {
+  using type = std::uint16_t;
+};
+template <>
+struct BitsOfSize<4> {
+  using type = std::uint32_t;
+};
+template <>
+struct BitsOfSize<8> {
+  using type = std::uint64_t;
+};
+
+/// Converts `n` elements of `Bits`-sized raw data at `src` with `decode` into `dst`.
+template <typename Bits, bool Swap, typename Scalar, typename Decode>
+inline void convertLoop(const unsigned char* __restrict src, Index n, Scalar* __restrict dst,
+                        Decode decode) {
+  for (Index i = 0; i < n; ++i) {
+    Bits bits;
+    std::memcpy(&bits, src + static_cast<std::size_t>(i) * sizeof(Bits), sizeof(Bits));
+    if constexpr (Swap) bits = byteSwap(bits);
+    dst[i] = static_cast<Scalar>(decode(bits));
+  }
+}
+
+template <bool Swap, typename Scalar>
+inline void convertElementsImpl(const unsigned char* src, DType dtype, Index n, Scalar* dst) {
+  switch (dtype) {
+    case DType::F32:
+      convertLoop<std::uint32_t, Swap>(src, n, dst,
+                                       [](std::uint32_t b) { return bitCast<float>(b); });
+      return;
+    case DType::F64:
+      convertLoop<std::uint64_t, Swap>(src, n, dst,
+                                       [](std::uint64_t b) { return bitCast<double>(b); });
+      return;
+    case DType::F16:
+      convertLoop<std::uint16_t, Swap>(src, n, dst, [](std::uint16_t b) { return halfToFloat(b); });
+      return;
+    case DType::BF16:
+      convertLoop<std::uint16_t, Swap>(src, n, dst,
+                                       [](std::uint16_t b) { return bfloat16ToFloat(b); });
+      return;
+    case DType::U8:
+      convertLoop<std::uint8_t, false>(src, n, dst, [](std::uint8_t b) { return b; });
+      return;
+    case DType::Bool:
+      convertLoop<std::uint8_t, false>(src, n, dst, [](std::uint8_t b) { return b != 0 ? 1 : 0; });
+      return;
+  }
+}
+
+/// @brief Converts `n` contiguous file elements at `src` (any alignment) into `dst`.
+/// @tparam Scalar float or double.
+template <typename Scalar>
+inline void convertElements(const unsigned char* src, DType dtype, ByteOrder order, Index n,
+                            Scalar* dst) {
+  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
+                "array files are read into float or double");
+  if (n <= 0) return;
+  if (order == kNativeByteOrder || dtypeSize(dtype) == 1) {
+    convertElementsImpl<false>(src, dtype, n, dst);
+  } else {
+    convertElementsImpl<true>(src, dtype, n, dst);
+  }
+}
+
+/// @brief Stores `n` floats or doubles at `dst` as little-endian elements of `dtype`
+/// (F32, F64 or BF16, the types the writers produce).
+template <typename Scalar>
+inline void encodeLittleEndian(const Scalar* src, DType dtype, Index n, unsigned char* dst) {
+  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
+                "writers take float or double data");
+  constexpr bool swap = kNativeByteOrder != ByteOrder::Little;
+  auto store = [dst](Index i, auto bits) {
+    if constexpr (swap) bits = byteSwap(bits);
+    std::memcpy(dst + static_cast<std::size_t>(i) * sizeof(bits), &bits, sizeof(bits));
+  };
+  switch (dtype) {
+    case DType::F32:
+      for (Index i = 0; i < n; ++i) store(i, bitCast<std::uint32_t>(static_cast<float>(src[i])));
+      return;
+    case DType::F64:
+      for (Index i = 0; i < n; ++i) store(i, bitCast<std::uint64_t>(static_cast<double>(src[i])));
+      return;
+    case DType::BF16:
+      for (Index i = 0; i < n; ++i) {
+        if constexpr (std::is_same_v<Scalar, float>) {
+          store(i, floatToBfloat16(src[i]));
+        } else {
+          store(i, doubleToBfloat16(src[i]));
+        }
+      }
+      return;
+    default:
+      return;  // callers only pass F32, F64 or BF16
+  }
+}
+
+}  // namespace detail
+}  // namespace sae::io
