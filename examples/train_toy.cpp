@@ -27,20 +27,40 @@ int main(int argc, char** argv) {
   int threads = 0;
 
   CLI::App app{"Train a TopK SAE on synthetic superposition data and score feature recovery."};
-  app.add_option("--steps", steps, "training steps")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--batch", batch, "tokens per step")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--d-in", data_opts.d_in, "activation width")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--features", data_opts.n_features, "ground-truth features")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--active", data_opts.expected_active, "mean features firing per token")->capture_default_str();
+  app.add_option("--steps", steps, "training steps")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--batch", batch, "tokens per step")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--d-in", data_opts.d_in, "activation width")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--features", data_opts.n_features, "ground-truth features")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--active", data_opts.expected_active, "mean features firing per token")
+      ->capture_default_str();
   app.add_option("--noise", data_opts.noise, "noise standard deviation")->capture_default_str();
-  app.add_option("--d-sae", cfg.d_sae, "SAE latents")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--k", cfg.k, "latents kept per token")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--d-sae", cfg.d_sae, "SAE latents")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--k", cfg.k, "latents kept per token")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--lr", lr, "Adam learning rate")->capture_default_str();
   app.add_option("--seed", seed, "random seed (data and initialisation)")->capture_default_str();
-  app.add_option("--threads", threads, "threads (0: OpenMP default)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  app.add_option("--log-every", log_every, "steps between progress lines")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--dead-window", dead_window, "steps without firing before a latent is dead")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--require-mmcs", min_mmcs, "exit with status 1 if the final MMCS is below this")->capture_default_str();
+  app.add_option("--threads", threads, "threads (0: OpenMP default)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--log-every", log_every, "steps between progress lines")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--dead-window", dead_window, "steps without firing before a latent is dead")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--require-mmcs", min_mmcs, "exit with status 1 if the final MMCS is below this")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -64,13 +84,13 @@ int main(int argc, char** argv) {
     sae::eval::ReconstructionMetrics recon;
     sae::eval::FiringStats firing(cfg.d_sae);
 
-    std::printf("TopK SAE: d_in %ld, d_sae %ld, k %ld | data: %ld features, %.1f active, noise %g"
-                " | batch %ld, steps %ld, threads %d\n",
-                long(cfg.d_in), long(cfg.d_sae), long(cfg.k), long(data_opts.n_features),
-                data_opts.expected_active, data_opts.noise, long(batch), long(steps),
-                sae::maxThreads());
-    std::printf("%8s %10s %8s %10s %8s %10s %10s\n", "step", "mse", "L0", "expl.var", "dead",
-                "lr", "tokens/s");
+    std::printf(
+        "TopK SAE: d_in %ld, d_sae %ld, k %ld | data: %ld features, %.1f active, noise %g"
+        " | batch %ld, steps %ld, threads %d\n",
+        long(cfg.d_in), long(cfg.d_sae), long(cfg.k), long(data_opts.n_features),
+        data_opts.expected_active, data_opts.noise, long(batch), long(steps), sae::maxThreads());
+    std::printf("%8s %10s %8s %10s %8s %10s %10s\n", "step", "mse", "L0", "expl.var", "dead", "lr",
+                "tokens/s");
     const auto start = std::chrono::steady_clock::now();
     auto interval_start = start;
     for (std::int64_t step = 0; step < steps; ++step) {
@@ -96,12 +116,14 @@ int main(int argc, char** argv) {
         interval_start = now;
       }
     }
-    const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const double mmcs = sae::eval::meanMaxCosineSimilarity(
-        data.directions(), model.parameters().rowMajor("W_dec"));
-    std::printf("trained %ld steps in %.1f s; mean max cosine similarity with the true features: "
-                "%.4f\n",
-                long(steps), total, mmcs);
+    const double total =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double mmcs =
+        sae::eval::meanMaxCosineSimilarity(data.directions(), model.parameters().rowMajor("W_dec"));
+    std::printf(
+        "trained %ld steps in %.1f s; mean max cosine similarity with the true features: "
+        "%.4f\n",
+        long(steps), total, mmcs);
     if (mmcs < min_mmcs) {
       std::fprintf(stderr, "train_toy: MMCS %.4f is below the required %.4f\n", mmcs, min_mmcs);
       return 1;

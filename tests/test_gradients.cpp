@@ -234,8 +234,8 @@ TEST_CASE("TopK SAE gradients match finite differences, with and without AuxK",
           "[gradients][TopKSAE]") {
   const Mat x = randomBatch(5, 6, 13);
   sae::LatentMask few = sae::LatentMask::Zero(12), many = sae::LatentMask::Zero(12);
-  few[2] = few[7] = 1;                                     // 2 dead < d_in / 2: k_aux = 2
-  for (Index i = 0; i < 12; i += 2) many[i] = 1;           // 6 dead >= 3: k_aux = 3, scale 1
+  few[2] = few[7] = 1;                            // 2 dead < d_in / 2: k_aux = 2
+  for (Index i = 0; i < 12; i += 2) many[i] = 1;  // 6 dead >= 3: k_aux = 3, scale 1
   const std::vector<const sae::LatentMask*> masks{nullptr, &few, &many};
   for (const sae::LatentMask* mask : masks) {
     for (bool rescale : {true, false}) {

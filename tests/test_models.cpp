@@ -27,8 +27,7 @@ template <typename Model>
 void perturb(Model& model, std::uint64_t seed, double scale) {
   sae::Rng rng(seed);
   auto flat = model.parameters().flat();
-  for (Index i = 0; i < flat.size(); ++i)
-    flat[i] += typename Model::Scalar(scale * rng.normal());
+  for (Index i = 0; i < flat.size(); ++i) flat[i] += typename Model::Scalar(scale * rng.normal());
 }
 
 sae::SaeConfig smallConfig(Index k = 0) {
@@ -107,7 +106,8 @@ TEMPLATE_TEST_CASE("forward equals decode(encode) and the training pass agrees w
   for (const auto& t : terms.terms()) sum += t.second;
   CHECK(terms.total() == sum);
   CHECK(terms["total"] == sum);
-  CHECK_THROWS_WITH(terms["l0_loss"], Catch::StartsWith("no loss term named 'l0_loss' (have: mse_loss"));
+  CHECK_THROWS_WITH(terms["l0_loss"],
+                    Catch::StartsWith("no loss term named 'l0_loss' (have: mse_loss"));
 }
 
 TEST_CASE("TopK encode matches a dense reference selection", "[models][TopKSAE]") {

@@ -129,8 +129,8 @@ class ParameterSet {
   /// (`[1, n]` or `[n, 1]` accepted for 1-D tensors).
   void assignRowMajor(std::string_view name, const Eigen::Ref<const RowMatrix<Scalar>>& values) {
     const ParameterInfo& e = info(name);
-    const bool vector_ok =
-        e.shape.size() == 1 && values.size() == e.size && (values.rows() == 1 || values.cols() == 1);
+    const bool vector_ok = e.shape.size() == 1 && values.size() == e.size &&
+                           (values.rows() == 1 || values.cols() == 1);
     const bool matrix_ok =
         e.shape.size() == 2 && values.rows() == e.shape[0] && values.cols() == e.shape[1];
     require(vector_ok || matrix_ok, "parameter '", e.name, "': expected shape ", shapeString(e),

@@ -23,9 +23,9 @@ class ReconstructionMetrics {
   template <typename Scalar>
   void add(const Eigen::Ref<const RowMatrix<Scalar>>& x,
            const Eigen::Ref<const RowMatrix<Scalar>>& x_hat) {
-    require(x.rows() == x_hat.rows() && x.cols() == x_hat.cols(),
-            "reconstruction has shape [", x_hat.rows(), ", ", x_hat.cols(),
-            "], expected the input's [", x.rows(), ", ", x.cols(), "]");
+    require(x.rows() == x_hat.rows() && x.cols() == x_hat.cols(), "reconstruction has shape [",
+            x_hat.rows(), ", ", x_hat.cols(), "], expected the input's [", x.rows(), ", ", x.cols(),
+            "]");
     if (m_sum.size() == 0) m_sum = Eigen::VectorXd::Zero(x.cols());
     require(m_sum.size() == x.cols(), "batch has ", x.cols(), " columns, earlier batches had ",
             m_sum.size());
@@ -79,7 +79,12 @@ class FiringStats {
   template <typename Scalar>
   void add(const DenseCodes<Scalar>& codes) {
     checkWidth(codes.values.cols());
-    m_counts += (codes.values.array() != Scalar(0)).template cast<double>().colwise().sum().matrix().transpose();
+    m_counts += (codes.values.array() != Scalar(0))
+                    .template cast<double>()
+                    .colwise()
+                    .sum()
+                    .matrix()
+                    .transpose();
     m_tokens += codes.values.rows();
   }
 
@@ -104,8 +109,7 @@ class FiringStats {
  private:
   void checkWidth(Index d_sae) {
     if (m_counts.size() == 0) m_counts = Eigen::VectorXd::Zero(d_sae);
-    require(m_counts.size() == d_sae, "codes have ", d_sae, " latents, expected ",
-            m_counts.size());
+    require(m_counts.size() == d_sae, "codes have ", d_sae, " latents, expected ", m_counts.size());
   }
 
   Eigen::VectorXd m_counts;

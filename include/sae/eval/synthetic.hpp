@@ -54,8 +54,7 @@ class SyntheticFeatures {
     for (Index i = 0; i < m_directions.rows(); ++i) {
       double norm = 0;
       do {
-        for (Index j = 0; j < m_directions.cols(); ++j)
-          m_directions(i, j) = Scalar(m_rng.normal());
+        for (Index j = 0; j < m_directions.cols(); ++j) m_directions(i, j) = Scalar(m_rng.normal());
         norm = double(m_directions.row(i).norm());
       } while (norm == 0);
       m_directions.row(i) /= Scalar(norm);

@@ -6,10 +6,9 @@
 /// in SAELens's form (the auxiliary term trains W_dec and b_dec too, unlike the paper):
 /// ```
 /// xc = x - b_dec;  P = xc W_enc
-/// pi_gate = P + b_gate;  pi_mag = P * exp(r_mag) + b_mag  (column i of W_enc scaled by exp(r_mag_i))
-/// f = 1[pi_gate > 0] * relu(pi_mag);  y = f W_dec + b_dec
-/// mse_loss = mean_b sum_j (y - x)^2
-/// l1_loss  = l1_coefficient * mean_b sum_i relu(pi_gate)_i n_i
+/// pi_gate = P + b_gate;  pi_mag = P * exp(r_mag) + b_mag  (column i of W_enc scaled by
+/// exp(r_mag_i)) f = 1[pi_gate > 0] * relu(pi_mag);  y = f W_dec + b_dec mse_loss = mean_b sum_j (y
+/// - x)^2 l1_loss  = l1_coefficient * mean_b sum_i relu(pi_gate)_i n_i
 /// auxiliary_reconstruction_loss = mean_b || relu(pi_gate) W_dec + b_dec - x ||^2
 /// ```
 /// The Heaviside gate passes no gradient.
@@ -110,7 +109,8 @@ struct GatedArch {
     kernels::rowNorms<S>(W_dec, ws.norms);
     const double coef = cfg.l1_coefficient * opts.sparsity_scale;
     double penalty = 0;
-    for (Index b = 0; b < x.rows(); ++b) penalty += double(ws.gate.row(b).dot(ws.norms.transpose()));
+    for (Index b = 0; b < x.rows(); ++b)
+      penalty += double(ws.gate.row(b).dot(ws.norms.transpose()));
     terms.add("mse_loss", S(detail::meanSquaredError<S>(ws.reconstruction, x)));
     terms.add("l1_loss", S(coef * penalty / double(x.rows())));
     terms.add("auxiliary_reconstruction_loss",

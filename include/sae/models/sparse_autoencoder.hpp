@@ -27,8 +27,8 @@ void checkBatch(const ConstBatchRef<Scalar>& x, Index d_in) {
     for (Index r = 0; r < x.rows(); ++r)
       for (Index c = 0; c < x.cols(); ++c)
         if (!std::isfinite(x(r, c)))
-          throw NumericError(concat("input batch has a non-finite value (", x(r, c), ") at row ",
-                                    r, ", column ", c));
+          throw NumericError(concat("input batch has a non-finite value (", x(r, c), ") at row ", r,
+                                    ", column ", c));
   }
 }
 

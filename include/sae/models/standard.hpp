@@ -121,7 +121,8 @@ struct StandardArch {
     RowMatrix<S>& grad_h = ws.pre;  // h is only needed for its sign, which f also gives
     grad_h.noalias() = ws.grad_y * W_dec.transpose();
     // d ||v||_p / d v_i = v_i^(p-1) / ||v||_p^(p-1) for v = f * n >= 0, and 0 where v_i = 0
-    // (torch's subgradient); so d penalty / d f_i = coef dv_i n_i, d penalty / d n_i = coef dv_i f_i.
+    // (torch's subgradient); so d penalty / d f_i = coef dv_i n_i, d penalty / d n_i = coef dv_i
+    // f_i.
     auto dv = [&](Index b, Index i) {
       return lp == 1.0 ? S(1) : S(std::pow(double(f(b, i) * ws.norms[i] / ws.row_lp[b]), lp - 1.0));
     };

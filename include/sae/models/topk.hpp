@@ -40,17 +40,17 @@ struct TopKArch {
     RowMatrix<S> reconstruction;  ///< y, `[B, d_in]`.
     Index tile_rows = 512;        ///< Rows of pre-activations made at once.
 
-    RowMatrix<S> xc;           // centred input
-    RowMatrix<S> tile;         // [tile_rows, d_sae] pre-activations of one tile
-    RowMatrix<S> scaled;       // [threads, d_sae] p = h n per thread
-    Vector<S> norms;           // decoder row norms
-    RowMatrix<S> h_sel;        // [B, k] h of the selected latents
-    RowMatrix<S> u;            // [B, k] decoder input relu(h)
+    RowMatrix<S> xc;                 // centred input
+    RowMatrix<S> tile;               // [tile_rows, d_sae] pre-activations of one tile
+    RowMatrix<S> scaled;             // [threads, d_sae] p = h n per thread
+    Vector<S> norms;                 // decoder row norms
+    RowMatrix<S> h_sel;              // [B, k] h of the selected latents
+    RowMatrix<S> u;                  // [B, k] decoder input relu(h)
     std::vector<std::int32_t> dead;  // dead latent ids
-    IndexMatrix aux_index;     // [B, k_aux]
-    RowMatrix<S> aux_h;        // [B, k_aux] h of the AuxK latents
-    RowMatrix<S> aux_p;        // [B, k_aux] selection scores (scratch)
-    RowMatrix<S> stacked;      // [2B, d_in]: d/dy on top, AuxK residual / its gradient below
+    IndexMatrix aux_index;           // [B, k_aux]
+    RowMatrix<S> aux_h;              // [B, k_aux] h of the AuxK latents
+    RowMatrix<S> aux_p;              // [B, k_aux] selection scores (scratch)
+    RowMatrix<S> stacked;            // [2B, d_in]: d/dy on top, AuxK residual / its gradient below
     RowMatrix<S> grad_h, grad_h_aux;
     kernels::LatentBuckets buckets;
     std::vector<std::int32_t> dec_row, enc_row;
