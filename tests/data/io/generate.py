@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes the small .npy / .safetensors / raw files that tests/test_{npy,safetensors,raw}.cpp read.
+"""Writes the small .npy / .npz / .safetensors / raw files that tests/test_{npy,npz,safetensors,raw}.cpp
+and tests/test_activation_stream.cpp read.
 
 Run from anywhere:  python3 tests/data/io/generate.py   (needs numpy only; safetensors files are
 written by hand with struct + json, so neither torch nor the safetensors package is needed).
@@ -17,14 +18,22 @@ Values. Every numeric array is a view of the matrix
 All values used are exact in float16 and bfloat16 (at most 8 significant bits).
 The special-value files hold fixed bit patterns (listed below) that the tests decode by hand.
 
-Broken files (prefix bad_ / st_bad_ / raw_bad_) each carry one defect, named in the file name.
+Broken files (prefix bad_ / st_bad_ / raw_bad_ / npz_bad_) each carry one defect, named in the file
+name. The npz files are written by numpy's own np.savez / np.savez_compressed (through the zipfile
+module); the broken ones patch single fields of such an archive, at offsets found by parsing it
+here, and the zip64 archive, which zipfile only writes beyond 4 GiB, is assembled by hand and
+checked by reading it back with zipfile and np.load.
 Hand-built npy headers are not padded, so a byte offset in an error message is 10 (the v1.0
 preamble) plus the position in the header text shown here.
 """
 
+import io
 import json
 import os
 import struct
+import warnings
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -244,9 +253,175 @@ def raw_files():
     write("raw_bad_size.bin", m.astype("<f4").tobytes() + b"\0\0\0")
 
 
+def savez_bytes(compressed=False, seekable=True, **arrays):
+    """The bytes np.savez (or np.savez_compressed) writes for `arrays`."""
+    class Unseekable:  # a pipe-like target: zipfile then writes data descriptors (flag bit 3)
+        def __init__(self):
+            self.data = b""
+
+        def write(self, b):
+            self.data += bytes(b)
+            return len(b)
+
+        def flush(self):
+            pass
+
+        def read(self, *args):
+            raise io.UnsupportedOperation
+
+        def seekable(self):
+            return False
+
+        def tell(self):
+            raise io.UnsupportedOperation
+
+    target = io.BytesIO() if seekable else Unseekable()
+    (np.savez_compressed if compressed else np.savez)(target, **arrays)
+    return target.getvalue() if seekable else target.data
+
+
+def zip_layout(data):
+    """Offsets in a small zip archive: end record, central directory, its entries' fields."""
+    eocd = data.rindex(b"PK\x05\x06")
+    cd_size, cd_offset = struct.unpack_from("<II", data, eocd + 12)
+    entries = []
+    p = cd_offset
+    while p < cd_offset + cd_size:
+        n, m, k = struct.unpack_from("<HHH", data, p + 28)
+        local = struct.unpack_from("<I", data, p + 42)[0]
+        name = data[p + 46:p + 46 + n].decode()
+        entries.append({"cd": p, "local": local, "name": name})
+        p += 46 + n + m + k
+    return eocd, cd_offset, entries
+
+
+def patched(data, offset, fmt, value):
+    b = bytearray(data)
+    struct.pack_into(fmt, b, offset, value)
+    return bytes(b)
+
+
+def npy_bytes(arr):
+    b = io.BytesIO()
+    np.lib.format.write_array(b, arr, allow_pickle=False)
+    return b.getvalue()
+
+
+def zip64_archive(members):
+    """A stored zip archive in zip64 form: every size and offset in the central directory is
+    0xffffffff with the real value in a zip64 extra field, and the end record defers to a zip64
+    end-of-central-directory record found through the zip64 locator."""
+    out = b""
+    central = b""
+    for name, payload in members:
+        n = name.encode()
+        crc = zlib.crc32(payload)
+        local_extra = struct.pack("<HHQQ", 1, 16, len(payload), len(payload))
+        offset = len(out)
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0, 0, 0, 0x21, crc, 0xFFFFFFFF,
+                           0xFFFFFFFF, len(n), len(local_extra)) + n + local_extra + payload
+        extra = struct.pack("<HHQQQ", 1, 24, len(payload), len(payload), offset)
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, 0, 0, 0x21, crc,
+                               0xFFFFFFFF, 0xFFFFFFFF, len(n), len(extra), 0, 0, 0, 0,
+                               0xFFFFFFFF) + n + extra
+    cd_offset = len(out)
+    out += central
+    zip64_eocd = len(out)
+    count = len(members)
+    out += struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, len(central),
+                       cd_offset)
+    out += struct.pack("<IIQI", 0x07064B50, 0, zip64_eocd, 1)
+    out += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return out
+
+
+def fixed_time(name):
+    """A stored zip member dated 1980-01-01, as np.savez dates its members (reproducible)."""
+    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+
+
+def check_npz(data, expected):
+    """Reads `data` back with zipfile and np.load and compares with `expected` (name -> array)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        assert z.testzip() is None
+    with np.load(io.BytesIO(data)) as f:
+        assert sorted(f.files) == sorted(expected)
+        for k, arr in expected.items():
+            assert f[k].dtype == arr.dtype and np.array_equal(f[k], arr)
+
+
+def good_npz():
+    a = matrix(3, 5).astype("<f4")
+    b = matrix(1, 4)[0].astype("<f8")
+    c = tensor3(2, 3, 4).astype(">f2")
+    d = np.asfortranarray(matrix(3, 5).astype("<f8"))
+    write("npz_named.npz", savez_bytes(a=a, b=b, c=c, d=d))
+    write("npz_positional.npz", savez_bytes(arr_0=matrix(2, 3).astype("<f4"),
+                                            arr_1=matrix(4, 2).astype("<f8")))
+    write("npz_unseekable.npz", savez_bytes(seekable=False, a=a))
+    # np.savez plus a member that is not an array (ignored by the reader).
+    buf = io.BytesIO(savez_bytes(a=a))
+    with zipfile.ZipFile(buf, "a") as z:
+        z.writestr(fixed_time("notes.txt"), "not an array\n")
+    write("npz_extra_member.npz", buf.getvalue())
+    zip64 = zip64_archive([("a.npy", npy_bytes(a)), ("b.npy", npy_bytes(b))])
+    check_npz(zip64, {"a": a, "b": b})
+    write("npz_zip64.npz", zip64)
+    write("npz_compressed.npz", savez_bytes(compressed=True, a=a))
+    # Stream test shard: 6 rows of 4 columns; column 0 is the row label 500 + r.
+    acts = matrix(6, 4)
+    acts[:, 0] = 500 + np.arange(6)
+    write("stream_ids.npz", savez_bytes(acts=acts.astype("<f4"), labels=np.arange(6.0)))
+
+
+def bad_npz():
+    a = matrix(3, 5).astype("<f4")
+    base = savez_bytes(a=a)
+    eocd, cd_offset, entries = zip_layout(base)
+    cd, local = entries[0]["cd"], entries[0]["local"]
+    write("npz_bad_empty.npz", b"")
+    write("npz_bad_short.npz", b"PK\x05\x06")
+    write("npz_bad_not_zip.npz", npy_bytes(a))
+    write("npz_bad_truncated.npz", base[:-10])
+    write("npz_bad_local_sig.npz", patched(base, local, "<I", 0x04034B51))
+    write("npz_bad_cd_sig.npz", patched(base, cd, "<I", 0x02014B51))
+    write("npz_bad_cd_offset.npz", patched(base, eocd + 16, "<I", 100000))
+    write("npz_bad_entry_count.npz",
+          patched(patched(base, eocd + 8, "<H", 50), eocd + 10, "<H", 50))
+    write("npz_bad_local_offset.npz", patched(base, cd + 42, "<I", cd_offset - 10))
+    write("npz_bad_name_mismatch.npz", patched(base, local + 30, "<B", ord("b")))
+    write("npz_bad_method_mismatch.npz", patched(base, local + 8, "<H", 8))
+    write("npz_bad_encrypted.npz", patched(base, cd + 8, "<H", 1))
+    write("npz_bad_multidisk.npz", patched(base, eocd + 4, "<H", 1))
+    write("npz_bad_data_past_cd.npz",
+          patched(patched(base, cd + 20, "<I", 100000), cd + 24, "<I", 100000))
+    write("npz_bad_stored_sizes.npz", patched(base, cd + 24, "<I", 10))
+    write("npz_bad_zip64_missing.npz", patched(base, eocd + 16, "<I", 0xFFFFFFFF))
+    zip64 = zip64_archive([("a.npy", npy_bytes(a))])
+    locator = zip64.rindex(b"PK\x06\x07")
+    write("npz_bad_zip64_locator.npz", patched(zip64, locator + 8, "<Q", 2**40))
+    z64_cd = zip64.index(b"PK\x01\x02")
+    # The zip64 extra field's own length: 8 bytes cannot hold the three 64-bit values.
+    write("npz_bad_zip64_extra.npz", patched(zip64, z64_cd + 46 + len("a.npy") + 2, "<H", 8))
+    # A member whose npy image is cut short (stored with zipfile directly).
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        z.writestr(fixed_time("a.npy"), npy_bytes(a)[:-8])
+    write("npz_bad_member_npy.npz", buf.getvalue())
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+            z.writestr(fixed_time("a.npy"), npy_bytes(a))
+            z.writestr(fixed_time("a.npy"), npy_bytes(a))
+    write("npz_bad_duplicate.npz", buf.getvalue())
+
+
 if __name__ == "__main__":
     good_npy()
     bad_npy()
     good_safetensors()
     bad_safetensors()
     raw_files()
+    good_npz()
+    bad_npz()
