@@ -45,6 +45,14 @@ class DeadLatentTracker {
   const Eigen::Matrix<std::int64_t, Eigen::Dynamic, 1>& stepsSinceFired() const {
     return m_steps_since;
   }
+  /// @brief Restores counters saved from stepsSinceFired() (checkpoint resume) and the mask.
+  void setStepsSinceFired(const Eigen::Matrix<std::int64_t, Eigen::Dynamic, 1>& steps) {
+    require(steps.size() == m_steps_since.size(), "DeadLatentTracker: ", steps.size(),
+            " counters given, expected d_sae = ", m_steps_since.size());
+    require(steps.size() == 0 || steps.minCoeff() >= 0, "DeadLatentTracker: counters must be >= 0");
+    m_steps_since = steps;
+    for (Index i = 0; i < m_mask.size(); ++i) m_mask[i] = m_steps_since[i] >= m_window ? 1 : 0;
+  }
 
  private:
   template <typename Scalar>

@@ -1,0 +1,301 @@
+/// @file batch_source.hpp
+/// @brief Sources of training batches for the Trainer: the BatchSource concept, synthetic data,
+/// activation files read in order, and an adapter over io::ActivationStream.
+///
+/// A batch source `Src` over scalar type `S` provides:
+///   - `Index dIn() const`: width of the rows;
+///   - `void next(RowMatrix<S>& batch)`: fills the next `[batch_size, d_in]` batch (resizing);
+///   - `nlohmann::json position() const` and `void seek(const nlohmann::json&)`: where the
+///     source is, as JSON, so that a checkpoint can restore it exactly (after seek(position())
+///     the source yields the same batches it would have);
+///   - `RowMatrix<S> holdout(Index max_rows) const`: rows kept out of training, for evaluation
+///     (may be empty);
+///   - `std::string describe() const`: one line for logs and the run config.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <sae/core/error.hpp>
+#include <sae/core/rng.hpp>
+#include <sae/core/types.hpp>
+#include <sae/eval/synthetic.hpp>
+#include <sae/io/npy.hpp>
+#include <sae/io/safetensors.hpp>
+
+namespace sae::train {
+
+/// @brief Synthetic superposition data (see eval::SyntheticFeatures) whose batch `i` is drawn
+/// from its own random stream, so the position is just the number of batches drawn.
+///
+/// The ground-truth directions are those of `eval::SyntheticFeatures(options, seed)`.
+template <typename Scalar>
+class SyntheticSource {
+ public:
+  /// @param options    data settings (d_in, features, sparsity, noise).
+  /// @param seed       seed of the directions and of every batch.
+  /// @param batch_size rows per batch, > 0.
+  SyntheticSource(const eval::SyntheticOptions& options, std::uint64_t seed, Index batch_size)
+      : m_options(options), m_seed(seed), m_batch_size(batch_size) {
+    require(batch_size > 0, "synthetic data: batch_size must be positive, found ", batch_size);
+    m_directions = eval::SyntheticFeatures<Scalar>(options, seed).directions();
+  }
+
+  Index dIn() const { return m_options.d_in; }
+  Index batchSize() const { return m_batch_size; }
+  /// @brief Ground-truth feature directions `[n_features, d_in]`, unit rows.
+  const RowMatrix<Scalar>& directions() const { return m_directions; }
+  const eval::SyntheticOptions& options() const { return m_options; }
+
+  void next(RowMatrix<Scalar>& batch) {
+    Rng rng(m_seed ^ 0x5DEECE66DULL, std::uint64_t(m_batches) + 1);
+    fill(rng, m_batch_size, batch);
+    ++m_batches;
+  }
+
+  nlohmann::json position() const { return {{"batches", m_batches}}; }
+  void seek(const nlohmann::json& pos) {
+    require(pos.is_object() && pos.contains("batches") && pos.at("batches").is_number_integer() &&
+                pos.at("batches").get<std::int64_t>() >= 0,
+            "synthetic data: position must be {\"batches\": n >= 0}, found ", pos.dump());
+    m_batches = pos.at("batches").get<std::int64_t>();
+  }
+
+  /// @brief `max_rows` rows from a stream no training batch uses.
+  RowMatrix<Scalar> holdout(Index max_rows) const {
+    RowMatrix<Scalar> out;
+    if (max_rows <= 0) return out;
+    Rng rng(m_seed ^ 0x48F1D0C7ULL, 0);
+    fill(rng, max_rows, out);
+    return out;
+  }
+
+  std::string describe() const {
+    return sae::detail::concat("synthetic (d_in ", m_options.d_in, ", ", m_options.n_features,
+                               " features, ", m_options.expected_active, " active, noise ",
+                               m_options.noise, ", seed ", m_seed, ")");
+  }
+
+ private:
+  // The sampling of eval::SyntheticFeatures::sample, from the given generator.
+  void fill(Rng& rng, Index rows, RowMatrix<Scalar>& out) const {
+    out.resize(rows, m_options.d_in);
+    const double p = m_options.expected_active / double(m_options.n_features);
+    const double span = m_options.max_magnitude - m_options.min_magnitude;
+    for (Index b = 0; b < rows; ++b) {
+      auto row = out.row(b);
+      for (Index j = 0; j < row.size(); ++j) row[j] = Scalar(m_options.noise * rng.normal());
+      for (Index i = 0; i < m_options.n_features; ++i) {
+        if (rng.uniform() < p) {
+          const double magnitude = m_options.min_magnitude + span * rng.uniform();
+          row += Scalar(magnitude) * m_directions.row(i);
+        }
+      }
+    }
+  }
+
+  eval::SyntheticOptions m_options;
+  std::uint64_t m_seed;
+  Index m_batch_size;
+  std::int64_t m_batches = 0;
+  RowMatrix<Scalar> m_directions;
+};
+
+/// @brief Rows of activation files (.npy, or the 2-D tensor of a .safetensors file) read
+/// in order, as one `[total_rows, d_in]` matrix. N-D arrays flatten their leading dimensions.
+class ActivationFiles {
+ public:
+  /// @param paths       the files, in order; every one must have the same number of columns.
+  /// @param tensor_name safetensors: which tensor; empty = the only one with 2+ dimensions.
+  explicit ActivationFiles(const std::vector<std::string>& paths, std::string tensor_name = {}) {
+    require(!paths.empty(), "no activation files given");
+    for (const auto& path : paths) {
+      File f;
+      f.path = path;
+      if (endsWith(path, ".npy")) {
+        f.npy = std::make_unique<io::NpyReader>(path);
+        f.rows = f.npy->rows();
+        f.cols = f.npy->cols();
+        if (f.npy->shape().size() < 2)
+          throw FormatError(sae::detail::concat(path,
+                                                ": expected activations [tokens, d_in], found a ",
+                                                f.npy->shape().size(), "-D array"));
+      } else if (endsWith(path, ".safetensors")) {
+        f.st = std::make_unique<io::SafetensorsFile>(path);
+        f.tensor = tensor_name.empty() ? onlyMatrix(*f.st) : tensor_name;
+        const io::TensorInfo& t = f.st->info(f.tensor);
+        if (t.shape.size() < 2)
+          throw FormatError(sae::detail::concat(path, ": tensor '", f.tensor,
+                                                "' is not [tokens, d_in] (shape has ",
+                                                t.shape.size(), " dimensions)"));
+        f.rows = t.rows;
+        f.cols = t.cols;
+      } else {
+        throw ConfigError(sae::detail::concat(
+            path, ": unsupported activation file type (expected .npy or .safetensors)"));
+      }
+      if (!m_files.empty() && f.cols != m_files.front().cols)
+        throw FormatError(sae::detail::concat(path, ": rows have ", f.cols, " columns, but ",
+                                              m_files.front().path, " has ", m_files.front().cols));
+      f.first = m_rows;
+      m_rows += f.rows;
+      m_files.push_back(std::move(f));
+    }
+    require(m_rows > 0, "the activation files hold no rows");
+  }
+
+  Index rows() const { return m_rows; }
+  Index cols() const { return m_files.front().cols; }
+
+  /// @brief Copies rows [begin, end) (across files) into `out`, which has end - begin rows.
+  template <typename Scalar>
+  void readRows(Index begin, Index end, Eigen::Ref<RowMatrix<Scalar>> out) const {
+    require(begin >= 0 && begin <= end && end <= m_rows, "rows [", begin, ", ", end,
+            ") out of range [0, ", m_rows, ")");
+    Index at = begin;
+    for (const auto& f : m_files) {
+      if (at >= end) break;
+      if (at >= f.first + f.rows) continue;
+      const Index lo = at - f.first;
+      const Index hi = std::min(f.rows, end - f.first);
+      auto block = out.middleRows(at - begin, hi - lo);
+      if (f.npy)
+        f.npy->readRows<Scalar>(lo, hi, block);
+      else
+        f.st->readRows<Scalar>(f.tensor, lo, hi, block);
+      at += hi - lo;
+    }
+  }
+
+ private:
+  struct File {
+    std::string path, tensor;
+    std::unique_ptr<io::NpyReader> npy;
+    std::unique_ptr<io::SafetensorsFile> st;
+    Index rows = 0, cols = 0, first = 0;
+  };
+
+  static bool endsWith(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() &&
+           s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  }
+
+  static std::string onlyMatrix(const io::SafetensorsFile& f) {
+    std::string found;
+    for (const auto& name : f.names()) {
+      if (f.info(name).shape.size() >= 2) {
+        if (!found.empty())
+          throw FormatError(sae::detail::concat(f.path(), ": several tensors with 2+ dimensions ('",
+                                                found, "', '", name, "'); name the one to use"));
+        found = name;
+      }
+    }
+    if (found.empty())
+      throw FormatError(sae::detail::concat(f.path(), ": no tensor with 2 or more dimensions"));
+    return found;
+  }
+
+  std::vector<File> m_files;
+  Index m_rows = 0;
+};
+
+/// @brief Batches of activation files read in order, wrapping around at the end; the last
+/// `holdout_fraction` of the rows is kept out of training for evaluation.
+template <typename Scalar>
+class FileSource {
+ public:
+  FileSource(const std::vector<std::string>& paths, Index batch_size, double holdout_fraction = 0.0,
+             std::string tensor_name = {})
+      : m_files(paths, std::move(tensor_name)), m_batch_size(batch_size) {
+    require(batch_size > 0, "batch size must be positive, found ", batch_size);
+    require(holdout_fraction >= 0 && holdout_fraction < 1,
+            "holdout fraction must be in [0, 1), found ", holdout_fraction);
+    m_holdout = Index(double(m_files.rows()) * holdout_fraction);
+    m_train_rows = m_files.rows() - m_holdout;
+    require(m_train_rows > 0, "no training rows left after the hold-out split");
+  }
+
+  Index dIn() const { return m_files.cols(); }
+  Index trainingRows() const { return m_train_rows; }
+
+  void next(RowMatrix<Scalar>& batch) {
+    batch.resize(m_batch_size, dIn());
+    Index filled = 0;
+    while (filled < m_batch_size) {
+      const Index n = std::min(m_batch_size - filled, m_train_rows - m_row);
+      m_files.readRows<Scalar>(m_row, m_row + n, batch.middleRows(filled, n));
+      filled += n;
+      m_row += n;
+      if (m_row == m_train_rows) {
+        m_row = 0;
+        ++m_epoch;
+      }
+    }
+  }
+
+  nlohmann::json position() const { return {{"epoch", m_epoch}, {"row", m_row}}; }
+  void seek(const nlohmann::json& pos) {
+    const bool ok = pos.is_object() && pos.contains("epoch") && pos.contains("row") &&
+                    pos.at("epoch").is_number_integer() && pos.at("row").is_number_integer();
+    require(ok, "file source: position must be {\"epoch\": e, \"row\": r}, found ", pos.dump());
+    const auto row = pos.at("row").get<std::int64_t>();
+    require(row >= 0 && row < m_train_rows, "file source: row ", row, " out of range [0, ",
+            m_train_rows, ")");
+    m_epoch = pos.at("epoch").get<std::int64_t>();
+    m_row = row;
+  }
+
+  RowMatrix<Scalar> holdout(Index max_rows) const {
+    const Index n = std::min(max_rows, m_holdout);
+    RowMatrix<Scalar> out(n, dIn());
+    if (n > 0) m_files.readRows<Scalar>(m_train_rows, m_train_rows + n, out);
+    return out;
+  }
+
+  std::string describe() const {
+    return sae::detail::concat("files in order (", m_files.rows(), " rows x ", dIn(), ", ",
+                               m_holdout, " held out)");
+  }
+
+ private:
+  ActivationFiles m_files;
+  Index m_batch_size;
+  Index m_holdout = 0, m_train_rows = 0;
+  Index m_row = 0;
+  std::int64_t m_epoch = 0;
+};
+
+/// @brief Adapts a stream with `position()` returning a type `P` with `toJson()` and
+/// `P::fromJson`, and `seek(const P&)` (io::ActivationStream) to the BatchSource concept.
+template <typename Stream>
+class StreamSource {
+ public:
+  using Scalar = typename std::decay_t<decltype(std::declval<Stream&>().holdout(0))>::Scalar;
+
+  template <typename... Args>
+  explicit StreamSource(Args&&... args) : m_stream(std::forward<Args>(args)...) {}
+
+  Index dIn() const { return m_stream.dIn(); }
+  void next(RowMatrix<Scalar>& batch) { m_stream.next(batch); }
+  nlohmann::json position() const { return m_stream.position().toJson(); }
+  void seek(const nlohmann::json& pos) {
+    using Position = std::decay_t<decltype(m_stream.position())>;
+    m_stream.seek(Position::fromJson(pos));
+  }
+  RowMatrix<Scalar> holdout(Index max_rows) const { return m_stream.holdout(max_rows); }
+  std::string describe() const {
+    return sae::detail::concat("activation stream (", m_stream.totalRows(), " rows x ", dIn(), ")");
+  }
+  Stream& stream() { return m_stream; }
+
+ private:
+  Stream m_stream;
+};
+
+}  // namespace sae::train

@@ -1,0 +1,784 @@
+/// @file trainer.hpp
+/// @brief Trainer: the full training loop of an SAE on a batch source, with SAELens's
+/// schedules, clipping, dead-latent tracking (AuxK for TopK), feature-density sampling,
+/// initialisation options, input normalisation, metrics, held-out evaluation, checkpoints with
+/// bitwise-identical resume, signal handling, and the final SAE saved in SAELens's format.
+///
+/// Run folder `out_dir`:
+/// - `cfg.json`, `sae_weights.safetensors`, `sparsity.safetensors`: the final SAE
+///   (`sae_lens.SAE.load_from_disk(out_dir)` loads it);
+/// - `train_config.json`: the TrainerConfig of the run;
+/// - `metrics.jsonl`: one JSON object per logged step (and per evaluation);
+/// - `checkpoints/step_*.safetensors` + `checkpoints/latest`: see checkpoint.hpp.
+///
+/// Determinism: every piece of state that influences training (parameters, Adam m, v and t,
+/// the step, the data-source position, the dead-latent counters, the feature-density window,
+/// the input scale and the RNG) is saved in each checkpoint, so a run resumed from a
+/// checkpoint ends bitwise identical to an uninterrupted run with the same seed and threads.
+#pragma once
+
+#include <unistd.h>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <sae/core/error.hpp>
+#include <sae/core/rng.hpp>
+#include <sae/core/types.hpp>
+#include <sae/eval/metrics.hpp>
+#include <sae/io/atomic_write.hpp>
+#include <sae/io/saelens.hpp>
+#include <sae/models/sparse_autoencoder.hpp>
+#include <sae/optim/adam.hpp>
+#include <sae/optim/clip.hpp>
+#include <sae/optim/schedule.hpp>
+#include <sae/train/checkpoint.hpp>
+#include <sae/train/dead_latents.hpp>
+
+namespace sae::train {
+
+/// The serialised fields of TrainerConfig.
+#define SAE_TRAIN_FIELDS(X)                                                                     \
+  X(architecture)                                                                               \
+  X(d_sae) X(expansion_factor) X(k) X(rescale_acts_by_decoder_norm) X(apply_b_dec_to_input)     \
+      X(l1_coefficient) X(lp_norm) X(aux_loss_coefficient) X(batch_size) X(total_steps) X(seed) \
+          X(lr) X(adam_beta1) X(adam_beta2) X(adam_eps) X(lr_scheduler) X(lr_warmup_steps)      \
+              X(lr_decay_steps) X(l1_warmup_steps) X(max_grad_norm) X(dead_feature_window)      \
+                  X(feature_sampling_window) X(b_dec_init) X(init_sample_rows)                  \
+                      X(decoder_unit_norm) X(normalize_activations) X(norm_estimate_batches)    \
+                          X(log_every) X(eval_every) X(eval_rows) X(checkpoint_every)           \
+                              X(keep_checkpoints) X(out_dir) X(data) X(threads)
+
+/// @brief Settings of a training run (serialised into every checkpoint and train_config.json).
+struct TrainerConfig {
+  std::string architecture = "topk";         ///< "standard", "gated" or "topk".
+  Index d_sae = 0;                           ///< Latents (0: expansion_factor * d_in).
+  double expansion_factor = 8.0;             ///< d_sae / d_in when d_sae is 0.
+  Index k = 32;                              ///< TopK: latents per token.
+  bool rescale_acts_by_decoder_norm = true;  ///< TopK: SAELens flag.
+  bool apply_b_dec_to_input = true;          ///< SAELens flag.
+  double l1_coefficient = 5.0;               ///< Standard, gated: sparsity coefficient.
+  double lp_norm = 1.0;                      ///< Standard: p of the penalty.
+  double aux_loss_coefficient = 1.0 / 32;    ///< TopK: AuxK coefficient.
+
+  Index batch_size = 4096;          ///< Tokens per step.
+  std::int64_t total_steps = 1000;  ///< Training steps.
+  std::uint64_t seed = 0;           ///< Initialisation and data seed.
+
+  double lr = 3e-4;  ///< Peak learning rate.
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
+  std::string lr_scheduler = "constant";  ///< "constant", "cosine" or "linear".
+  std::int64_t lr_warmup_steps = 0;       ///< Linear learning-rate warm-up.
+  std::int64_t lr_decay_steps = 0;        ///< Final linear decay to 0.
+  std::int64_t l1_warmup_steps = 0;       ///< Coefficient warm-up (sparsity coefficient).
+  double max_grad_norm = 1.0;             ///< Global gradient-norm clip; 0 disables it.
+
+  std::int64_t dead_feature_window = 1000;      ///< Steps without firing = dead (AuxK).
+  std::int64_t feature_sampling_window = 2000;  ///< Steps per feature-density window.
+
+  std::string b_dec_init = "zeros";            ///< "zeros", "mean" or "geometric_median".
+  Index init_sample_rows = 8192;               ///< Rows used by the mean / geometric median.
+  bool decoder_unit_norm = false;              ///< OpenAI / EleutherAI unit-norm decoder recipe.
+  std::string normalize_activations = "none";  ///< "none" or "expected_average_only_in".
+  Index norm_estimate_batches = 10;            ///< Batches used to estimate the input scale.
+
+  std::int64_t log_every = 100;       ///< Steps between metrics lines.
+  std::int64_t eval_every = 0;        ///< Steps between held-out evaluations (0: end only).
+  Index eval_rows = 4096;             ///< Held-out rows per evaluation.
+  std::int64_t checkpoint_every = 0;  ///< Steps between checkpoints (0: end only).
+  int keep_checkpoints = 3;           ///< Checkpoints kept.
+  std::string out_dir;                ///< Run folder.
+  nlohmann::json data = nlohmann::json::object();  ///< Description of the data (for resume).
+  int threads = 0;  ///< Threads of the run (0: default); same threads = same bits on resume.
+
+  /// @brief Throws ConfigError naming the first invalid field.
+  void validate() const {
+    require(architecture == "standard" || architecture == "gated" || architecture == "topk",
+            "architecture must be standard, gated or topk, found '", architecture, "'");
+    require(batch_size > 0, "batch size must be positive, found ", batch_size);
+    require(total_steps > 0, "steps must be positive, found ", total_steps);
+    require(d_sae >= 0, "d_sae must be >= 0, found ", d_sae);
+    require(d_sae > 0 || (std::isfinite(expansion_factor) && expansion_factor > 0),
+            "expansion factor must be positive, found ", expansion_factor);
+    require(std::isfinite(max_grad_norm) && max_grad_norm >= 0,
+            "max_grad_norm must be >= 0, found ", max_grad_norm);
+    require(dead_feature_window >= 1, "dead_feature_window must be >= 1, found ",
+            dead_feature_window);
+    require(feature_sampling_window >= 1, "feature_sampling_window must be >= 1, found ",
+            feature_sampling_window);
+    require(b_dec_init == "zeros" || b_dec_init == "mean" || b_dec_init == "geometric_median",
+            "b_dec_init must be zeros, mean or geometric_median, found '", b_dec_init, "'");
+    require(init_sample_rows > 0, "init_sample_rows must be positive, found ", init_sample_rows);
+    require(normalize_activations == "none" || normalize_activations == "expected_average_only_in",
+            "normalize_activations must be none or expected_average_only_in, found '",
+            normalize_activations, "'");
+    require(norm_estimate_batches > 0, "norm_estimate_batches must be positive, found ",
+            norm_estimate_batches);
+    require(log_every > 0, "log_every must be positive, found ", log_every);
+    require(eval_every >= 0, "eval_every must be >= 0, found ", eval_every);
+    require(eval_rows >= 0, "eval_rows must be >= 0, found ", eval_rows);
+    require(checkpoint_every >= 0, "checkpoint_every must be >= 0, found ", checkpoint_every);
+    require(keep_checkpoints >= 1, "keep_checkpoints must be >= 1, found ", keep_checkpoints);
+    require(!out_dir.empty(), "an output directory is required");
+    schedule().validate();
+    if (architecture == "topk") require(k > 0, "k must be positive, found ", k);
+  }
+
+  /// @brief The SAE shape and hyperparameters for inputs of width `d_in`.
+  SaeConfig saeConfig(Index d_in) const {
+    SaeConfig c;
+    c.d_in = d_in;
+    c.d_sae = d_sae > 0 ? d_sae : Index(std::llround(expansion_factor * double(d_in)));
+    c.k = architecture == "topk" ? k : 0;
+    c.rescale_acts_by_decoder_norm = architecture == "topk" && rescale_acts_by_decoder_norm;
+    c.apply_b_dec_to_input = apply_b_dec_to_input;
+    c.l1_coefficient = l1_coefficient;
+    c.lp_norm = lp_norm;
+    c.aux_loss_coefficient = aux_loss_coefficient;
+    return c;
+  }
+
+  /// @brief The learning-rate schedule.
+  LrSchedule schedule() const {
+    LrSchedule s;
+    s.lr = lr;
+    s.total_steps = total_steps;
+    s.warmup_steps = lr_warmup_steps;
+    s.decay_steps = lr_decay_steps;
+    if (lr_scheduler == "constant")
+      s.decay = LrDecay::Constant;
+    else if (lr_scheduler == "cosine")
+      s.decay = LrDecay::Cosine;
+    else if (lr_scheduler == "linear")
+      s.decay = LrDecay::Linear;
+    else
+      throw ConfigError("lr_scheduler must be constant, cosine or linear, found '" + lr_scheduler +
+                        "'");
+    return s;
+  }
+
+  AdamOptions adamOptions() const {
+    AdamOptions a;
+    a.lr = lr;
+    a.beta1 = adam_beta1;
+    a.beta2 = adam_beta2;
+    a.eps = adam_eps;
+    return a;
+  }
+
+  nlohmann::json toJson() const {
+    nlohmann::json j;
+#define SAE_TRAIN_FIELD(name) j[#name] = name;
+    SAE_TRAIN_FIELDS(SAE_TRAIN_FIELD)
+#undef SAE_TRAIN_FIELD
+    return j;
+  }
+
+  /// @brief Reads the fields present in `j` (others keep their value); ConfigError naming an
+  /// unknown or mistyped field.
+  void updateFromJson(const nlohmann::json& j, const std::string& where) {
+    require(j.is_object(), where, ": expected a JSON object");
+    for (const auto& [key, value] : j.items()) {
+      bool known = false;
+#define SAE_TRAIN_FIELD(name)                                                                  \
+  if (key == #name) {                                                                          \
+    known = true;                                                                              \
+    try {                                                                                      \
+      name = value.get<decltype(name)>();                                                      \
+    } catch (const nlohmann::json::exception&) {                                               \
+      throw ConfigError(sae::detail::concat(where, ": field '", key, "' has the wrong type (", \
+                                            value.dump(), ")"));                               \
+    }                                                                                          \
+  }
+      SAE_TRAIN_FIELDS(SAE_TRAIN_FIELD)
+#undef SAE_TRAIN_FIELD
+      if (!known) throw ConfigError(sae::detail::concat(where, ": unknown field '", key, "'"));
+    }
+  }
+};
+#undef SAE_TRAIN_FIELDS
+
+/// @brief Per-latent firing counts over a window of steps (SAELens's feature sampling window).
+class FeatureDensityWindow {
+ public:
+  FeatureDensityWindow(Index d_sae, std::int64_t window)
+      : m_counts(Eigen::VectorXd::Zero(d_sae)),
+        m_last(Eigen::VectorXd::Zero(d_sae)),
+        m_window(window) {}
+
+  template <typename S>
+  void update(const SparseCodes<S>& codes) {
+    for (Index b = 0; b < codes.indices.rows(); ++b)
+      for (Index j = 0; j < codes.indices.cols(); ++j)
+        if (codes.values(b, j) != S(0)) m_counts[codes.indices(b, j)] += 1;
+    finishStep(codes.rows());
+  }
+  template <typename S>
+  void update(const DenseCodes<S>& codes) {
+    for (Index b = 0; b < codes.values.rows(); ++b)
+      for (Index i = 0; i < codes.values.cols(); ++i)
+        if (codes.values(b, i) != S(0)) m_counts[i] += 1;
+    finishStep(codes.rows());
+  }
+  void finishStep(Index rows) {
+    m_tokens += double(rows);
+    if (++m_steps >= m_window) {
+      m_last = m_counts / m_tokens;
+      m_has_last = true;
+      m_counts.setZero();
+      m_tokens = 0;
+      m_steps = 0;
+    }
+  }
+
+  /// @brief Density of the last complete window, or of the current one before the first.
+  Eigen::VectorXd density() const {
+    if (m_has_last) return m_last;
+    return m_tokens > 0 ? Eigen::VectorXd(m_counts / m_tokens)
+                        : Eigen::VectorXd::Zero(m_counts.size());
+  }
+
+  /// @brief State for checkpoints: [counts, last], and (tokens, steps, has_last) as JSON.
+  nlohmann::json scalars() const {
+    return {{"tokens", m_tokens}, {"steps", m_steps}, {"has_last", m_has_last}};
+  }
+  const Eigen::VectorXd& counts() const { return m_counts; }
+  const Eigen::VectorXd& last() const { return m_last; }
+  void restore(const Eigen::VectorXd& counts, const Eigen::VectorXd& last,
+               const nlohmann::json& s) {
+    m_counts = counts;
+    m_last = last;
+    m_tokens = s.at("tokens").get<double>();
+    m_steps = s.at("steps").get<std::int64_t>();
+    m_has_last = s.at("has_last").get<bool>();
+  }
+
+ private:
+  Eigen::VectorXd m_counts, m_last;
+  double m_tokens = 0;
+  std::int64_t m_steps = 0, m_window;
+  bool m_has_last = false;
+};
+
+namespace detail {
+
+/// Set by the signal handler; read between steps.
+inline volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" inline void onStopSignal(int sig) { g_stop_signal = sig; }
+
+/// Geometric median of the rows (Weiszfeld's algorithm), starting from the mean.
+inline Eigen::VectorXd geometricMedian(const Eigen::MatrixXd& x, int max_iter = 100,
+                                       double tol = 1e-7) {
+  Eigen::VectorXd y = x.colwise().mean().transpose();
+  for (int it = 0; it < max_iter; ++it) {
+    Eigen::VectorXd num = Eigen::VectorXd::Zero(x.cols());
+    double den = 0;
+    for (Index r = 0; r < x.rows(); ++r) {
+      const double d = std::max((x.row(r).transpose() - y).norm(), 1e-12);
+      num += x.row(r).transpose() / d;
+      den += 1.0 / d;
+    }
+    const Eigen::VectorXd next = num / den;
+    const double moved = (next - y).norm();
+    y = next;
+    if (moved <= tol * std::max(1.0, y.norm())) break;
+  }
+  return y;
+}
+
+inline std::string formatDuration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "--:--";
+  const long s = long(seconds + 0.5);
+  char buf[32];
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%ld:%02ld", s / 60, s % 60);
+  return buf;
+}
+
+}  // namespace detail
+
+/// @brief Installs SIGINT / SIGTERM handlers that only record the signal (async-signal-safe);
+/// the Trainer checks it between steps. Restores the previous handlers when destroyed.
+class StopSignalGuard {
+ public:
+  StopSignalGuard() {
+    detail::g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = detail::onStopSignal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &m_old_int);
+    sigaction(SIGTERM, &sa, &m_old_term);
+  }
+  ~StopSignalGuard() {
+    sigaction(SIGINT, &m_old_int, nullptr);
+    sigaction(SIGTERM, &m_old_term, nullptr);
+  }
+  StopSignalGuard(const StopSignalGuard&) = delete;
+  StopSignalGuard& operator=(const StopSignalGuard&) = delete;
+
+ private:
+  struct sigaction m_old_int {
+  }, m_old_term{};
+};
+
+/// @brief How a call to Trainer::train() ended.
+struct TrainResult {
+  std::int64_t step = 0;         ///< Steps completed.
+  bool completed = false;        ///< Reached total_steps (final SAE saved).
+  int signal = 0;                ///< Non-zero: stopped by this signal (checkpoint written).
+  std::string checkpoint;        ///< Last checkpoint written.
+  double tokens_per_second = 0;  ///< Over this call.
+  nlohmann::json final_metrics;  ///< Held-out (or last-window) metrics at the end.
+};
+
+/// @brief Trains a SparseAutoencoder<Scalar, Arch> on a batch source (see batch_source.hpp).
+///
+/// @tparam Scalar float (or double).
+/// @tparam Arch   StandardArch, GatedArch or TopKArch.
+/// @tparam Source a BatchSource over Scalar.
+template <typename Scalar, typename Arch, typename Source>
+class Trainer {
+ public:
+  using Model = SparseAutoencoder<Scalar, Arch>;
+
+  /// @param cfg    run settings (validated; the architecture must be Arch's).
+  /// @param source the data; the trainer reads, seeks and keeps a reference to it.
+  Trainer(const TrainerConfig& cfg, Source& source)
+      : m_cfg(cfg),
+        m_source(source),
+        m_model(checkedConfig(cfg, source.dIn())),
+        m_grads(m_model.makeGradients()),
+        m_adam(m_model.parameters(), cfg.adamOptions()),
+        m_dead(m_model.dSae(), cfg.dead_feature_window),
+        m_density(m_model.dSae(), cfg.feature_sampling_window),
+        m_ckdir(cfg.out_dir + "/checkpoints", cfg.keep_checkpoints),
+        m_rng(cfg.seed, 7) {}
+
+  const TrainerConfig& config() const { return m_cfg; }
+  Model& model() { return m_model; }
+  const Model& model() const { return m_model; }
+  std::int64_t step() const { return m_step; }
+  /// @brief Inputs are multiplied by this before training (expected_average_only_in).
+  double inputScale() const { return m_scale; }
+  const DeadLatentTracker& deadLatents() const { return m_dead; }
+  const Adam<Scalar>& optimizer() const { return m_adam; }
+
+  /// @brief Show a live progress line on stderr when it is a terminal (default on).
+  void setProgress(bool on) { m_progress = on; }
+  /// @brief Print one line per log step on stderr when it is not a terminal (default off).
+  void setVerbose(bool on) { m_verbose = on; }
+  /// @brief Stop (with a checkpoint) on SIGINT / SIGTERM (the caller installs
+  /// StopSignalGuard); default off.
+  void setHandleSignals(bool on) { m_handle_signals = on; }
+
+  /// @brief Starts a new run: creates the run folder, initialises the model (SAELens
+  /// initialisation from the seed, then the b_dec / unit-norm / normalisation options).
+  void initialize() {
+    makeDirectories(m_cfg.out_dir);
+    m_ckdir.prepare();
+    writeText(m_cfg.out_dir + "/train_config.json", m_cfg.toJson().dump(2) + "\n");
+    writeText(metricsPath(), "");
+    m_model = Model(m_model.config(), m_cfg.seed);
+    m_rng = Rng(m_cfg.seed, 7);
+    const nlohmann::json start = m_source.position();
+    if (m_cfg.normalize_activations == "expected_average_only_in") {
+      double norm_sum = 0;
+      std::int64_t rows = 0;
+      for (Index b = 0; b < m_cfg.norm_estimate_batches; ++b) {
+        m_source.next(m_x);
+        norm_sum += m_x.template cast<double>().rowwise().norm().sum();
+        rows += m_x.rows();
+      }
+      const double mean_norm = norm_sum / double(rows);
+      require(mean_norm > 0 && std::isfinite(mean_norm),
+              "cannot normalise the inputs: their mean norm is ", mean_norm);
+      m_scale = std::sqrt(double(m_model.dIn())) / mean_norm;
+      m_source.seek(start);
+    }
+    if (m_cfg.b_dec_init != "zeros") {
+      Eigen::MatrixXd sample(0, m_model.dIn());
+      while (sample.rows() < m_cfg.init_sample_rows) {
+        m_source.next(m_x);
+        const Index take = std::min<Index>(m_x.rows(), m_cfg.init_sample_rows - sample.rows());
+        sample.conservativeResize(sample.rows() + take, Eigen::NoChange);
+        sample.bottomRows(take) = m_x.topRows(take).template cast<double>() * m_scale;
+      }
+      m_source.seek(start);
+      const Eigen::VectorXd b = m_cfg.b_dec_init == "mean"
+                                    ? Eigen::VectorXd(sample.colwise().mean().transpose())
+                                    : detail::geometricMedian(sample);
+      m_model.parameters().flat("b_dec") = b.cast<Scalar>();
+    }
+    if (m_cfg.decoder_unit_norm) normalizeDecoder();
+    m_adam.reset();
+    m_step = 0;
+  }
+
+  /// @brief Restores the state of the checkpoint at `path` (verified first; nothing is
+  /// changed when it is invalid). The architecture and shapes must match this trainer's.
+  void resume(const std::string& path) {
+    const Checkpoint ck(path);
+    auto need = [&](const char* key) -> const nlohmann::json& { return stateField(ck, key); };
+    try {
+      const std::string arch = need("architecture").template get<std::string>();
+      if (arch != Arch::kName)
+        ck.fail(sae::detail::concat("architecture is ", arch, ", expected ", Arch::kName));
+      const Index d_in = need("d_in").template get<Index>(),
+                  d_sae = need("d_sae").template get<Index>();
+      if (d_in != m_model.dIn() || d_sae != m_model.dSae())
+        ck.fail(sae::detail::concat("shape d_in ", d_in, ", d_sae ", d_sae, ", expected d_in ",
+                                    m_model.dIn(), ", d_sae ", m_model.dSae()));
+      auto params = m_model.parameters();
+      ck.readParameters("params.", params);
+      auto m = m_model.parameters().zerosLike(), v = m;
+      ck.readParameters("adam.m.", m);
+      ck.readParameters("adam.v.", v);
+      const Eigen::VectorXd dead = ck.readVector("dead.steps_since_fired", d_sae);
+      const Eigen::VectorXd counts = ck.readVector("density.counts", d_sae);
+      const Eigen::VectorXd last = ck.readVector("density.last", d_sae);
+      const std::int64_t step = need("step").template get<std::int64_t>();
+      const std::int64_t adam_step = need("adam_step").template get<std::int64_t>();
+      const auto rng = need("rng").template get<std::array<std::uint64_t, 4>>();
+      const double scale = need("input_scale").template get<double>();
+      const nlohmann::json density = need("density");
+      const nlohmann::json position = need("source_position");
+      if (step < 0 || step > m_cfg.total_steps)
+        ck.fail(sae::detail::concat("step ", step, " outside [0, ", m_cfg.total_steps, "]"));
+      // Everything read and checked: apply.
+      m_source.seek(position);
+      m_model.parameters().flat() = params.flat();
+      m_adam.setState(adam_step, m, v);
+      m_dead.setStepsSinceFired(dead.cast<std::int64_t>());
+      m_density.restore(counts, last, density);
+      m_rng.setState(rng);
+      m_scale = scale;
+      m_step = step;
+    } catch (const nlohmann::json::exception& e) {
+      ck.fail(sae::detail::concat("malformed state: ", e.what()));
+    }
+    m_ckdir.prepare();
+    m_last_checkpoint = path;
+    truncateMetrics();
+  }
+
+  /// @brief Newest checkpoint of the run folder (via checkpoints/latest), if any.
+  std::optional<std::string> latestCheckpoint() const { return m_ckdir.latest(); }
+
+  /// @brief Trains until step `until` (default: total_steps), a signal (when handled), or an
+  /// error. At total_steps writes the final checkpoint and the SAELens folder.
+  /// @throws NumericError naming the step when the loss or a gradient is not finite (no
+  /// checkpoint is written, so the last good one stays intact).
+  TrainResult train(std::int64_t until = -1) {
+    if (until < 0 || until > m_cfg.total_steps) until = m_cfg.total_steps;
+    const LrSchedule schedule = m_cfg.schedule();
+    CoefficientWarmup warmup;
+    warmup.warmup_steps = m_cfg.l1_warmup_steps;
+    const bool tty = m_progress && ::isatty(2);
+    const auto t0 = Clock::now();
+    const std::int64_t first_step = m_step;
+    auto t_log = t0, t_draw = t0;
+    std::int64_t tokens_since_log = 0;
+    TrainResult result;
+    typename Model::Workspace ws;
+    eval::ReconstructionMetrics recon;
+    eval::FiringStats firing(m_model.dSae());
+    LossTerms<Scalar> terms;
+
+    while (m_step < until) {
+      if (m_handle_signals && detail::g_stop_signal != 0) {
+        result.signal = int(detail::g_stop_signal);
+        break;
+      }
+      const std::int64_t t = m_step;
+      m_source.next(m_x);
+      if (m_scale != 1.0) m_x *= Scalar(m_scale);
+      TrainOptions opts;
+      opts.dead_mask = &m_dead.mask();
+      opts.sparsity_scale = warmup.scaleAt(t);
+      const double lr = schedule.lrAt(t);
+      try {
+        terms = m_model.backward(m_x, m_grads, opts, ws);
+        if (!std::isfinite(double(terms.total()))) {
+          std::string detail_terms;
+          for (const auto& [name, value] : terms.terms())
+            detail_terms +=
+                sae::detail::concat(detail_terms.empty() ? "" : ", ", name, " = ", value);
+          throw NumericError(sae::detail::concat("the loss is not finite (", detail_terms, ")"));
+        }
+        if (m_cfg.decoder_unit_norm) removeParallelDecoderGradient();
+        if (m_cfg.max_grad_norm > 0) clipGradNorm(m_grads, m_cfg.max_grad_norm);
+      } catch (const NumericError& e) {
+        throw NumericError(sae::detail::concat(
+            "training diverged at step ", t, ": ", e.what(), "; stopped without saving",
+            m_last_checkpoint.empty()
+                ? std::string()
+                : "; the last good checkpoint " + m_last_checkpoint + " is intact"));
+      }
+      m_adam.step(m_model.parameters(), m_grads, lr);
+      if (m_cfg.decoder_unit_norm) normalizeDecoder();
+      m_dead.update(ws.codes);
+      m_density.update(ws.codes);
+      ++m_step;
+
+      // Metrics: they never feed back into training.
+      recon.add<Scalar>(m_x, ws.reconstruction);
+      firing.add(ws.codes);
+      tokens_since_log += m_x.rows();
+      m_tokens_total += m_x.rows();
+      if (m_step % m_cfg.log_every == 0 || m_step == m_cfg.total_steps) {
+        const auto now = Clock::now();
+        const double secs = std::chrono::duration<double>(now - t_log).count();
+        nlohmann::json line = {
+            {"step", m_step},     {"tokens", m_step * m_cfg.batch_size},
+            {"mse", recon.mse()}, {"explained_variance", recon.explainedVariance()},
+            {"l0", firing.l0()},  {"dead_fraction", m_dead.deadFraction()},
+            {"lr", lr},           {"tokens_per_second", secs > 0 ? tokens_since_log / secs : 0.0}};
+        nlohmann::json losses = nlohmann::json::object();
+        for (const auto& [name, value] : terms.terms()) losses[name] = double(value);
+        line["losses"] = losses;
+        line["coefficients"] = coefficients(opts.sparsity_scale);
+        appendMetrics(line);
+        m_last_line = line;
+        if (m_verbose && !tty) std::fprintf(stderr, "%s\n", summary(line).c_str());
+        recon.reset();
+        firing.reset();
+        t_log = now;
+        tokens_since_log = 0;
+      }
+      if (m_cfg.eval_every > 0 && m_step % m_cfg.eval_every == 0 && m_step < m_cfg.total_steps)
+        appendMetrics(evaluate());
+      if (tty) {
+        const auto now = Clock::now();
+        if (std::chrono::duration<double>(now - t_draw).count() >= 0.25 || m_step == until) {
+          drawProgress(now, t0, first_step);
+          t_draw = now;
+        }
+      }
+      if (m_cfg.checkpoint_every > 0 && m_step % m_cfg.checkpoint_every == 0 &&
+          m_step < m_cfg.total_steps)
+        result.checkpoint = saveCheckpoint();
+    }
+    if (tty) std::fprintf(stderr, "\n");
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    result.tokens_per_second =
+        secs > 0 ? double(m_step - first_step) * double(m_cfg.batch_size) / secs : 0.0;
+    result.step = m_step;
+    if (result.signal != 0 || m_step < m_cfg.total_steps) {
+      if (m_step > first_step || m_last_checkpoint.empty()) result.checkpoint = saveCheckpoint();
+      result.checkpoint = m_last_checkpoint;
+      return result;
+    }
+    result.checkpoint = saveCheckpoint();
+    result.final_metrics = evaluate();
+    result.final_metrics["tokens_per_second"] = result.tokens_per_second;
+    appendMetrics(result.final_metrics);
+    saveFinal();
+    result.completed = true;
+    return result;
+  }
+
+  /// @brief Writes a checkpoint of the current state; returns its path.
+  std::string saveCheckpoint() {
+    CheckpointWriter w;
+    w.addParameters("params.", m_model.parameters());
+    w.addParameters("adam.m.", m_adam.firstMoment());
+    w.addParameters("adam.v.", m_adam.secondMoment());
+    w.addVector("dead.steps_since_fired", m_dead.stepsSinceFired().template cast<double>());
+    w.addVector("density.counts", m_density.counts());
+    w.addVector("density.last", m_density.last());
+    nlohmann::json state = {{"architecture", Arch::kName},
+                            {"d_in", m_model.dIn()},
+                            {"d_sae", m_model.dSae()},
+                            {"step", m_step},
+                            {"adam_step", m_adam.stepCount()},
+                            {"rng", m_rng.state()},
+                            {"input_scale", m_scale},
+                            {"density", m_density.scalars()},
+                            {"source_position", m_source.position()},
+                            {"config", m_cfg.toJson()}};
+    m_last_checkpoint = m_ckdir.commit(w, state, m_step);
+    return m_last_checkpoint;
+  }
+
+  /// @brief Held-out metrics (MSE, explained variance, L0, dead fraction) of the current model
+  /// on up to eval_rows rows of source.holdout(); falls back to the last logged window.
+  nlohmann::json evaluate() const {
+    nlohmann::json out = {{"eval", true}, {"step", m_step}};
+    RowMatrix<Scalar> rows =
+        m_cfg.eval_rows > 0 ? m_source.holdout(m_cfg.eval_rows) : RowMatrix<Scalar>();
+    if (rows.rows() == 0) {
+      out["eval"] = false;
+      for (const char* key : {"mse", "explained_variance", "l0"})
+        if (m_last_line.contains(key)) out[key] = m_last_line[key];
+      out["dead_fraction"] = m_dead.deadFraction();
+      return out;
+    }
+    if (m_scale != 1.0) rows *= Scalar(m_scale);
+    eval::ReconstructionMetrics recon;
+    eval::FiringStats firing(m_model.dSae());
+    typename Model::Codes codes;
+    for (Index b = 0; b < rows.rows(); b += m_cfg.batch_size) {
+      const Index n = std::min<Index>(m_cfg.batch_size, rows.rows() - b);
+      const auto block = rows.middleRows(b, n);
+      m_model.encode(block, codes);
+      const RowMatrix<Scalar> y = m_model.decode(codes);
+      recon.add<Scalar>(block, y);
+      firing.add(codes);
+    }
+    out["rows"] = rows.rows();
+    out["mse"] = recon.mse();
+    out["explained_variance"] = recon.explainedVariance();
+    out["l0"] = firing.l0();
+    out["dead_fraction"] = m_dead.deadFraction();
+    return out;
+  }
+
+  /// @brief Saves the SAE in SAELens's format into out_dir, with the input scale folded in.
+  void saveFinal() const {
+    io::SaeLensSaveOptions o;
+    o.input_scale = m_scale;
+    o.feature_density = m_density.density();
+    o.metadata = {{"trained_with", "sae (C++)"},
+                  {"training_steps", m_step},
+                  {"training_tokens", m_step * m_cfg.batch_size},
+                  {"seed", m_cfg.seed},
+                  {"normalize_activations_in_training", m_cfg.normalize_activations},
+                  {"input_scale_folded", m_scale}};
+    io::saveSaeLens(m_model, m_cfg.out_dir, o);
+  }
+
+  std::string metricsPath() const { return m_cfg.out_dir + "/metrics.jsonl"; }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+
+  static const nlohmann::json& stateField(const Checkpoint& ck, const char* key) {
+    if (!ck.state().contains(key)) ck.fail(sae::detail::concat("state has no '", key, "'"));
+    return ck.state().at(key);
+  }
+
+  static SaeConfig checkedConfig(const TrainerConfig& cfg, Index d_in) {
+    cfg.validate();
+    require(cfg.architecture == Arch::kName, "trainer for ", Arch::kName, " given architecture '",
+            cfg.architecture, "'");
+    require(d_in > 0, "the data source has no columns");
+    return cfg.saeConfig(d_in);
+  }
+
+  nlohmann::json coefficients(double scale) const {
+    const SaeConfig& c = m_model.config();
+    if (std::string(Arch::kName) == "topk")
+      return {{"aux_loss_coefficient", c.aux_loss_coefficient}};
+    return {{"l1_coefficient", c.l1_coefficient * scale}};
+  }
+
+  /// OpenAI / EleutherAI: d W_dec[i] -= (d W_dec[i] . w_i) w_i for unit rows w_i.
+  void removeParallelDecoderGradient() {
+    auto W = m_model.parameters().rowMajor("W_dec");
+    auto G = m_grads.rowMajor("W_dec");
+    for (Index i = 0; i < W.rows(); ++i) {
+      const Scalar n2 = W.row(i).squaredNorm();
+      if (n2 > Scalar(0)) G.row(i) -= (G.row(i).dot(W.row(i)) / n2) * W.row(i);
+    }
+  }
+
+  void normalizeDecoder() {
+    auto W = m_model.parameters().rowMajor("W_dec");
+    for (Index i = 0; i < W.rows(); ++i) {
+      const Scalar n = W.row(i).norm();
+      if (n > Scalar(0)) W.row(i) /= n;
+    }
+  }
+
+  static void writeText(const std::string& path, const std::string& text) {
+    io::AtomicFileWriter w(path);
+    w.write(text.data(), text.size());
+    w.commit();
+  }
+
+  void appendMetrics(const nlohmann::json& line) const {
+    std::ofstream out(metricsPath(), std::ios::app);
+    if (!out) throw IoError(metricsPath() + ": cannot append");
+    out << line.dump() << "\n";
+  }
+
+  /// After a resume: drop the lines a killed run wrote past the checkpoint's step.
+  void truncateMetrics() const {
+    std::ifstream in(metricsPath());
+    std::string kept, line;
+    while (std::getline(in, line)) {
+      try {
+        const auto j = nlohmann::json::parse(line);
+        if (j.value("step", std::int64_t(0)) > m_step) continue;
+      } catch (const nlohmann::json::exception&) {
+        continue;  // a line cut by the kill
+      }
+      kept += line + "\n";
+    }
+    writeText(metricsPath(), kept);
+  }
+
+  static std::string summary(const nlohmann::json& l) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "step %lld  mse %.5g  L0 %.2f  expl.var %.4f  dead %.3f  lr %.2e",
+                  static_cast<long long>(l["step"].get<std::int64_t>()), l["mse"].get<double>(),
+                  l["l0"].get<double>(), l["explained_variance"].get<double>(),
+                  l["dead_fraction"].get<double>(), l["lr"].get<double>());
+    return buf;
+  }
+
+  void drawProgress(Clock::time_point now, Clock::time_point t0, std::int64_t first_step) const {
+    const double secs = std::chrono::duration<double>(now - t0).count();
+    const double steps_per_s = secs > 0 ? double(m_step - first_step) / secs : 0;
+    const double eta = steps_per_s > 0 ? double(m_cfg.total_steps - m_step) / steps_per_s : -1;
+    std::string metrics;
+    if (!m_last_line.is_null()) {
+      char buf[160];
+      std::snprintf(buf, sizeof buf, " | mse %.4g  L0 %.1f  ev %.3f  dead %.3f",
+                    m_last_line["mse"].get<double>(), m_last_line["l0"].get<double>(),
+                    m_last_line["explained_variance"].get<double>(),
+                    m_last_line["dead_fraction"].get<double>());
+      metrics = buf;
+    }
+    std::fprintf(stderr, "\r\033[K step %lld/%lld (%.0f%%) | %.0f tok/s | ETA %s%s",
+                 static_cast<long long>(m_step), static_cast<long long>(m_cfg.total_steps),
+                 100.0 * double(m_step) / double(m_cfg.total_steps),
+                 steps_per_s * double(m_cfg.batch_size), detail::formatDuration(eta).c_str(),
+                 metrics.c_str());
+    std::fflush(stderr);
+  }
+
+  TrainerConfig m_cfg;
+  Source& m_source;
+  Model m_model;
+  ParameterSet<Scalar> m_grads;
+  Adam<Scalar> m_adam;
+  DeadLatentTracker m_dead;
+  FeatureDensityWindow m_density;
+  CheckpointDir m_ckdir;
+  Rng m_rng;
+  double m_scale = 1.0;
+  std::int64_t m_step = 0;
+  std::int64_t m_tokens_total = 0;
+  RowMatrix<Scalar> m_x;
+  nlohmann::json m_last_line;
+  std::string m_last_checkpoint;
+  bool m_progress = true, m_verbose = false, m_handle_signals = false;
+};
+
+}  // namespace sae::train
