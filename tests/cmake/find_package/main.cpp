@@ -6,8 +6,7 @@
 #include <cstdlib>
 #include <exception>
 
-#include <sae/core/parameters.hpp>
-#include <sae/core/rng.hpp>
+#include <sae/sae.hpp>
 
 // The consumer's CMake sets SAE_EXPECT_OPENMP=1 when sae was configured with OpenMP: then
 // sae::sae must have brought -fopenmp along (find_dependency(OpenMP) in saeConfig.cmake).
@@ -69,6 +68,19 @@ void checkParameters() {
   check(threw, "an unknown parameter name throws sae::ConfigError");
 }
 
+void checkModel() {
+  sae::SaeConfig cfg;
+  cfg.d_in = 8;
+  cfg.d_sae = 32;
+  cfg.k = 3;
+  sae::TopKSAE<float> model(cfg, 1);
+  sae::RowMatrix<float> x = sae::RowMatrix<float>::Ones(4, 8);
+  const auto codes = model.encode(x);
+  check(codes.indices.rows() == 4 && codes.indices.cols() == 3, "TopK codes are [4, 3]");
+  const sae::RowMatrix<float> y = model.decode(codes);
+  check(y.rows() == 4 && y.cols() == 8 && y.allFinite(), "decode gives a finite [4, 8] batch");
+}
+
 void checkThreads() {
 #if SAE_HAS_OPENMP
   sae::setThreads(3);
@@ -84,6 +96,7 @@ int main() {
   try {
     checkRng();
     checkParameters();
+    checkModel();
     checkThreads();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "FAILED: unexpected exception: %s\n", e.what());
