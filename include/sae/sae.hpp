@@ -9,6 +9,8 @@
 #include <sae/core/types.hpp>
 #include <sae/eval/metrics.hpp>
 #include <sae/eval/synthetic.hpp>
+#include <sae/io/activation_stream.hpp>
+#include <sae/io/npz.hpp>
 #include <sae/kernels/sparse.hpp>
 #include <sae/kernels/topk.hpp>
 #include <sae/models/config.hpp>
