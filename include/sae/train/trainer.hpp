@@ -51,7 +51,8 @@ namespace sae::train {
 /// The serialised fields of TrainerConfig.
 #define SAE_TRAIN_FIELDS(X)                                                                     \
   X(architecture)                                                                               \
-  X(d_sae) X(expansion_factor) X(k) X(rescale_acts_by_decoder_norm) X(apply_b_dec_to_input)     \
+  X(d_sae)                                                                                      \
+  X(expansion_factor) X(k) X(rescale_acts_by_decoder_norm) X(apply_b_dec_to_input)              \
       X(l1_coefficient) X(lp_norm) X(aux_loss_coefficient) X(batch_size) X(total_steps) X(seed) \
           X(lr) X(adam_beta1) X(adam_beta2) X(adam_eps) X(lr_scheduler) X(lr_warmup_steps)      \
               X(lr_decay_steps) X(l1_warmup_steps) X(max_grad_norm) X(dead_feature_window)      \

@@ -1,0 +1,388 @@
+// The `sae` program, driven as a user would: end-to-end training on synthetic superposition data
+// and reload, SIGKILL at a random step then --resume (byte-identical result), SIGTERM, a
+// corrupted checkpoint, encode / eval / info, and the bad-input paths of every subcommand.
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <sae/io/npy.hpp>
+#include <sae/io/saelens.hpp>
+#include <sae/sae.hpp>
+#include <sae/train/batch_source.hpp>
+#include <sae/train/checkpoint.hpp>
+
+extern char** environ;
+
+namespace {
+
+using sae::Index;
+
+std::string tempDir(const std::string& name) {
+  const std::string dir = "/tmp/sae_test_cli_" + std::to_string(::getpid()) + "_" + name;
+  REQUIRE(std::system(("rm -rf '" + dir + "'").c_str()) == 0);
+  sae::train::makeDirectories(dir);
+  return dir;
+}
+
+std::string readBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+bool exists(const std::string& path) { return bool(std::ifstream(path)); }
+
+pid_t spawn(const std::vector<std::string>& args, const std::string& out, const std::string& err) {
+  std::vector<std::string> full = {SAE_CLI_PATH};
+  full.insert(full.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : full) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  REQUIRE(rc == 0);
+  return pid;
+}
+
+struct Result {
+  int status = -1;  // exit status; 1000 + signal when killed by a signal
+  std::string out, err;
+};
+
+int waitFor(pid_t pid) {
+  int st = 0;
+  REQUIRE(waitpid(pid, &st, 0) == pid);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 1000 + WTERMSIG(st);
+}
+
+Result run(const std::vector<std::string>& args) {
+  static int n = 0;
+  const std::string base =
+      "/tmp/sae_test_cli_" + std::to_string(::getpid()) + "_out" + std::to_string(n++);
+  Result r;
+  r.status = waitFor(spawn(args, base + ".stdout", base + ".stderr"));
+  r.out = readBytes(base + ".stdout");
+  r.err = readBytes(base + ".stderr");
+  std::remove((base + ".stdout").c_str());
+  std::remove((base + ".stderr").c_str());
+  return r;
+}
+
+// A failure: non-zero status (not a crash), exactly one line on stderr containing `what`.
+void checkBadInput(const std::vector<std::string>& args, const std::string& what) {
+  std::string cmd;
+  for (const auto& a : args) cmd += a + " ";
+  INFO("sae " << cmd);
+  const Result r = run(args);
+  INFO("stderr: " << r.err);
+  CHECK(r.status != 0);
+  CHECK(r.status < 128);
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+  CHECK(r.err.find(what) != std::string::npos);
+}
+
+// Small synthetic problem shared by the tests (kept small for the sanitizer builds).
+const std::vector<std::string> kSmall = {"--arch",
+                                         "topk",
+                                         "--k",
+                                         "4",
+                                         "--d-sae",
+                                         "128",
+                                         "--batch",
+                                         "256",
+                                         "--lr",
+                                         "0.003",
+                                         "--seed",
+                                         "3",
+                                         "--synthetic-d-in",
+                                         "32",
+                                         "--synthetic-features",
+                                         "64",
+                                         "--synthetic-active",
+                                         "3",
+                                         "--threads",
+                                         "1",
+                                         "--quiet"};
+
+std::vector<std::string> cat(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("sae train on synthetic data recovers the features; the saved SAE reloads", "[cli]") {
+  const std::string dir = tempDir("e2e");
+  const Result r = run(cat({"train", "--out", dir + "/run", "--steps", "500", "--lr-decay", "100",
+                            "--dead-window", "50"},
+                           kSmall));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  for (const char* f : {"cfg.json", "sae_weights.safetensors", "sparsity.safetensors",
+                        "metrics.jsonl", "train_config.json", "checkpoints/latest"})
+    CHECK(exists(dir + "/run/" + f));
+
+  // Reload with the SAELens reader; score against the generator's true directions.
+  const auto loaded = sae::io::loadSaeLens<float>(dir + "/run");
+  const auto& model = std::get<sae::TopKSAE<float>>(loaded.model);
+  sae::eval::SyntheticOptions o;
+  o.d_in = 32;
+  o.n_features = 64;
+  o.expected_active = 3;
+  sae::train::SyntheticSource<float> data(o, 3, 2048);
+  const double mmcs =
+      sae::eval::meanMaxCosineSimilarity(data.directions(), model.parameters().rowMajor("W_dec"));
+  INFO("MMCS " << mmcs);
+  CHECK(mmcs >= 0.9);
+  const auto x = data.holdout(2048);
+  sae::eval::ReconstructionMetrics m;
+  m.add<float>(x, model.forward(x));
+  INFO("explained variance " << m.explainedVariance());
+  CHECK(m.explainedVariance() > 0.8);
+
+  // The metrics file has one JSON object per line with the documented keys.
+  std::ifstream in(dir + "/run/metrics.jsonl");
+  std::string line;
+  int lines = 0;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    CHECK(j.contains("step"));
+    if (!j.value("eval", false)) {
+      for (const char* key : {"mse", "l0", "explained_variance", "dead_fraction", "lr",
+                              "coefficients", "tokens_per_second"})
+        CHECK(j.contains(key));
+    }
+    ++lines;
+  }
+  CHECK(lines >= 5);
+
+  // encode / eval / info on the trained SAE and an .npy file of activations.
+  sae::io::writeNpy(dir + "/acts.npy", x.topRows(300));
+  const Result enc = run({"encode", "--sae", dir + "/run", "--data", dir + "/acts.npy", "--out",
+                          dir + "/codes.safetensors", "--batch", "128"});
+  INFO(enc.err);
+  REQUIRE(enc.status == 0);
+  const sae::io::SafetensorsFile codes(dir + "/codes.safetensors");
+  CHECK(codes.info("indices").shape == std::vector<Index>{300, 4});
+  CHECK(codes.info("indices").dtype == "I32");
+  CHECK(codes.info("values").shape == std::vector<Index>{300, 4});
+  const sae::RowMatrix<float> vals = codes.read<float>("values");
+  const auto want = model.encode(x.topRows(300));
+  CHECK(vals == want.values);
+
+  const Result dense = run({"encode", "--sae", dir + "/run", "--data", dir + "/acts.npy", "--out",
+                            dir + "/codes.npy", "--dense"});
+  REQUIRE(dense.status == 0);
+  const auto dmat = sae::io::readNpy<float>(dir + "/codes.npy");
+  CHECK(dmat == want.toDense());
+
+  const Result ev = run({"eval", "--sae", dir + "/run", "--data", dir + "/acts.npy"});
+  INFO(ev.err);
+  REQUIRE(ev.status == 0);
+  const auto j = nlohmann::json::parse(ev.out);
+  CHECK(j.at("rows") == 300);
+  CHECK(j.at("l0").get<double>() == Approx(want.l0()));
+  CHECK(j.at("explained_variance").get<double>() > 0.7);
+  CHECK(j.contains("density_histogram"));
+  CHECK(j.contains("dead_fraction"));
+
+  const Result info = run({"info", dir + "/run"});
+  REQUIRE(info.status == 0);
+  CHECK(info.out.find("\"W_enc\"") != std::string::npos);
+  CHECK(info.out.find("\"topk\"") != std::string::npos);
+  const Result info_npy = run({"info", dir + "/acts.npy"});
+  REQUIRE(info_npy.status == 0);
+  CHECK(nlohmann::json::parse(info_npy.out).at("shape") == nlohmann::json({300, 32}));
+  const Result info_st = run({"info", dir + "/codes.safetensors"});
+  REQUIRE(info_st.status == 0);
+  CHECK(info_st.out.find("\"indices\"") != std::string::npos);
+
+  // Training on the user's own .npy file.
+  sae::io::writeNpy(dir + "/train.npy", data.holdout(3000));
+  const Result rf = run({"train", "--data", dir + "/train.npy", "--arch", "standard", "--expansion",
+                         "2", "--batch", "128", "--steps", "30", "--holdout", "0.1", "--out",
+                         dir + "/run_npy", "--quiet", "--threads", "2"});
+  INFO(rf.err);
+  CHECK(rf.status == 0);
+  CHECK(exists(dir + "/run_npy/sae_weights.safetensors"));
+  const auto cfg_npy = sae::io::readSaeLensConfig(dir + "/run_npy");
+  CHECK(cfg_npy.sae_cfg.d_sae == 64);
+}
+
+namespace {
+
+// Arguments of the interrupted runs, and an uninterrupted reference run (trained once).
+// Checkpoints are fsync'ed, so they are kept few.
+const std::vector<std::string> kResumeArgs =
+    cat({"--steps", "1000", "--checkpoint-every", "50"}, kSmall);
+
+const std::string& referenceRun() {
+  static const std::string dir = [] {
+    const std::string d = tempDir("reference") + "/full";
+    const Result full = run(cat({"train", "--out", d}, kResumeArgs));
+    INFO(full.err);
+    REQUIRE(full.status == 0);
+    return d;
+  }();
+  return dir;
+}
+
+// Starts a run, waits for its first checkpoint plus `delay_ms`, sends `sig`; returns the status.
+int interruptRun(const std::string& out, int sig, int delay_ms) {
+  const pid_t pid =
+      spawn(cat({"train", "--out", out}, kResumeArgs), out + ".stdout", out + ".stderr");
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!exists(out + "/checkpoints/latest") &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(300))
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+  ::kill(pid, sig);
+  return waitFor(pid);
+}
+
+}  // namespace
+
+TEST_CASE("SIGKILL at a random step, then --resume: byte-identical final SAE", "[cli]") {
+  const std::string full = referenceRun();
+  std::string out;
+  std::mt19937 gen(std::random_device{}());
+  int st = 0, delay_ms = 0;
+  // Kill at a random moment after the first checkpoint; retry sooner if the run finished first.
+  for (int attempt = 0, max_delay = 300; attempt < 4; ++attempt, max_delay /= 4) {
+    out = tempDir("kill" + std::to_string(attempt)) + "/run";
+    delay_ms = std::uniform_int_distribution<int>(0, max_delay)(gen);
+    st = interruptRun(out, SIGKILL, delay_ms);
+    if (st == 1000 + SIGKILL) break;
+  }
+  INFO("killed " << delay_ms << " ms after the first checkpoint, status " << st);
+  CHECK(st == 1000 + SIGKILL);
+  if (st == 1000 + SIGKILL) CHECK_FALSE(exists(out + "/sae_weights.safetensors"));
+  const sae::train::Checkpoint ck(*sae::train::CheckpointDir(out + "/checkpoints").latest());
+  const auto killed_at = ck.state().at("step").get<std::int64_t>();
+  INFO("resuming from step " << killed_at);
+  const Result resumed = run({"train", "--out", out, "--resume", "--quiet"});
+  INFO(resumed.err);
+  REQUIRE(resumed.status == 0);
+  CHECK(readBytes(out + "/sae_weights.safetensors") ==
+        readBytes(full + "/sae_weights.safetensors"));
+  CHECK(readBytes(out + "/sparsity.safetensors") == readBytes(full + "/sparsity.safetensors"));
+  CHECK(readBytes(out + "/cfg.json") == readBytes(full + "/cfg.json"));
+}
+
+TEST_CASE("SIGTERM writes a checkpoint and exits 143; the resumed run matches", "[cli]") {
+  const std::string full = referenceRun();
+  const std::string out = tempDir("term") + "/run";
+  const int st = interruptRun(out, SIGTERM, 50);
+  const std::string err = readBytes(out + ".stderr");
+  INFO(err);
+  if (st == 143) {
+    CHECK(err.find("stopped by SIGTERM") != std::string::npos);
+    CHECK(err.find("--resume") != std::string::npos);
+  } else {
+    CHECK(st == 0);  // finished before the signal arrived
+  }
+  const Result r = run({"train", "--out", out, "--resume", "--quiet"});
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK(readBytes(out + "/sae_weights.safetensors") ==
+        readBytes(full + "/sae_weights.safetensors"));
+}
+
+TEST_CASE("A corrupted checkpoint is reported and not loaded", "[cli]") {
+  const std::string out = tempDir("corrupt") + "/run";
+  REQUIRE(interruptRun(out, SIGKILL, 0) != 0);
+  const auto latest = sae::train::CheckpointDir(out + "/checkpoints").latest();
+  REQUIRE(latest);
+  std::string bytes = readBytes(*latest);
+  bytes[bytes.size() / 2] ^= 0x40;
+  std::ofstream(*latest, std::ios::binary | std::ios::trunc) << bytes;
+  checkBadInput({"train", "--out", out, "--resume"}, "checksum mismatch");
+  checkBadInput({"train", "--out", out, "--resume"}, *latest);
+  // Half-written: truncated to half its size.
+  std::ofstream(*latest, std::ios::binary | std::ios::trunc) << bytes.substr(0, bytes.size() / 2);
+  checkBadInput({"train", "--out", out, "--resume"}, "corrupt or incomplete");
+  CHECK_FALSE(exists(out + "/sae_weights.safetensors"));
+}
+
+TEST_CASE("Every subcommand has --help", "[cli]") {
+  for (const char* sub : {"train", "encode", "eval", "info"}) {
+    const Result r = run({sub, "--help"});
+    INFO(sub);
+    CHECK(r.status == 0);
+    CHECK(r.out.find("--") != std::string::npos);
+  }
+  CHECK(run({"--help"}).status == 0);
+}
+
+TEST_CASE("Bad inputs give one line on stderr and a non-zero status", "[cli]") {
+  const std::string dir = tempDir("bad");
+  // A small SAE and data files for the checks.
+  sae::SaeConfig c;
+  c.d_in = 8;
+  c.d_sae = 16;
+  c.k = 2;
+  sae::io::saveSaeLens(sae::TopKSAE<float>(c, 0), dir + "/sae");
+  sae::io::writeNpy(dir + "/d8.npy", sae::RowMatrix<float>::Random(10, 8).eval());
+  sae::io::writeNpy(dir + "/d5.npy", sae::RowMatrix<float>::Random(10, 5).eval());
+  std::ofstream(dir + "/garbage.npy") << "not a numpy file at all";
+  std::ofstream(dir + "/garbage.safetensors") << "xx";
+
+  checkBadInput({}, "");
+  checkBadInput({"frobnicate"}, "sae");
+  checkBadInput({"train"}, "--out");
+  checkBadInput({"train", "--out", dir + "/r", "--arch", "jumprelu"}, "--arch");
+  checkBadInput({"train", "--out", dir + "/r", "--steps", "-5"}, "--steps");
+  checkBadInput({"train", "--out", dir + "/r", "--bogus"}, "bogus");
+  checkBadInput({"train", "--out", dir + "/r", "--data", dir + "/missing.npy"}, "missing.npy");
+  checkBadInput({"train", "--out", dir + "/r", "--data", dir + "/garbage.npy", "--quiet"},
+                "garbage.npy");
+  checkBadInput({"train", "--out", dir + "/r", "--data", dir + "/d8.npy", "--data", dir + "/d5.npy",
+                 "--quiet"},
+                "columns");
+  checkBadInput({"train", "--out", dir + "/r", "--arch", "topk", "--k", "100", "--d-sae", "50",
+                 "--steps", "1", "--quiet"},
+                "k must be <= d_sae");
+  checkBadInput({"train", "--out", dir + "/nothing", "--resume"}, "no checkpoint");
+  checkBadInput({"train", "--out", dir + "/r", "--d-sae", "8", "--expansion", "2"}, "excludes");
+  std::ofstream(dir + "/bad.json") << "{\"lr\": \"fast\"}";
+  checkBadInput({"train", "--out", dir + "/r", "--config", dir + "/bad.json"}, "'lr'");
+
+  checkBadInput(
+      {"encode", "--sae", dir + "/sae", "--data", dir + "/d5.npy", "--out", dir + "/c.safetensors"},
+      "expects d_in = 8");
+  checkBadInput({"encode", "--sae", dir + "/nosae", "--data", dir + "/d8.npy", "--out",
+                 dir + "/c.safetensors"},
+                "not a directory");
+  checkBadInput(
+      {"encode", "--sae", dir + "/sae", "--data", dir + "/d8.npy", "--out", dir + "/c.bin"},
+      ".safetensors");
+  checkBadInput({"encode", "--sae", dir + "/sae", "--data", dir + "/d8.npy", "--out",
+                 dir + "/nodir/c.safetensors"},
+                "nodir");
+  checkBadInput({"encode", "--sae", dir + "/sae", "--out", dir + "/c.safetensors"}, "--data");
+  checkBadInput({"eval", "--sae", dir + "/sae", "--data", dir + "/d5.npy"}, "expects d_in = 8");
+  checkBadInput({"eval", "--sae", dir + "/sae", "--data", dir + "/garbage.npy"}, "garbage.npy");
+  checkBadInput({"eval", "--sae", dir, "--data", dir + "/d8.npy"}, "cfg.json");
+  checkBadInput({"info", dir + "/missing.npy"}, "missing.npy");
+  checkBadInput({"info", dir + "/garbage.npy"}, "garbage.npy");
+  checkBadInput({"info", dir + "/garbage.safetensors"}, "garbage.safetensors");
+  checkBadInput({"info", dir + "/bad.json"}, "unsupported file type");
+  checkBadInput({"info", dir}, "cfg.json");
+  checkBadInput({"info"}, "path");
+}
