@@ -42,7 +42,6 @@ struct TopKArch {
 
     RowMatrix<S> xc;                 // centred input
     RowMatrix<S> tile;               // [tile_rows, d_sae] pre-activations of one tile
-    RowMatrix<S> scaled;             // [threads, d_sae] p = h n per thread
     Vector<S> norms;                 // decoder row norms
     RowMatrix<S> h_sel;              // [B, k] h of the selected latents
     RowMatrix<S> u;                  // [B, k] decoder input relu(h)
@@ -83,10 +82,10 @@ struct TopKArch {
     const Index k = cfg.k;
     const auto W_enc = p.colMajor("W_enc");
     const auto b_enc = p.flat("b_enc");
-    const bool rescale = cfg.rescale_acts_by_decoder_norm;
+    const S* bias = b_enc.data();
+    const S* scale = cfg.rescale_acts_by_decoder_norm ? norms.data() : nullptr;
     const Index T = std::max<Index>(1, std::min(ws.tile_rows, B));
     ws.tile.resize(T, n);
-    if (rescale) ws.scaled.resize(maxThreads(), n);
     ws.codes.d_sae = n;
     ws.codes.indices.resize(B, k);
     ws.codes.values.resize(B, k);
@@ -105,27 +104,22 @@ struct TopKArch {
       SAE_PRAGMA_OMP(parallel for schedule(static))
       for (Index t = 0; t < rows; ++t) {
         const Index b = r0 + t;
-        auto h = ws.tile.row(t);
-        h += b_enc.transpose();
-        const S* score = h.data();
-        if (rescale) {
-          auto s = ws.scaled.row(threadIndex());
-          s = h.cwiseProduct(norms.transpose());
-          score = s.data();
-        }
+        const S* pre = ws.tile.row(t).data();  // xc W_enc, without b_enc
         std::int32_t* idx = ws.codes.indices.row(b).data();
         S* val = ws.codes.values.row(b).data();
-        kernels::selectTopK(score, static_cast<const std::int32_t*>(nullptr), n, k, idx, val);
+        kernels::selectTopKFused(pre, bias, scale, n, k, idx, val);
         for (Index j = 0; j < k; ++j) val[j] = std::max(val[j], S(0));
         if (!train) continue;
         for (Index j = 0; j < k; ++j) {
-          ws.h_sel(b, j) = h[idx[j]];
-          ws.u(b, j) = std::max(h[idx[j]], S(0));
+          const S h = pre[idx[j]] + bias[idx[j]];
+          ws.h_sel(b, j) = h;
+          ws.u(b, j) = std::max(h, S(0));
         }
         if (k_aux > 0) {
           std::int32_t* aidx = ws.aux_index.row(b).data();
-          kernels::selectTopK(score, dead, n_dead, k_aux, aidx, ws.aux_p.row(b).data());
-          for (Index j = 0; j < k_aux; ++j) ws.aux_h(b, j) = h[aidx[j]];
+          kernels::selectTopKFusedAmong(pre, bias, scale, dead, n_dead, k_aux, aidx,
+                                        ws.aux_p.row(b).data());
+          for (Index j = 0; j < k_aux; ++j) ws.aux_h(b, j) = pre[aidx[j]] + bias[aidx[j]];
         }
       }
     }
