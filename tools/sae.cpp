@@ -27,6 +27,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <sae/io/activation_stream.hpp>
 #include <sae/io/mapped_file.hpp>
 #include <sae/io/npy.hpp>
 #include <sae/io/saelens.hpp>
@@ -244,9 +245,13 @@ int cmdTrain(const TrainArgs& a, CLI::App& app) {
     return dispatchArch(cfg, source, a.resume, a.quiet, &source.directions());
   }
   if (kind == "files") {
+    sae::io::StreamOptions so;
+    so.batch_size = cfg.batch_size;
+    so.seed = cfg.seed;
+    so.holdout_fraction = cfg.data.value("holdout", 0.0);
+    so.tensor_name = cfg.data.value("tensor", std::string());
     const auto paths = cfg.data.at("paths").get<std::vector<std::string>>();
-    sae::train::FileSource<float> source(paths, cfg.batch_size, cfg.data.value("holdout", 0.0),
-                                         cfg.data.value("tensor", std::string()));
+    sae::train::StreamSource<sae::io::ActivationStream<float>> source(paths, so);
     return dispatchArch(cfg, source, a.resume, a.quiet, nullptr);
   }
   throw sae::ConfigError("unknown data kind '" + kind + "' in the configuration");
@@ -565,8 +570,9 @@ int main(int argc, char** argv) {
                    "JSON file of training settings (the fields of train_config.json); flags "
                    "override it")
       ->check(CLI::ExistingFile);
-  train->add_option("--data", t.data, "activation files (.npy, .safetensors) [tokens, d_in]")
-      ->check(CLI::ExistingFile);
+  train->add_option("--data", t.data,
+                    "activation shards [tokens, d_in]: .npy, .npz, .safetensors files, "
+                    "directories or glob patterns (streamed, shuffled)");
   train->add_option("--arch", t.arch, "architecture")
       ->check(CLI::IsMember({"standard", "gated", "topk"}));
   train->add_option("--k", t.k, "TopK: latents per token (default 32)")->check(CLI::PositiveNumber);
