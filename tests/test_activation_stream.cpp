@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -19,6 +20,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <unistd.h>
@@ -26,6 +28,8 @@
 #include <catch2/catch.hpp>
 
 #include <sae/io/activation_stream.hpp>
+#include <sae/io/dtype.hpp>
+#include <sae/io/fast_convert.hpp>
 #include <sae/io/npy.hpp>
 #include <sae/io/raw.hpp>
 #include <sae/io/safetensors.hpp>
@@ -141,6 +145,51 @@ StreamOptions smallOptions() {
 }
 
 }  // namespace
+
+// ------------------------------------------------------------------------------------ conversion
+
+TEST_CASE("the streaming reader's float16 decoder agrees with halfToFloat on all inputs",
+          "[ActivationStream]") {
+  int mismatches = 0;
+  for (std::uint32_t b = 0; b < 65536; ++b) {
+    const auto bits = static_cast<std::uint16_t>(b);
+    const float want = sae::io::halfToFloat(bits);
+    const float got = sae::io::detail::halfToFloatBranchless(bits);
+    std::uint32_t wantBits = 0;
+    std::uint32_t gotBits = 0;
+    std::memcpy(&wantBits, &want, 4);
+    std::memcpy(&gotBits, &got, 4);
+    if (wantBits != gotBits) ++mismatches;
+  }
+  CHECK(mismatches == 0);
+  // Through the loop, both byte orders, into float and double.
+  std::vector<unsigned char> le(2 * 65536);
+  std::vector<unsigned char> be(2 * 65536);
+  for (std::uint32_t b = 0; b < 65536; ++b) {
+    le[2 * b] = be[2 * b + 1] = static_cast<unsigned char>(b & 0xff);
+    le[2 * b + 1] = be[2 * b] = static_cast<unsigned char>(b >> 8);
+  }
+  std::vector<float> f(65536);
+  std::vector<double> d(65536);
+  for (const auto& [bytes, order] : {std::make_pair(&le, sae::io::ByteOrder::Little),
+                                     std::make_pair(&be, sae::io::ByteOrder::Big)}) {
+    sae::io::detail::convertElementsFast(bytes->data(), DType::F16, order, 65536, f.data());
+    sae::io::detail::convertElementsFast(bytes->data(), DType::F16, order, 65536, d.data());
+    int bad = 0;
+    for (std::uint32_t b = 0; b < 65536; ++b) {
+      const float want = sae::io::halfToFloat(static_cast<std::uint16_t>(b));
+      if (std::isnan(want)) {
+        bad += std::isnan(f[b]) && std::isnan(d[b]) ? 0 : 1;
+      } else {
+        bad += f[b] == want && std::signbit(f[b]) == std::signbit(want) &&
+                       d[b] == static_cast<double>(want)
+                   ? 0
+                   : 1;
+      }
+    }
+    CHECK(bad == 0);
+  }
+}
 
 // ------------------------------------------------------------------------------------ epochs
 

@@ -43,7 +43,8 @@
 ///   norm are dropped and counted in droppedOutliers() (the BOS-token problem: the first token of
 ///   a context often has a norm many times larger than the rest). The median is taken over a
 ///   fixed sample of norm_sample_rows rows evenly spaced through the dataset (non-finite ones
-///   left out), read once when the stream is built.
+///   left out), read once when the stream is built. Norms are accumulated in double, in a fixed
+///   order.
 /// The drop counters count distinct rows: a block's drops are counted the first time a batch
 /// takes rows from the window holding it, so after one full epoch they are the dataset totals.
 ///
@@ -90,6 +91,7 @@
 #include <sae/core/types.hpp>
 #include <sae/io/array_view.hpp>
 #include <sae/io/dtype.hpp>
+#include <sae/io/fast_convert.hpp>
 #include <sae/io/mapped_file.hpp>
 #include <sae/io/npy.hpp>
 #include <sae/io/npz.hpp>
@@ -500,7 +502,8 @@ class ShardRowReader {
     for (std::uint64_t done = 0; done < elements;) {
       const std::uint64_t count = std::min(chunk, elements - done);
       readFully(fd, s, m_staging.data(), count * isz, offset + done * isz);
-      convertElements(m_staging.data(), s.dtype, s.order, static_cast<Index>(count), dst + done);
+      convertElementsFast(m_staging.data(), s.dtype, s.order, static_cast<Index>(count),
+                          dst + done);
       done += count;
     }
   }
@@ -542,7 +545,7 @@ class ShardRowReader {
           const Index elem = offset[static_cast<std::size_t>(i)] + done + k * s.rows;
           readFully(fd, s, m_staging.data(), static_cast<std::uint64_t>(count) * isz,
                     s.dataOffset + static_cast<std::uint64_t>(elem) * isz);
-          convertElements(m_staging.data(), s.dtype, s.order, count, values.data());
+          convertElementsFast(m_staging.data(), s.dtype, s.order, count, values.data());
           for (Index j = 0; j < count; ++j) {
             dst[(i + done + j) * s.cols + k] = values[static_cast<std::size_t>(j)];
           }
@@ -582,6 +585,28 @@ class ShardRowReader {
 
   std::vector<unsigned char> m_staging;
 };
+
+/// @brief Sum of squares of `n` values in double, in a fixed order (eight running sums over
+/// columns c = j mod 8, combined pairwise), so the result is the same whether or not and however
+/// widely the compiler vectorises it. NaN or infinity when a value is one (or, for double
+/// input, when the sum overflows).
+template <typename Scalar>
+inline double rowSquaredNorm(const Scalar* row, Index n) {
+  double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  Index c = 0;
+  for (; c + 8 <= n; c += 8) {
+    for (int j = 0; j < 8; ++j) {
+      const double v = static_cast<double>(row[c + j]);
+      acc[j] += v * v;
+    }
+  }
+  double tail = 0.0;
+  for (; c < n; ++c) {
+    const double v = static_cast<double>(row[c]);
+    tail += v * v;
+  }
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
+}
 
 /// Name of a non-finite value for messages: "nan", "inf", "-inf".
 inline const char* nonFiniteName(double v) {
@@ -910,11 +935,7 @@ class ActivationStream {
 
   // The NaN policy and outlier filter for global row g (a training or hold-out row).
   Verdict rejectRow(std::int64_t g, const Scalar* row) const {
-    double sumsq = 0.0;
-    for (Index c = 0; c < m_dIn; ++c) {
-      const double v = static_cast<double>(row[c]);
-      sumsq += v * v;
-    }
+    const double sumsq = squaredNorm(row);
     if (!std::isfinite(sumsq)) {
       for (Index c = 0; c < m_dIn; ++c) {
         const double v = static_cast<double>(row[c]);
@@ -933,6 +954,8 @@ class ActivationStream {
     return Verdict::Keep;
   }
 
+  double squaredNorm(const Scalar* row) const { return detail::rowSquaredNorm(row, m_dIn); }
+
   void estimateMedianNorm() {
     const std::int64_t n = std::min<std::int64_t>(m_opt.norm_sample_rows, m_total);
     detail::ShardRowReader reader;
@@ -943,14 +966,9 @@ class ActivationStream {
       const auto g = static_cast<std::int64_t>(
           (static_cast<double>(i) + 0.5) * static_cast<double>(m_total) / static_cast<double>(n));
       readGlobal(reader, g, g + 1, row.data());
-      double sumsq = 0.0;
       bool finite = true;
-      for (Index c = 0; c < m_dIn; ++c) {
-        const double v = static_cast<double>(row[static_cast<std::size_t>(c)]);
-        finite = finite && std::isfinite(v);
-        sumsq += v * v;
-      }
-      if (finite) norms.push_back(std::sqrt(sumsq));
+      for (const Scalar v : row) finite = finite && std::isfinite(v);
+      if (finite) norms.push_back(std::sqrt(squaredNorm(row.data())));
     }
     if (norms.empty()) {
       throw NumericError(
