@@ -354,7 +354,7 @@ TEST_CASE("Bad inputs give one line on stderr and a non-zero status", "[cli]") {
                 "garbage.npy");
   checkBadInput({"train", "--out", dir + "/r", "--data", dir + "/d8.npy", "--data", dir + "/d5.npy",
                  "--quiet"},
-                "columns");
+                "d_in 5");
   checkBadInput({"train", "--out", dir + "/r", "--arch", "topk", "--k", "100", "--d-sae", "50",
                  "--steps", "1", "--quiet"},
                 "k must be <= d_sae");
