@@ -138,11 +138,23 @@ struct CheckedLoss<sae::TopKSAE<double>> {
   }
 };
 
+template <typename W, typename = void>
+struct HasSparsePath : std::false_type {};
+template <typename W>
+struct HasSparsePath<W, std::void_t<decltype(W::sparse_threshold)>> : std::true_type {};
+
+// `sparse`: force the dense (false) or the sparse (true) kernels where the architecture has both.
 template <typename Model>
-void checkGradients(Model& model, const Mat& x, const sae::TrainOptions& opts) {
+void checkGradients(Model& model, const Mat& x, const sae::TrainOptions& opts,
+                    bool sparse = false) {
   REQUIRE(kinkMargin(model, x, opts) > kMargin);
   auto grads = model.makeGradients();
   typename Model::Workspace ws;
+  if constexpr (HasSparsePath<typename Model::Workspace>::value) {
+    ws.sparse_threshold = sparse ? 1.1 : 0.0;
+    model.loss(x, opts, ws);
+    REQUIRE(ws.used_sparse == sparse);
+  }
   const auto terms = model.backward(x, grads, opts, ws);
   CheckedLoss<Model> f;
   if constexpr (std::is_same<Model, sae::TopKSAE<double>>::value) {
@@ -205,8 +217,11 @@ TEST_CASE("Standard SAE gradients match finite differences", "[gradients][Standa
           sae::TrainOptions opts;
           opts.sparsity_scale = warm;
           auto m = makeModel<sae::StandardSAE<double>>(cfg, x, opts, 0.3);
-          INFO("lp " << lp << " c " << c << " apply_b_dec " << apply << " warm " << warm);
-          checkGradients(m, x, opts);
+          for (bool sparse : {false, true}) {
+            INFO("lp " << lp << " c " << c << " apply_b_dec " << apply << " warm " << warm
+                       << " sparse " << sparse);
+            checkGradients(m, x, opts, sparse);
+          }
         }
       }
     }
@@ -224,8 +239,10 @@ TEST_CASE("Gated SAE gradients match finite differences", "[gradients][GatedSAE]
       cfg.apply_b_dec_to_input = apply;
       sae::TrainOptions opts;
       auto m = makeModel<sae::GatedSAE<double>>(cfg, x, opts, 0.3);
-      INFO("c " << c << " apply_b_dec " << apply);
-      checkGradients(m, x, opts);
+      for (bool sparse : {false, true}) {
+        INFO("c " << c << " apply_b_dec " << apply << " sparse " << sparse);
+        checkGradients(m, x, opts, sparse);
+      }
     }
   }
 }

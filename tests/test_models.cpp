@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -251,4 +252,42 @@ TEST_CASE("Invalid inputs raise errors naming the problem", "[models][errors]") 
   sae::SparseCodes<float> codes = m.encode(x);
   codes.d_sae = 32;
   CHECK_THROWS_WITH(m.decode(codes), "codes have 32 latents, expected d_sae = 64");
+}
+
+TEMPLATE_TEST_CASE("Standard and gated SAEs give the same results on their sparse and dense paths",
+                   "[models][sparse]", sae::StandardSAE<double>, sae::GatedSAE<double>) {
+  sae::SaeConfig cfg;
+  cfg.d_in = 24;
+  cfg.d_sae = 200;
+  cfg.l1_coefficient = 0.8;
+  TestType m(cfg, 41);
+  perturb(m, 42, 0.02);
+  // Negative encoder biases make the codes sparse (a few percent active).
+  const char* bias = std::is_same<TestType, sae::GatedSAE<double>>::value ? "b_gate" : "b_enc";
+  m.parameters().flat(bias).array() -= 0.25;
+  const auto x = randomBatch<double>(90, 24, 43);
+
+  typename TestType::Workspace dense, sparse, automatic;
+  dense.sparse_threshold = 0.0;
+  sparse.sparse_threshold = 1.1;
+  auto gd = m.makeGradients(), gs = m.makeGradients(), ga = m.makeGradients();
+  const auto td = m.backward(x, gd, {}, dense);
+  const auto ts = m.backward(x, gs, {}, sparse);
+  m.backward(x, ga, {}, automatic);
+  CHECK_FALSE(dense.used_sparse);
+  CHECK(sparse.used_sparse);
+  const double density = double((dense.codes.values.array() > 0).count()) / (90.0 * 200.0);
+  INFO("density of f " << density);
+  CHECK(density > 0.005);
+  CHECK(density < 0.2);
+  CHECK(automatic.used_sparse == (sparse.pattern.nnz() < 0.05 * 90 * 200));
+
+  for (std::size_t i = 0; i < td.terms().size(); ++i)
+    CHECK(ts.terms()[i].second == Approx(td.terms()[i].second).epsilon(1e-12));
+  CHECK((dense.reconstruction - sparse.reconstruction).cwiseAbs().maxCoeff() < 1e-12);
+  for (const auto& e : gd.entries()) {
+    INFO("gradient " << e.name);
+    const double scale = std::max(1e-12, gd.flat(e.name).cwiseAbs().maxCoeff());
+    CHECK((gd.flat(e.name) - gs.flat(e.name)).cwiseAbs().maxCoeff() <= 1e-12 * scale);
+  }
 }

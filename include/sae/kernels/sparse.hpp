@@ -86,6 +86,17 @@ class LatentBuckets {
     }
   }
 
+  /// @brief Groups `count` entries whose latents are `latents[0..count)`; entry id = position.
+  void build(Index num_latents, const std::int32_t* latents, Index count) {
+    m_start.assign(static_cast<std::size_t>(num_latents) + 1, 0);
+    m_entries.resize(static_cast<std::size_t>(count));
+    for (Index e = 0; e < count; ++e) ++m_start[static_cast<std::size_t>(latents[e]) + 1];
+    for (Index i = 0; i < num_latents; ++i) m_start[i + 1] += m_start[i];
+    m_fill.assign(m_start.begin(), m_start.end() - 1);
+    for (Index e = 0; e < count; ++e)
+      m_entries[m_fill[latents[e]]++] = static_cast<std::int32_t>(e);
+  }
+
   Index numLatents() const { return static_cast<Index>(m_start.size()) - 1; }
   /// First position in entries() of latent i's bucket; the bucket ends at begin(i + 1).
   Index begin(Index i) const { return m_start[static_cast<std::size_t>(i)]; }
@@ -129,6 +140,80 @@ void accumulateByLatent(const LatentBuckets& buckets, const std::int32_t* row, c
       bias_sum += coef[e];
     }
     if (bias_out) bias_out[i] += bias_sum;
+  }
+}
+
+/// @brief The non-zero pattern of a dense `[B, n]` matrix in row-compressed form: the
+/// entries of row b are positions [rowStart[b], rowStart[b + 1]) of `latent` and `row`.
+struct CsrPattern {
+  std::vector<Index> row_start;      ///< B + 1 offsets.
+  std::vector<std::int32_t> latent;  ///< Column (latent) of each entry.
+  std::vector<std::int32_t> row;     ///< Row of each entry.
+
+  Index nnz() const { return static_cast<Index>(latent.size()); }
+  Index rows() const { return static_cast<Index>(row_start.size()) - 1; }
+
+  /// @brief Pattern of the entries of `m` that are > 0, in row-major order.
+  template <typename Scalar>
+  void buildPositive(const Eigen::Ref<const RowMatrix<Scalar>>& m) {
+    const Index B = m.rows();
+    const Index n = m.cols();
+    row_start.assign(static_cast<std::size_t>(B) + 1, 0);
+    SAE_PRAGMA_OMP(parallel for schedule(static))
+    for (Index b = 0; b < B; ++b) {
+      Index count = 0;
+      const Scalar* r = m.row(b).data();
+      for (Index i = 0; i < n; ++i) count += r[i] > Scalar(0);
+      row_start[static_cast<std::size_t>(b) + 1] = count;
+    }
+    for (Index b = 0; b < B; ++b) row_start[b + 1] += row_start[b];
+    latent.resize(static_cast<std::size_t>(row_start[B]));
+    row.resize(static_cast<std::size_t>(row_start[B]));
+    SAE_PRAGMA_OMP(parallel for schedule(static))
+    for (Index b = 0; b < B; ++b) {
+      Index e = row_start[b];
+      const Scalar* r = m.row(b).data();
+      for (Index i = 0; i < n; ++i) {
+        if (r[i] > Scalar(0)) {
+          latent[e] = static_cast<std::int32_t>(i);
+          row[e] = static_cast<std::int32_t>(b);
+          ++e;
+        }
+      }
+    }
+  }
+};
+
+/// @brief out[b, :] = bias + sum over the entries e of row b of coef[e] * table[latent[e], :]
+/// (bias may be empty).
+template <typename Scalar>
+void csrDecode(const CsrPattern& pattern, const Scalar* coef,
+               const Eigen::Ref<const RowMatrix<Scalar>>& table,
+               const Eigen::Ref<const Vector<Scalar>>& bias, Eigen::Ref<RowMatrix<Scalar>> out) {
+  const Index rows = pattern.rows();
+  const bool has_bias = bias.size() > 0;
+  SAE_PRAGMA_OMP(parallel for schedule(static))
+  for (Index b = 0; b < rows; ++b) {
+    auto o = out.row(b);
+    if (has_bias) {
+      o = bias.transpose();
+    } else {
+      o.setZero();
+    }
+    for (Index e = pattern.row_start[b]; e < pattern.row_start[b + 1]; ++e)
+      o.noalias() += coef[e] * table.row(pattern.latent[e]);
+  }
+}
+
+/// @brief out[e] = dot(left[row[e], :], table[latent[e], :]) for every entry.
+template <typename Scalar>
+void csrDot(const Eigen::Ref<const RowMatrix<Scalar>>& left, const CsrPattern& pattern,
+            const Eigen::Ref<const RowMatrix<Scalar>>& table, Scalar* out) {
+  const Index rows = pattern.rows();
+  SAE_PRAGMA_OMP(parallel for schedule(static))
+  for (Index b = 0; b < rows; ++b) {
+    for (Index e = pattern.row_start[b]; e < pattern.row_start[b + 1]; ++e)
+      out[e] = left.row(b).dot(table.row(pattern.latent[e]));
   }
 }
 

@@ -37,7 +37,17 @@ struct GatedArch {
     RowMatrix<S> grad_y, grad_aux;
     RowMatrix<S> grad_f, grad_gate;
     Vector<S> norms, exp_r_mag;
+    /// Below this fraction of open gates, decode and gradients use sparse kernels (the
+    /// encoder product stays dense); 0 forces dense, 1 forces sparse.
+    double sparse_threshold = kSparseThreshold;
+    bool used_sparse = false;     ///< Whether the last forward took the sparse path.
+    kernels::CsrPattern pattern;  // open gates (b, i)
+    std::vector<S> coef_f, coef_gate, grad_mag, grad_pre;
+    kernels::LatentBuckets buckets;
   };
+
+  /// Fraction of open gates below which the sparse kernels are used by default.
+  static constexpr double kSparseThreshold = 0.05;
 
   static void validate(const SaeConfig&) {}
 
@@ -100,10 +110,28 @@ struct GatedArch {
     ws.pre.noalias() = ws.xc * p.colMajor("W_enc");
     ws.exp_r_mag = p.flat("r_mag").array().exp();
     activate<S>(p, ws.pre, ws.exp_r_mag, ws.codes.values, &ws.gate);
-    ws.reconstruction.noalias() = ws.codes.values * W_dec;
-    ws.reconstruction.rowwise() += b_dec.transpose();
-    ws.aux_reconstruction.noalias() = ws.gate * W_dec;
-    ws.aux_reconstruction.rowwise() += b_dec.transpose();
+    const Index B = x.rows();
+    ws.pattern.template buildPositive<S>(ws.gate);
+    const double density = double(ws.pattern.nnz()) / (double(B) * double(cfg.d_sae));
+    ws.used_sparse = density < ws.sparse_threshold;
+    if (ws.used_sparse) {
+      const Index nnz = ws.pattern.nnz();
+      ws.coef_f.resize(static_cast<std::size_t>(nnz));
+      ws.coef_gate.resize(static_cast<std::size_t>(nnz));
+      for (Index e = 0; e < nnz; ++e) {
+        ws.coef_f[e] = ws.codes.values(ws.pattern.row[e], ws.pattern.latent[e]);
+        ws.coef_gate[e] = ws.gate(ws.pattern.row[e], ws.pattern.latent[e]);
+      }
+      ws.reconstruction.resize(B, cfg.d_in);
+      ws.aux_reconstruction.resize(B, cfg.d_in);
+      kernels::csrDecode<S>(ws.pattern, ws.coef_f.data(), W_dec, b_dec, ws.reconstruction);
+      kernels::csrDecode<S>(ws.pattern, ws.coef_gate.data(), W_dec, b_dec, ws.aux_reconstruction);
+    } else {
+      ws.reconstruction.noalias() = ws.codes.values * W_dec;
+      ws.reconstruction.rowwise() += b_dec.transpose();
+      ws.aux_reconstruction.noalias() = ws.gate * W_dec;
+      ws.aux_reconstruction.rowwise() += b_dec.transpose();
+    }
 
     ws.norms.resize(cfg.d_sae);
     kernels::rowNorms<S>(W_dec, ws.norms);
@@ -127,6 +155,10 @@ struct GatedArch {
     const S coef = S(cfg.l1_coefficient * opts.sparsity_scale / double(B));
     ws.grad_y.noalias() = scale * (ws.reconstruction - x);
     ws.grad_aux.noalias() = scale * (ws.aux_reconstruction - x);
+    if (ws.used_sparse) {
+      backwardSparse(p, cfg, coef, ws, g);
+      return;
+    }
     ws.grad_f.noalias() = ws.grad_y * W_dec.transpose();
     ws.grad_gate.noalias() = ws.grad_aux * W_dec.transpose();
 
@@ -170,6 +202,67 @@ struct GatedArch {
       const Vector<S> g_pre_sum = ws.grad_gate.colwise().sum().transpose();
       gb_dec.noalias() -= p.colMajor("W_enc") * g_pre_sum;
     }
+  }
+
+  /// Backward over the open gates only (f is zero wherever the gate is closed).
+  template <typename S>
+  static void backwardSparse(const ParameterSet<S>& p, const SaeConfig& cfg, S coef,
+                             Workspace<S>& ws, ParameterSet<S>& g) {
+    const auto W_dec = p.rowMajor("W_dec");
+    const kernels::CsrPattern& pat = ws.pattern;
+    const Index nnz = pat.nnz();
+    const Index n = cfg.d_sae;
+    ws.grad_mag.resize(static_cast<std::size_t>(nnz));
+    ws.grad_pre.resize(static_cast<std::size_t>(nnz));
+    kernels::csrDot<S>(ws.grad_y, pat, W_dec, ws.grad_mag.data());
+    kernels::csrDot<S>(ws.grad_aux, pat, W_dec, ws.grad_pre.data());
+    // grad_mag: d/d pi_mag (zero where the magnitude is not positive); grad_pre: d/d pi_gate.
+    SAE_PRAGMA_OMP(parallel for schedule(static))
+    for (Index e = 0; e < nnz; ++e) {
+      if (!(ws.coef_f[e] > S(0))) ws.grad_mag[e] = S(0);
+      ws.grad_pre[e] += coef * ws.norms[pat.latent[e]];
+    }
+    ws.buckets.build(n, pat.latent.data(), nnz);
+    auto gb_mag = g.flat("b_mag");
+    auto gr_mag = g.flat("r_mag");
+    auto gb_gate = g.flat("b_gate");
+    Vector<S> d_norms(n);
+    const std::int32_t* ids = ws.buckets.entries().data();
+    SAE_PRAGMA_OMP(parallel for schedule(dynamic, 64))
+    for (Index i = 0; i < n; ++i) {
+      S sum_mag = 0, sum_rmag = 0, sum_gate = 0, sum_open = 0;
+      for (Index q = ws.buckets.begin(i); q < ws.buckets.end(i); ++q) {
+        const std::int32_t e = ids[q];
+        sum_mag += ws.grad_mag[e];
+        sum_rmag += ws.grad_mag[e] * ws.pre(pat.row[e], i);
+        sum_gate += ws.grad_pre[e];
+        sum_open += ws.coef_gate[e];
+      }
+      gb_mag[i] = sum_mag;
+      gr_mag[i] = sum_rmag * ws.exp_r_mag[i];
+      gb_gate[i] = sum_gate;
+      d_norms[i] = coef * sum_open;
+    }
+    // grad_pre becomes d/dP = d/d pi_gate + d/d pi_mag exp(r_mag).
+    SAE_PRAGMA_OMP(parallel for schedule(static))
+    for (Index e = 0; e < nnz; ++e) ws.grad_pre[e] += ws.grad_mag[e] * ws.exp_r_mag[pat.latent[e]];
+
+    auto gW_dec = g.rowMajor("W_dec");
+    gW_dec.setZero();
+    kernels::accumulateByLatent<S>(ws.buckets, pat.row.data(), ws.coef_f.data(), ws.grad_y, gW_dec);
+    kernels::accumulateByLatent<S>(ws.buckets, pat.row.data(), ws.coef_gate.data(), ws.grad_aux,
+                                   gW_dec);
+    detail::addDecoderNormGradient<S>(W_dec, ws.norms, d_norms, gW_dec);
+
+    auto gW_enc_flat = g.flat("W_enc");
+    gW_enc_flat.setZero();
+    Eigen::Map<RowMatrix<S>> gW_enc_t(gW_enc_flat.data(), n, cfg.d_in);
+    Vector<S> g_pre_sum = Vector<S>::Zero(n);
+    kernels::accumulateByLatent<S>(ws.buckets, pat.row.data(), ws.grad_pre.data(), ws.xc, gW_enc_t,
+                                   g_pre_sum.data());
+    auto gb_dec = g.flat("b_dec");
+    gb_dec = (ws.grad_y.colwise().sum() + ws.grad_aux.colwise().sum()).transpose();
+    if (cfg.apply_b_dec_to_input) gb_dec.noalias() -= p.colMajor("W_enc") * g_pre_sum;
   }
 };
 

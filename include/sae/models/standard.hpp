@@ -35,7 +35,17 @@ struct StandardArch {
     RowMatrix<S> grad_y;          ///< d loss / d y.
     Vector<S> norms;              ///< decoder row norms n.
     Vector<S> row_lp;             ///< ||f_b * n||_p per row.
+    /// Below this fraction of non-zero activations, decode and gradients use sparse kernels
+    /// (the encoder product stays dense); 0 forces dense, 1 forces sparse.
+    double sparse_threshold = kSparseThreshold;
+    bool used_sparse = false;     ///< Whether the last forward took the sparse path.
+    kernels::CsrPattern pattern;  // active (b, i) of f
+    std::vector<S> coef;          // per active entry: f, then d loss / d h
+    kernels::LatentBuckets buckets;
   };
+
+  /// Density of f below which the sparse kernels are used by default (see benchmarks/).
+  static constexpr double kSparseThreshold = 0.05;
 
   static void validate(const SaeConfig&) {}
 
@@ -71,32 +81,44 @@ struct StandardArch {
   static void forward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
                       const TrainOptions& opts, Workspace<S>& ws, LossTerms<S>& terms) {
     const auto W_dec = p.rowMajor("W_dec");
+    const Index B = x.rows();
     detail::centerInput(x, p, cfg, ws.xc);
     ws.pre.noalias() = ws.xc * p.colMajor("W_enc");
-    ws.codes.values.resize(x.rows(), cfg.d_sae);
+    ws.codes.values.resize(B, cfg.d_sae);
     kernels::addBiasRelu<S>(ws.pre, p.flat("b_enc"), ws.codes.values);
-    decode(p, cfg, ws.codes, ws.reconstruction);
+    const auto& f = ws.codes.values;
+
+    ws.pattern.template buildPositive<S>(f);
+    const double density = double(ws.pattern.nnz()) / (double(B) * double(cfg.d_sae));
+    ws.used_sparse = density < ws.sparse_threshold;
+    if (ws.used_sparse) {
+      ws.coef.resize(static_cast<std::size_t>(ws.pattern.nnz()));
+      for (Index e = 0; e < ws.pattern.nnz(); ++e)
+        ws.coef[e] = f(ws.pattern.row[e], ws.pattern.latent[e]);
+      ws.reconstruction.resize(B, cfg.d_in);
+      kernels::csrDecode<S>(ws.pattern, ws.coef.data(), W_dec, p.flat("b_dec"), ws.reconstruction);
+    } else {
+      decode(p, cfg, ws.codes, ws.reconstruction);
+    }
 
     ws.norms.resize(cfg.d_sae);
     kernels::rowNorms<S>(W_dec, ws.norms);
-    const double coef = cfg.l1_coefficient * opts.sparsity_scale;
     const double lp = cfg.lp_norm;
-    const Index B = x.rows();
     ws.row_lp.resize(B);
-    double penalty = 0;
+    SAE_PRAGMA_OMP(parallel for schedule(static))
     for (Index b = 0; b < B; ++b) {
-      const auto v = ws.codes.values.row(b).cwiseProduct(ws.norms.transpose());
-      S norm;
+      const auto v = f.row(b).cwiseProduct(ws.norms.transpose());
       if (lp == 1.0) {
-        norm = v.sum();  // every entry is >= 0
+        ws.row_lp[b] = v.sum();  // every entry is >= 0
       } else if (lp == 2.0) {
-        norm = v.norm();
+        ws.row_lp[b] = v.norm();
       } else {
-        norm = S(std::pow(double(v.array().pow(S(lp)).sum()), 1.0 / lp));
+        ws.row_lp[b] = S(std::pow(double(v.array().pow(S(lp)).sum()), 1.0 / lp));
       }
-      ws.row_lp[b] = norm;
-      penalty += double(norm);
     }
+    double penalty = 0;
+    for (Index b = 0; b < B; ++b) penalty += double(ws.row_lp[b]);
+    const double coef = cfg.l1_coefficient * opts.sparsity_scale;
     terms.add("mse_loss", S(detail::meanSquaredError<S>(ws.reconstruction, x)));
     terms.add("l1_loss", S(coef * penalty / double(B)));
   }
@@ -107,48 +129,68 @@ struct StandardArch {
     const Index B = x.rows();
     const auto W_dec = p.rowMajor("W_dec");
     const auto& f = ws.codes.values;
-    const S scale = S(2) / S(B);
-    ws.grad_y.noalias() = scale * (ws.reconstruction - x);
+    ws.grad_y.noalias() = (S(2) / S(B)) * (ws.reconstruction - x);
 
     auto gW_dec = g.rowMajor("W_dec");
-    auto gW_enc = g.colMajor("W_enc");
     auto gb_enc = g.flat("b_enc");
     auto gb_dec = g.flat("b_dec");
-
-    // d loss / d f = grad_y W_dec^T + d penalty / d f, then masked by relu'(h) into ws.pre.
-    const S coef = S(cfg.l1_coefficient * opts.sparsity_scale / double(B));
-    const double lp = cfg.lp_norm;
-    RowMatrix<S>& grad_h = ws.pre;  // h is only needed for its sign, which f also gives
-    grad_h.noalias() = ws.grad_y * W_dec.transpose();
     // d ||v||_p / d v_i = v_i^(p-1) / ||v||_p^(p-1) for v = f * n >= 0, and 0 where v_i = 0
     // (torch's subgradient); so d penalty / d f_i = coef dv_i n_i, d penalty / d n_i = coef dv_i
     // f_i.
+    const S coef = S(cfg.l1_coefficient * opts.sparsity_scale / double(B));
+    const double lp = cfg.lp_norm;
     auto dv = [&](Index b, Index i) {
       return lp == 1.0 ? S(1) : S(std::pow(double(f(b, i) * ws.norms[i] / ws.row_lp[b]), lp - 1.0));
     };
-    SAE_PRAGMA_OMP(parallel for schedule(static))
-    for (Index b = 0; b < B; ++b) {
-      for (Index i = 0; i < cfg.d_sae; ++i) {
-        if (f(b, i) > S(0)) {
-          grad_h(b, i) += coef * dv(b, i) * ws.norms[i];
-        } else {
-          grad_h(b, i) = S(0);
+    Vector<S> d_norms = Vector<S>::Zero(cfg.d_sae);
+
+    if (ws.used_sparse) {
+      // Only the active entries carry gradient: f > 0 there and relu'(h) = 1.
+      const kernels::CsrPattern& pat = ws.pattern;
+      const Index nnz = pat.nnz();
+      ws.buckets.build(cfg.d_sae, pat.latent.data(), nnz);
+      gW_dec.setZero();
+      kernels::accumulateByLatent<S>(ws.buckets, pat.row.data(), ws.coef.data(), ws.grad_y, gW_dec);
+      for (Index e = 0; e < nnz; ++e) {
+        const Index b = pat.row[e], i = pat.latent[e];
+        d_norms[i] += coef * dv(b, i) * f(b, i);
+      }
+      // coef becomes d loss / d h.
+      kernels::csrDot<S>(ws.grad_y, pat, W_dec, ws.coef.data());
+      SAE_PRAGMA_OMP(parallel for schedule(static))
+      for (Index e = 0; e < nnz; ++e)
+        ws.coef[e] += coef * dv(pat.row[e], pat.latent[e]) * ws.norms[pat.latent[e]];
+      auto gW_enc_flat = g.flat("W_enc");
+      gW_enc_flat.setZero();
+      Eigen::Map<RowMatrix<S>> gW_enc_t(gW_enc_flat.data(), cfg.d_sae, cfg.d_in);
+      gb_enc.setZero();
+      kernels::accumulateByLatent<S>(ws.buckets, pat.row.data(), ws.coef.data(), ws.xc, gW_enc_t,
+                                     gb_enc.data());
+    } else {
+      RowMatrix<S>& grad_h = ws.pre;  // h is only needed for its sign, which f also gives
+      grad_h.noalias() = ws.grad_y * W_dec.transpose();
+      SAE_PRAGMA_OMP(parallel for schedule(static))
+      for (Index b = 0; b < B; ++b) {
+        for (Index i = 0; i < cfg.d_sae; ++i) {
+          if (f(b, i) > S(0)) {
+            grad_h(b, i) += coef * dv(b, i) * ws.norms[i];
+          } else {
+            grad_h(b, i) = S(0);
+          }
         }
       }
+      if (lp == 1.0) {
+        d_norms = coef * f.colwise().sum().transpose();
+      } else {
+        for (Index b = 0; b < B; ++b)
+          for (Index i = 0; i < cfg.d_sae; ++i)
+            if (f(b, i) > S(0)) d_norms[i] += coef * dv(b, i) * f(b, i);
+      }
+      gW_dec.noalias() = f.transpose() * ws.grad_y;
+      g.colMajor("W_enc").noalias() = ws.xc.transpose() * grad_h;
+      gb_enc = grad_h.colwise().sum().transpose();
     }
-    Vector<S> d_norms;
-    if (lp == 1.0) {
-      d_norms = coef * f.colwise().sum().transpose();
-    } else {
-      d_norms = Vector<S>::Zero(cfg.d_sae);
-      for (Index b = 0; b < B; ++b)
-        for (Index i = 0; i < cfg.d_sae; ++i)
-          if (f(b, i) > S(0)) d_norms[i] += coef * dv(b, i) * f(b, i);
-    }
-    gW_dec.noalias() = f.transpose() * ws.grad_y;
     detail::addDecoderNormGradient<S>(W_dec, ws.norms, d_norms, gW_dec);
-    gW_enc.noalias() = ws.xc.transpose() * grad_h;
-    gb_enc = grad_h.colwise().sum().transpose();
     gb_dec = ws.grad_y.colwise().sum().transpose();
     if (cfg.apply_b_dec_to_input) gb_dec.noalias() -= p.colMajor("W_enc") * gb_enc;
   }
