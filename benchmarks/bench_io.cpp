@@ -95,16 +95,31 @@ void warmPageCache(const std::string& path) {
   std::fclose(f);
 }
 
-/// Streams `epochs` epochs; returns rows per second (after construction).
-double streamRowsPerSecond(const std::vector<std::string>& shards, sae::io::StreamOptions so,
-                           double epochs, const Options& o) {
+/// CPU time of the process so far (all threads), seconds.
+double cpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+struct Rate {
+  double wall;  ///< rows per second of elapsed time
+  double cpu;   ///< rows per second of CPU time (all threads): independent of other load
+};
+
+/// Streams `epochs` epochs (after construction).
+Rate streamRate(const std::vector<std::string>& shards, sae::io::StreamOptions so, double epochs,
+                const Options& o) {
   sae::io::ActivationStream<float> stream(shards, so);
   sae::RowMatrix<float> batch;
   const auto batches = static_cast<std::int64_t>(
       epochs * static_cast<double>(stream.trainingRows()) / static_cast<double>(o.batch));
   const auto t0 = Clock::now();
+  const double c0 = cpuSeconds();
   for (std::int64_t i = 0; i < batches; ++i) stream.next(batch);
-  return static_cast<double>(batches * o.batch) / seconds(t0);
+  const double rows = static_cast<double>(batches * o.batch);
+  return {rows / seconds(t0), rows / (cpuSeconds() - c0)};
 }
 
 void benchRss(const Options& o, const std::string& dir) {
@@ -267,21 +282,21 @@ void benchStream(const Options& o, const std::string& dir) {
   const double gbPerRow = static_cast<double>(o.d_in) * sizeof(float) / 1e9;
   for (const bool prefetch : {true, false}) {
     so.prefetch = prefetch;
-    const double rps = streamRowsPerSecond(shards, so, 2.0, o);
+    const Rate r = streamRate(shards, so, 4.0, o);
     std::printf(
         "stream d_in %ld, batch %ld, shuffle buffer %ld rows, %ld rows, prefetch %s, %d "
-        "OpenMP threads: %.0f rows/s (%.2f GB/s)\n",
+        "OpenMP threads: %.0f rows/s (%.2f GB/s); %.0f rows per CPU-second\n",
         long(o.d_in), long(o.batch), long(o.rows), long(2 * o.rows), prefetch ? "on " : "off",
-        sae::maxThreads(), rps, rps * gbPerRow);
+        sae::maxThreads(), r.wall, r.wall * gbPerRow, r.cpu);
   }
   so.prefetch = true;
   so.holdout_fraction = 0.01;
   so.max_norm_ratio = 10.0;
-  const double rps = streamRowsPerSecond(shards, so, 2.0, o);
+  const Rate r = streamRate(shards, so, 4.0, o);
   std::printf(
       "stream as above, prefetch on, 1%% hold-out and the outlier filter: %.0f rows/s "
-      "(%.2f GB/s)\n",
-      rps, rps * gbPerRow);
+      "(%.2f GB/s); %.0f rows per CPU-second\n",
+      r.wall, r.wall * gbPerRow, r.cpu);
   for (const auto& s : shards) fs::remove(s);
 }
 

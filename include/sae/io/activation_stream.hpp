@@ -765,7 +765,8 @@ class ActivationStream {
         const std::uint32_t* order = w.order.data() + m_pos.offset;
         const Scalar* src = w.rows.data();
         Scalar* dst = batch.data() + filled * d;
-        SAE_PRAGMA_OMP(parallel for schedule(static) if (take * d >= (Index(1) << 18)))
+        // One thread: a batch is a few MB of copies, and an OpenMP team here would spin on
+        // the cores the prefetch thread and the caller's kernels need.
         for (Index i = 0; i < take; ++i) {
           std::memcpy(dst + i * d, src + static_cast<Index>(order[i]) * d,
                       static_cast<std::size_t>(d) * sizeof(Scalar));
