@@ -100,7 +100,7 @@ TEMPLATE_TEST_CASE("forward equals decode(encode) and the training pass agrees w
   const auto again = m.loss(x);
   REQUIRE(again.terms().size() == terms.terms().size());
   for (std::size_t i = 0; i < terms.terms().size(); ++i) {
-    CHECK(again.terms()[i].first == terms.terms()[i].first);
+    CHECK(std::string(again.terms()[i].first) == terms.terms()[i].first);
     CHECK(again.terms()[i].second == terms.terms()[i].second);
   }
   double sum = 0;

@@ -2,6 +2,7 @@
 /// @brief SaeConfig, training options, loss terms and feature codes shared by every architecture.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -54,39 +55,64 @@ struct TrainOptions {
 };
 
 /// @brief The terms of a loss by their SAELens names, in SAELens order, and their total.
+///
+/// Fixed capacity, no heap allocation: names are string literals (static storage).
 template <typename Scalar>
 class LossTerms {
  public:
-  void add(std::string name, Scalar value) { m_terms.emplace_back(std::move(name), value); }
+  /// One term: its SAELens name and value.
+  using Term = std::pair<const char*, Scalar>;
+  static constexpr std::size_t kCapacity = 8;
+
+  /// @brief A read-only range over the terms, in order.
+  class View {
+   public:
+    View(const Term* b, const Term* e) : m_begin(b), m_end(e) {}
+    const Term* begin() const { return m_begin; }
+    const Term* end() const { return m_end; }
+    std::size_t size() const { return static_cast<std::size_t>(m_end - m_begin); }
+    const Term& operator[](std::size_t i) const { return m_begin[i]; }
+
+   private:
+    const Term* m_begin;
+    const Term* m_end;
+  };
+
+  /// @brief Appends a term; `name` must have static storage (a string literal).
+  void add(const char* name, Scalar value) {
+    require(m_size < kCapacity, "LossTerms: more than ", kCapacity, " terms");
+    m_terms[m_size++] = Term(name, value);
+  }
 
   /// @brief Sum of the terms in order.
   Scalar total() const {
     Scalar t = 0;
-    for (const auto& term : m_terms) t += term.second;
+    for (const auto& term : terms()) t += term.second;
     return t;
   }
 
   /// @brief Value of term `name` ("total" gives total()); throws ConfigError if absent.
   Scalar operator[](std::string_view name) const {
     if (name == "total") return total();
-    for (const auto& term : m_terms)
-      if (term.first == name) return term.second;
+    for (const auto& term : terms())
+      if (name == term.first) return term.second;
     std::string names;
-    for (const auto& term : m_terms) names += (names.empty() ? "" : ", ") + term.first;
+    for (const auto& term : terms()) names += (names.empty() ? "" : ", ") + std::string(term.first);
     throw ConfigError(detail::concat("no loss term named '", name, "' (have: ", names, ")"));
   }
 
   bool contains(std::string_view name) const {
-    for (const auto& term : m_terms)
-      if (term.first == name) return true;
+    for (const auto& term : terms())
+      if (name == term.first) return true;
     return false;
   }
 
-  const std::vector<std::pair<std::string, Scalar>>& terms() const { return m_terms; }
-  void clear() { m_terms.clear(); }
+  View terms() const { return View(m_terms.data(), m_terms.data() + m_size); }
+  void clear() { m_size = 0; }
 
  private:
-  std::vector<std::pair<std::string, Scalar>> m_terms;
+  std::array<Term, kCapacity> m_terms{};
+  std::size_t m_size = 0;
 };
 
 /// @brief Feature activations as a dense `[tokens, d_sae]` matrix (standard, gated).

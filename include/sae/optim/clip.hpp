@@ -76,12 +76,15 @@ double globalGradNorm(const ParameterSet<Scalar>& grads) {
   const Scalar* const g = grads.flat().data();
   const Index n = grads.size();
   const Index chunks = (n + detail::kGradNormChunk - 1) / detail::kGradNormChunk;
-  std::vector<double> partial(static_cast<std::size_t>(chunks));
+  // Kept per thread so that steady-state training steps do not allocate.
+  // The calling thread's buffer; the workers write into it through `out`.
+  thread_local std::vector<double> partial;
+  partial.resize(static_cast<std::size_t>(chunks));
+  double* const out = partial.data();
   SAE_PRAGMA_OMP(parallel for schedule(static) if (chunks > 1))
   for (Index c = 0; c < chunks; ++c) {
     const Index begin = c * detail::kGradNormChunk;
-    partial[static_cast<std::size_t>(c)] =
-        detail::sumOfSquares(g + begin, std::min(detail::kGradNormChunk, n - begin));
+    out[c] = detail::sumOfSquares(g + begin, std::min(detail::kGradNormChunk, n - begin));
   }
   double total = 0.0;
   for (const double s : partial) total += s;

@@ -1,0 +1,109 @@
+// Steady-state training steps (backward, clipping, Adam) do no heap allocation.
+//
+// This program replaces the global operator new to count allocations made between two
+// points. The sizes are small enough for Eigen to keep its GEMM blocking buffers on the stack
+// (below EIGEN_STACK_ALLOCATION_LIMIT); at large sizes those buffers are Eigen's only
+// per-product allocations.
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+#include <catch2/catch.hpp>
+
+#include <sae/sae.hpp>
+
+// GCC pairs the inlined malloc of these replacements with the free of the deletes and warns
+// (-Wmismatched-new-delete); both sides are ours and match.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+
+namespace {
+std::atomic<bool> g_counting{false};
+std::atomic<long> g_allocations{0};
+}  // namespace
+
+void* operator new(std::size_t size) {
+  if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1);
+  if (void* p = std::malloc(size ? size : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t size) { return operator new(size); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
+namespace {
+
+using sae::Index;
+
+// Allocations made by `steps` training steps after two warm-up steps.
+template <typename Model, typename Setup>
+long allocationsPerStep(const sae::SaeConfig& cfg, Setup setup) {
+  Model model(cfg, 1);
+  setup(model);
+  sae::eval::SyntheticOptions data_opts;
+  data_opts.d_in = cfg.d_in;
+  data_opts.n_features = 2 * cfg.d_in;
+  sae::eval::SyntheticFeatures<float> data(data_opts, 2);
+  const sae::RowMatrix<float> x = data.sample(64);
+  auto grads = model.makeGradients();
+  sae::Adam<float> adam(model.parameters());
+  typename Model::Workspace ws;
+  sae::LatentMask dead = sae::LatentMask::Zero(cfg.d_sae);
+  for (Index i = 0; i < cfg.d_sae; i += 3) dead[i] = 1;
+  sae::TrainOptions opts;
+  opts.dead_mask = &dead;
+  auto step = [&] {
+    const auto terms = model.backward(x, grads, opts, ws);
+    sae::clipGradNorm(grads, 1.0);
+    adam.step(model.parameters(), grads);
+    return terms.total();
+  };
+  step();
+  step();
+  g_allocations = 0;
+  g_counting = true;
+  float sum = 0;
+  for (int i = 0; i < 3; ++i) sum += step();
+  g_counting = false;
+  REQUIRE(std::isfinite(sum));
+  return g_allocations.load();
+}
+
+sae::SaeConfig config() {
+  sae::SaeConfig cfg;
+  cfg.d_in = 32;
+  cfg.d_sae = 256;
+  cfg.k = 8;
+  cfg.rescale_acts_by_decoder_norm = true;
+  return cfg;
+}
+
+}  // namespace
+
+TEST_CASE("The counter sees allocations", "[allocations]") {
+  g_allocations = 0;
+  g_counting = true;
+  auto* v = new std::vector<int>(100);
+  g_counting = false;
+  delete v;
+  CHECK(g_allocations.load() == 2);
+}
+
+TEST_CASE("TopK training steps do not allocate", "[allocations][TopKSAE]") {
+  CHECK(allocationsPerStep<sae::TopKSAE<float>>(config(), [](auto&) {}) == 0);
+}
+
+TEST_CASE("Standard training steps do not allocate, dense or sparse", "[allocations]") {
+  CHECK(allocationsPerStep<sae::StandardSAE<float>>(config(), [](auto&) {}) == 0);
+  CHECK(allocationsPerStep<sae::StandardSAE<float>>(
+            config(), [](auto& m) { m.parameters().flat("b_enc").array() -= 0.2f; }) == 0);
+}
+
+TEST_CASE("Gated training steps do not allocate, dense or sparse", "[allocations]") {
+  CHECK(allocationsPerStep<sae::GatedSAE<float>>(config(), [](auto&) {}) == 0);
+  CHECK(allocationsPerStep<sae::GatedSAE<float>>(
+            config(), [](auto& m) { m.parameters().flat("b_gate").array() -= 0.2f; }) == 0);
+}
