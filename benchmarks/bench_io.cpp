@@ -27,7 +27,6 @@
 #include <sae/io/activation_stream.hpp>
 #include <sae/io/atomic_write.hpp>
 #include <sae/io/dtype.hpp>
-#include <sae/io/fast_convert.hpp>
 #include <sae/io/npy.hpp>
 
 namespace {
@@ -217,9 +216,8 @@ void benchConvert(const Options& o) {
     const auto* src = reinterpret_cast<const unsigned char*>(bits.data());
     const double t = medianTime(
         o.seconds, [&] { sae::io::detail::convertElements(src, k.dtype, k.order, n, out.data()); });
-    const double tf = medianTime(o.seconds, [&] {
-      sae::io::detail::convertElementsFast(src, k.dtype, k.order, n, out.data());
-    });
+    const double tf = medianTime(
+        o.seconds, [&] { sae::io::detail::convertElements(src, k.dtype, k.order, n, out.data()); });
     const double gb = static_cast<double>(n) * 2.0 / 1e9;
     std::printf(
         "convert %s -> float32, in memory, 1 thread: %.2f GB/s of input with ActivationStream's "

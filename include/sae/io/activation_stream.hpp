@@ -91,7 +91,6 @@
 #include <sae/core/types.hpp>
 #include <sae/io/array_view.hpp>
 #include <sae/io/dtype.hpp>
-#include <sae/io/fast_convert.hpp>
 #include <sae/io/mapped_file.hpp>
 #include <sae/io/npy.hpp>
 #include <sae/io/npz.hpp>
@@ -502,8 +501,7 @@ class ShardRowReader {
     for (std::uint64_t done = 0; done < elements;) {
       const std::uint64_t count = std::min(chunk, elements - done);
       readFully(fd, s, m_staging.data(), count * isz, offset + done * isz);
-      convertElementsFast(m_staging.data(), s.dtype, s.order, static_cast<Index>(count),
-                          dst + done);
+      convertElements(m_staging.data(), s.dtype, s.order, static_cast<Index>(count), dst + done);
       done += count;
     }
   }
@@ -545,7 +543,7 @@ class ShardRowReader {
           const Index elem = offset[static_cast<std::size_t>(i)] + done + k * s.rows;
           readFully(fd, s, m_staging.data(), static_cast<std::uint64_t>(count) * isz,
                     s.dataOffset + static_cast<std::uint64_t>(elem) * isz);
-          convertElementsFast(m_staging.data(), s.dtype, s.order, count, values.data());
+          convertElements(m_staging.data(), s.dtype, s.order, count, values.data());
           for (Index j = 0; j < count; ++j) {
             dst[(i + done + j) * s.cols + k] = values[static_cast<std::size_t>(j)];
           }

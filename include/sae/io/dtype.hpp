@@ -95,18 +95,21 @@ inline std::uint64_t byteSwap(std::uint64_t v) { return __builtin_bswap64(v); }
 ///
 /// Integer-only except for subnormals, which are computed as `mantissa * 2^-24`: the product is
 /// a normal float, so the result does not depend on flush-to-zero / denormals-are-zero modes.
+/// The three cases are selected with masks rather than branches so that conversion loops
+/// vectorise (GCC does not if-convert the branchy form: about 1 GB/s instead of several).
 inline float halfToFloat(std::uint16_t h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
   const std::uint32_t magnitude = h & 0x7fffu;
-  const std::uint32_t exponent = magnitude >> 10;
-  const float subnormal = static_cast<float>(magnitude & 0x3ffu) * 0x1p-24f;
-  const std::uint32_t subnormalBits = detail::bitCast<std::uint32_t>(subnormal);
-  // Rebias the exponent from 15 to 127: add (127 - 15) << 23 to the shifted fields.
-  const std::uint32_t normalBits = (magnitude << 13) + 0x38000000u;
-  // Exponent 31: infinity or NaN; keep the mantissa (NaN payload), set the float exponent to 255.
-  const std::uint32_t specialBits = (magnitude << 13) | 0x7f800000u;
-  const std::uint32_t bits =
-      exponent == 0 ? subnormalBits : (exponent == 31 ? specialBits : normalBits);
+  const float subnormal =
+      static_cast<float>(static_cast<std::int32_t>(magnitude & 0x3ffu)) * 0x1p-24f;
+  const std::uint32_t isSubnormal = 0u - static_cast<std::uint32_t>(magnitude < 0x0400u);
+  const std::uint32_t isSpecial = 0u - static_cast<std::uint32_t>(magnitude >= 0x7c00u);
+  // Rebias the exponent from 15 to 127; for infinity / NaN, OR-ing in 0x7f800000 sets the
+  // exponent to 255 and keeps the mantissa (NaN payload).
+  const std::uint32_t normal = (magnitude << 13) + 0x38000000u;
+  std::uint32_t bits =
+      (detail::bitCast<std::uint32_t>(subnormal) & isSubnormal) | (normal & ~isSubnormal);
+  bits |= isSpecial & 0x7f800000u;
   return detail::bitCast<float>(bits | sign);
 }
 
