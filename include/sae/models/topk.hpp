@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <vector>
 
+#include <sae/kernels/bf16_matmul.hpp>
 #include <sae/kernels/sparse.hpp>
 #include <sae/kernels/topk.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
@@ -39,6 +40,9 @@ struct TopKArch {
     Codes<S> codes;               ///< k (latent, f) pairs per token.
     RowMatrix<S> reconstruction;  ///< y, `[B, d_in]`.
     Index tile_rows = 512;        ///< Rows of pre-activations made at once.
+    /// Encoder product in bf16 with fp32 accumulation (float only; ConfigError without oneDNN).
+    bool bf16_encoder = false;
+    kernels::Bf16MatmulFor<S> bf16;  // bf16 copy of W_enc and the oneDNN GEMM
 
     RowMatrix<S> xc;                 // centred input
     RowMatrix<S> tile;               // [tile_rows, d_sae] pre-activations of one tile
@@ -98,9 +102,13 @@ struct TopKArch {
     }
     const std::int32_t* dead = ws.dead.data();
     const Index n_dead = static_cast<Index>(ws.dead.size());
+    if (ws.bf16_encoder) ws.bf16.setWeights(W_enc);
     for (Index r0 = 0; r0 < B; r0 += T) {
       const Index rows = std::min(T, B - r0);
-      ws.tile.topRows(rows).noalias() = xc.middleRows(r0, rows) * W_enc;
+      if (ws.bf16_encoder)
+        ws.bf16.multiply(xc.middleRows(r0, rows), ws.tile.topRows(rows));
+      else
+        ws.tile.topRows(rows).noalias() = xc.middleRows(r0, rows) * W_enc;
       SAE_PRAGMA_OMP(parallel for schedule(static))
       for (Index t = 0; t < rows; ++t) {
         const Index b = r0 + t;
