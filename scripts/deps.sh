@@ -7,7 +7,7 @@
 set -euo pipefail
 
 # The compiler (build-essential, or at least g++) comes first; then the build tools and libraries.
-SAE_DEB_PACKAGES=(cmake libeigen3-dev nlohmann-json3-dev catch2 libcli11-dev)
+SAE_DEB_PACKAGES=(cmake libeigen3-dev nlohmann-json3-dev catch2 libcli11-dev libdnnl-dev)
 
 sae_deb_installed() {
   # shellcheck disable=SC2016  # ${db:Status-Status} is a dpkg-query field, not a shell expansion
