@@ -94,7 +94,7 @@ void layerNormOut(RowMatrix<Scalar>& y, const Eigen::VectorXd& mu, const Eigen::
 struct TrainArgs {
   std::string config_file;
   std::vector<std::string> data;
-  std::string arch, out, lr_scheduler, b_dec_init, normalize, tensor;
+  std::string arch, out, lr_scheduler, b_dec_init, normalize, tensor, precision;
   Index k = 0, d_sae = 0, batch = 0, synth_d_in = 64, synth_features = 256;
   double expansion = 0, lr = 0, l1 = 0, aux = 0, holdout = 0, synth_active = 5, synth_noise = 0.01;
   std::int64_t steps = 0, tokens = 0, lr_warmup = 0, lr_decay = 0, l1_warmup = 0, dead_window = 0,
@@ -209,6 +209,7 @@ int cmdTrain(const TrainArgs& a, CLI::App& app) {
     if (app.count("--checkpoint-every")) cfg.checkpoint_every = a.checkpoint_every;
     if (app.count("--keep-checkpoints")) cfg.keep_checkpoints = a.keep;
     if (app.count("--threads")) cfg.threads = a.threads;
+    if (app.count("--precision")) cfg.precision = a.precision;
     cfg.out_dir = a.out;
     if (!a.data.empty()) {
       cfg.data = {{"kind", "files"}, {"paths", a.data}, {"holdout", a.holdout}};
@@ -596,6 +597,10 @@ int main(int argc, char** argv) {
   train->add_option("--seed", t.seed, "random seed (default 0)");
   train->add_option("--threads", t.threads, "threads (0: all; same threads = same bits)")
       ->check(CLI::NonNegativeNumber);
+  train
+      ->add_option("--precision", t.precision,
+                   "topk encoder GEMM: fp32 (default) or bf16 (mixed precision, needs oneDNN)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   train->add_option("--out", t.out, "run folder")->required();
   train->add_flag("--resume", t.resume, "continue the run in --out from its latest checkpoint");
   train->add_option("--lr-scheduler", t.lr_scheduler, "learning-rate shape after warm-up")

@@ -28,6 +28,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -40,6 +41,7 @@
 #include <sae/io/atomic_write.hpp>
 #include <sae/io/saelens.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
+#include <sae/models/topk.hpp>
 #include <sae/optim/adam.hpp>
 #include <sae/optim/clip.hpp>
 #include <sae/optim/schedule.hpp>
@@ -53,14 +55,15 @@ namespace sae::train {
   X(architecture)                                                                            \
   X(d_sae)                                                                                   \
   X(expansion_factor)                                                                        \
-  X(k) X(rescale_acts_by_decoder_norm) X(apply_b_dec_to_input) X(l1_coefficient) X(lp_norm)  \
+  X(k)                                                                                       \
+  X(rescale_acts_by_decoder_norm) X(apply_b_dec_to_input) X(l1_coefficient) X(lp_norm)       \
       X(aux_loss_coefficient) X(batch_size) X(total_steps) X(seed) X(lr) X(adam_beta1)       \
           X(adam_beta2) X(adam_eps) X(lr_scheduler) X(lr_warmup_steps) X(lr_decay_steps)     \
               X(l1_warmup_steps) X(max_grad_norm) X(dead_feature_window)                     \
                   X(feature_sampling_window) X(b_dec_init) X(init_sample_rows)               \
                       X(decoder_unit_norm) X(normalize_activations) X(norm_estimate_batches) \
                           X(log_every) X(eval_every) X(eval_rows) X(checkpoint_every)        \
-                              X(keep_checkpoints) X(out_dir) X(data) X(threads)
+                              X(keep_checkpoints) X(out_dir) X(data) X(threads) X(precision)
 
 /// @brief Settings of a training run (serialised into every checkpoint and train_config.json).
 struct TrainerConfig {
@@ -103,6 +106,7 @@ struct TrainerConfig {
   std::string out_dir;                ///< Run folder.
   nlohmann::json data = nlohmann::json::object();  ///< Description of the data (for resume).
   int threads = 0;  ///< Threads of the run (0: default); same threads = same bits on resume.
+  std::string precision = "fp32";  ///< "fp32" or "bf16" (TopK encoder GEMM; needs oneDNN).
 
   /// @brief Throws ConfigError naming the first invalid field.
   void validate() const {
@@ -135,6 +139,11 @@ struct TrainerConfig {
     require(!out_dir.empty(), "an output directory is required");
     schedule().validate();
     if (architecture == "topk") require(k > 0, "k must be positive, found ", k);
+    require(precision == "fp32" || precision == "bf16", "precision must be fp32 or bf16, found '",
+            precision, "'");
+    require(precision == "fp32" || architecture == "topk",
+            "precision bf16 is available for the topk architecture only");
+    if (precision == "bf16") require(kernels::bf16Available(), kernels::kBf16Unavailable);
   }
 
   /// @brief The SAE shape and hyperparameters for inputs of width `d_in`.
@@ -496,6 +505,7 @@ class Trainer {
     std::int64_t tokens_since_log = 0;
     TrainResult result;
     typename Model::Workspace ws;
+    if constexpr (std::is_same_v<Arch, TopKArch>) ws.bf16_encoder = m_cfg.precision == "bf16";
     eval::ReconstructionMetrics recon;
     eval::FiringStats firing(m_model.dSae());
     LossTerms<Scalar> terms;
