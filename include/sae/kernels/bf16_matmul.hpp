@@ -10,6 +10,18 @@
 /// oneDNN picks its kernel by CPU at run time: AMX tiles (`brg:avx512_core_amx`) where the CPU
 /// and kernel expose them, AVX512-BF16 dot products (`brg:avx512_core_bf16`) otherwise, and a
 /// slower emulation below that; Bf16Matmul::implementation() names the one in use.
+///
+/// Measured with benchmarks/bench_bf16 (2026-11-22, a shared 2-core machine reporting
+/// "AMD EPYC" with AVX512-BF16 and no AMX, so oneDNN ran `brg:avx512_core_bf16`):
+/// - speed, TopK d_in 768 / d_sae 24576 / batch 4096 / k 32: encoder GEMM 2.6-3.5x faster than
+///   Eigen fp32 (bf16 167-350 GFLOP/s vs fp32 50-114, noisy), whole step 1.9-2.6x; refreshing
+///   the bf16 copy of W_enc (19M elements) costs 3.5-19 ms per step, under 2% of the step.
+///   On small shapes (d_sae of a few hundred) oneDNN's per-call overhead makes bf16 slower.
+/// - accuracy, the same 600-step synthetic TopK run (d_in 128, d_sae 2048, k 16, batch 1024)
+///   in both precisions, held-out rows evaluated in fp32: MSE 1.9515 (fp32) vs 1.9560 (bf16,
+///   +0.23%), explained variance 0.64114 vs 0.64030, MMCS 0.6549 vs 0.6527. One step at a
+///   fixed point (tests/test_bf16.cpp): loss within 1e-6 relative, 99.8% of the selected
+///   latents identical, gradient cosine 0.9995.
 #pragma once
 
 #include <cstdint>
