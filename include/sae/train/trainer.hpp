@@ -51,19 +51,20 @@
 namespace sae::train {
 
 /// The serialised fields of TrainerConfig.
-#define SAE_TRAIN_FIELDS(X)                                                                  \
-  X(architecture)                                                                            \
-  X(d_sae)                                                                                   \
-  X(expansion_factor)                                                                        \
-  X(k)                                                                                       \
-  X(rescale_acts_by_decoder_norm) X(apply_b_dec_to_input) X(l1_coefficient) X(lp_norm)       \
-      X(aux_loss_coefficient) X(batch_size) X(total_steps) X(seed) X(lr) X(adam_beta1)       \
-          X(adam_beta2) X(adam_eps) X(lr_scheduler) X(lr_warmup_steps) X(lr_decay_steps)     \
-              X(l1_warmup_steps) X(max_grad_norm) X(dead_feature_window)                     \
-                  X(feature_sampling_window) X(b_dec_init) X(init_sample_rows)               \
-                      X(decoder_unit_norm) X(normalize_activations) X(norm_estimate_batches) \
-                          X(log_every) X(eval_every) X(eval_rows) X(checkpoint_every)        \
-                              X(keep_checkpoints) X(out_dir) X(data) X(threads) X(precision)
+// (clang-format is not stable on this X-macro list.)
+// clang-format off
+#define SAE_TRAIN_FIELDS(X) \
+  X(architecture) X(d_sae) X(expansion_factor) X(k) \
+  X(rescale_acts_by_decoder_norm) X(apply_b_dec_to_input) X(l1_coefficient) X(lp_norm) \
+  X(aux_loss_coefficient) X(batch_size) X(total_steps) X(seed) \
+  X(lr) X(adam_beta1) X(adam_beta2) X(adam_eps) \
+  X(lr_scheduler) X(lr_warmup_steps) X(lr_decay_steps) X(l1_warmup_steps) \
+  X(max_grad_norm) X(dead_feature_window) X(feature_sampling_window) X(b_dec_init) \
+  X(init_sample_rows) X(decoder_unit_norm) X(normalize_activations) X(norm_estimate_batches) \
+  X(log_every) X(eval_every) X(eval_rows) X(checkpoint_every) \
+  X(keep_checkpoints) X(out_dir) X(data) X(threads) \
+  X(precision)
+// clang-format on
 
 /// @brief Settings of a training run (serialised into every checkpoint and train_config.json).
 struct TrainerConfig {
