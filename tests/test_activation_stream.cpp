@@ -23,9 +23,9 @@
 #include <utility>
 #include <vector>
 
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
+
+#include <support/test_support.hpp>
 
 #include <sae/io/activation_stream.hpp>
 #include <sae/io/dtype.hpp>
@@ -40,34 +40,10 @@ using sae::io::DType;
 using sae::io::NanPolicy;
 using sae::io::StreamOptions;
 using sae::io::StreamPosition;
+using namespace sae::test;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string dataPath(const std::string& name) {
-  return std::string(SAE_TEST_DATA_DIR) + "/io/" + name;
-}
-
-/// A fresh directory under the system temp dir, removed with its contents at the end.
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    m_path = fs::temp_directory_path() /
-             ("sae_test_stream_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(m_path);
-    fs::create_directories(m_path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(m_path, ec);
-  }
-  std::string file(const std::string& name) const { return (m_path / name).string(); }
-  std::string path() const { return m_path.string(); }
-
- private:
-  fs::path m_path;
-};
 
 double cell(double label, Index c) {
   if (c == 0) return label;
@@ -182,7 +158,7 @@ TEST_CASE("float16 conversion loops agree with halfToFloat on all inputs, both b
 
 TEMPLATE_TEST_CASE("every training row is served exactly once per epoch", "[ActivationStream]",
                    float, double) {
-  TempDir dir;
+  TempDir dir("stream");
   writeThreeShards(dir);
   for (Index blockRows : {Index(0), Index(1), Index(5), Index(32)}) {
     for (bool prefetch : {false, true}) {
@@ -214,7 +190,7 @@ TEMPLATE_TEST_CASE("every training row is served exactly once per epoch", "[Acti
 }
 
 TEST_CASE("epochs are shuffled differently and windows mix distant rows", "[ActivationStream]") {
-  TempDir dir;
+  TempDir dir("stream");
   writeThreeShards(dir);
   StreamOptions o = smallOptions();
   o.block_rows = 4;  // 8 blocks of 4 rows per window, from anywhere in the 387 rows
@@ -235,7 +211,7 @@ TEST_CASE("epochs are shuffled differently and windows mix distant rows", "[Acti
 }
 
 TEST_CASE("a batch larger than the dataset spans epochs", "[ActivationStream]") {
-  TempDir dir;
+  TempDir dir("stream");
   sae::io::writeNpy(dir.file("a.npy"), labelled(0, 7, 3).cast<float>());
   StreamOptions o;
   o.batch_size = 20;
@@ -258,7 +234,7 @@ TEST_CASE("a batch larger than the dataset spans epochs", "[ActivationStream]") 
 // ------------------------------------------------------------------------------------ determinism
 
 TEST_CASE("the batches are a function of the seed, not of prefetch", "[ActivationStream]") {
-  TempDir dir;
+  TempDir dir("stream");
   writeThreeShards(dir);
   auto run = [&](std::uint64_t seed, bool prefetch) {
     StreamOptions o = smallOptions();
@@ -285,7 +261,7 @@ TEST_CASE("the batches are a function of the seed, not of prefetch", "[Activatio
 
 TEMPLATE_TEST_CASE("seek(position()) continues bit-for-bit, across epochs", "[ActivationStream]",
                    float, double) {
-  TempDir dir;
+  TempDir dir("stream");
   writeThreeShards(dir);
   StreamOptions o = smallOptions();
   o.batch_size = 16;
@@ -337,7 +313,7 @@ TEMPLATE_TEST_CASE("seek(position()) continues bit-for-bit, across epochs", "[Ac
 }
 
 TEST_CASE("seek rejects positions outside the dataset", "[ActivationStream]") {
-  TempDir dir;
+  TempDir dir("stream");
   writeThreeShards(dir);
   StreamOptions o = smallOptions();
   o.shuffle_buffer_rows = 86;
@@ -373,7 +349,7 @@ TEST_CASE("seek rejects positions outside the dataset", "[ActivationStream]") {
 
 TEST_CASE("hold-out rows are disjoint from training, stable, and chosen per row",
           "[ActivationStream]") {
-  TempDir dir;
+  TempDir dir("stream");
   sae::io::writeNpy(dir.file("a.npy"), labelled(0, 600, 4).cast<float>());
   sae::io::writeNpy(dir.file("b.npy"), labelled(600, 400, 4).cast<float>());
   StreamOptions o;
@@ -423,7 +399,7 @@ TEMPLATE_TEST_CASE("the outlier filter drops exactly the planted outliers", "[Ac
                    float, double) {
   // 1000 rows, label 1000..1999 in column 0 and zeros elsewhere, so the norm is the label;
   // five rows (the "BOS tokens") have 1e5 in every other column.
-  TempDir dir;
+  TempDir dir("stream");
   const Index d = 6;
   RowMatrix<double> m = RowMatrix<double>::Zero(1000, d);
   const std::set<std::int64_t> planted = {1000, 1128, 1500, 1501, 1999};
@@ -473,7 +449,7 @@ TEMPLATE_TEST_CASE("the outlier filter drops exactly the planted outliers", "[Ac
 }
 
 TEST_CASE("NaN policy Error names the file and the row", "[ActivationStream]") {
-  TempDir dir;
+  TempDir dir("stream");
   sae::io::writeNpy(dir.file("a.npy"), labelled(0, 50, 5).cast<float>());
   RowMatrix<float> b = labelled(50, 40, 5).cast<float>();
   b(17, 3) = std::numeric_limits<float>::quiet_NaN();
@@ -521,7 +497,7 @@ TEST_CASE("NaN policy Error names the file and the row", "[ActivationStream]") {
 }
 
 TEST_CASE("NaN policy Skip drops and counts the non-finite rows", "[ActivationStream]") {
-  TempDir dir;
+  TempDir dir("stream");
   RowMatrix<float> a = labelled(0, 60, 4).cast<float>();
   a(5, 1) = std::numeric_limits<float>::quiet_NaN();
   a(6, 2) = std::numeric_limits<float>::infinity();
@@ -551,7 +527,7 @@ TEST_CASE("NaN policy Skip drops and counts the non-finite rows", "[ActivationSt
 }
 
 TEST_CASE("a stream whose rows are all dropped stops with an error", "[ActivationStream]") {
-  TempDir dir;
+  TempDir dir("stream");
   RowMatrix<float> a = RowMatrix<float>::Constant(10, 3, std::numeric_limits<float>::quiet_NaN());
   sae::io::writeNpy(dir.file("a.npy"), a);
   StreamOptions o;
@@ -569,7 +545,7 @@ TEST_CASE("a stream whose rows are all dropped stops with an error", "[Activatio
 // ------------------------------------------------------------------------------------ shards
 
 TEST_CASE("a mix of npy, npz, safetensors and raw shards", "[ActivationStream]") {
-  TempDir dir;
+  TempDir dir("stream");
   const Index d = 4;
   // labels 0..19: npy float32; 20..31: npy float16 in Fortran order, 3-D (2, 6, 4);
   // 500..505: stream_ids.npz from numpy ("acts", plus a 1-D "labels");
@@ -653,7 +629,7 @@ TEST_CASE("a mix of npy, npz, safetensors and raw shards", "[ActivationStream]")
 }
 
 TEST_CASE("glob patterns and directories expand to sorted shard lists", "[ActivationStream]") {
-  TempDir dir;
+  TempDir dir("stream");
   fs::create_directories(dir.file("sub"));
   for (const char* name : {"shard_02.npy", "shard_00.npy", "shard_01.npy", "shard_10.npy"}) {
     sae::io::writeNpy(dir.file(name), labelled(0, 3, 2).cast<float>());
@@ -687,7 +663,7 @@ TEST_CASE("glob patterns and directories expand to sorted shard lists", "[Activa
 // ------------------------------------------------------------------------------------ bad input
 
 TEST_CASE("shard lists: empty directories, no matches, missing files", "[ActivationStream][bad]") {
-  TempDir dir;
+  TempDir dir("stream");
   fs::create_directories(dir.file("empty"));
   fs::create_directories(dir.file("texts"));
   std::ofstream(dir.file("texts/notes.txt")) << "x\n";
@@ -729,7 +705,7 @@ TEST_CASE("shard lists: empty directories, no matches, missing files", "[Activat
 }
 
 TEST_CASE("a shard with another d_in is named", "[ActivationStream][bad]") {
-  TempDir dir;
+  TempDir dir("stream");
   sae::io::writeNpy(dir.file("a.npy"), labelled(0, 10, 8).cast<float>());
   sae::io::writeNpy(dir.file("b.npy"), labelled(10, 10, 6).cast<float>());
   sae::io::writeNpy(dir.file("c.npy"), labelled(20, 10, 8).cast<float>());
@@ -747,7 +723,7 @@ TEST_CASE("a shard with another d_in is named", "[ActivationStream][bad]") {
 }
 
 TEST_CASE("multi-array files need one 2-D/3-D array or tensor_name", "[ActivationStream][bad]") {
-  TempDir dir;
+  TempDir dir("stream");
   sae::io::SafetensorsWriter w;
   w.add("x", labelled(0, 4, 3).cast<float>());
   w.add("y", labelled(0, 4, 3).cast<float>());
@@ -793,7 +769,7 @@ TEST_CASE("multi-array files need one 2-D/3-D array or tensor_name", "[Activatio
 }
 
 TEST_CASE("options are validated, naming the field", "[ActivationStream][bad]") {
-  TempDir dir;
+  TempDir dir("stream");
   sae::io::writeNpy(dir.file("a.npy"), labelled(0, 10, 2).cast<float>());
   struct Case {
     void (*set)(StreamOptions&);
@@ -838,7 +814,7 @@ TEST_CASE("options are validated, naming the field", "[ActivationStream][bad]") 
 
 TEST_CASE("a shard truncated or deleted on disk is an IoError from next()",
           "[ActivationStream][bad]") {
-  TempDir dir;
+  TempDir dir("stream");
   const std::string path = dir.file("a.npy");
   // 16 rows x 4 float32 after a 128-byte header: 384 bytes.
   sae::io::writeNpy(path, labelled(0, 16, 4).cast<float>());
@@ -886,7 +862,7 @@ TEST_CASE("a shard truncated or deleted on disk is an IoError from next()",
 }
 
 TEST_CASE("streams are destroyed cleanly while the prefetch thread works", "[ActivationStream]") {
-  TempDir dir;
+  TempDir dir("stream");
   sae::io::writeNpy(dir.file("a.npy"), labelled(0, 5000, 16).cast<float>());
   for (int i = 0; i < 20; ++i) {
     StreamOptions o;

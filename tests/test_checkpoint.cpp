@@ -1,12 +1,11 @@
 // Checkpoint files: round trip, checksum, truncated / corrupted / foreign files are reported
 // with their name and never loaded; the latest pointer; resume refuses a bad checkpoint.
-#include <unistd.h>
-#include <cstdlib>
 #include <fstream>
-#include <iterator>
 #include <string>
 
 #include <catch2/catch.hpp>
+
+#include <support/test_support.hpp>
 
 #include <sae/sae.hpp>
 #include <sae/train/batch_source.hpp>
@@ -16,23 +15,10 @@
 namespace {
 
 using sae::Index;
+using sae::test::readFile;
+using sae::test::writeBytes;
 
-std::string tempDir(const std::string& name) {
-  const std::string dir = "/tmp/sae_test_ckpt_" + std::to_string(::getpid()) + "_" + name;
-  REQUIRE(std::system(("rm -rf '" + dir + "'").c_str()) == 0);
-  sae::train::makeDirectories(dir);
-  return dir;
-}
-
-std::string readBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void writeBytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << bytes;
-}
+std::string tempDir(const std::string& name) { return sae::test::scratchDir("ckpt", name); }
 
 sae::ParameterSet<float> someParams() {
   sae::SaeConfig cfg;
@@ -68,7 +54,7 @@ TEST_CASE("A checkpoint round-trips its tensors and state", "[Checkpoint]") {
 TEST_CASE("A corrupted checkpoint is detected and named", "[Checkpoint]") {
   const std::string dir = tempDir("corrupt");
   const std::string path = writeOne(dir);
-  const std::string good = readBytes(path);
+  const std::string good = readFile(path);
 
   SECTION("one flipped bit in the data") {
     std::string bad = good;
@@ -142,7 +128,7 @@ TEST_CASE("Resume refuses a corrupted or mismatched checkpoint and changes nothi
   Source src2(o, 0, cfg.batch_size);
   sae::train::Trainer<float, sae::TopKArch, Source> fresh(cfg, src2);
   const auto before = fresh.model().parameters().flat().eval();
-  std::string bytes = readBytes(path);
+  std::string bytes = readFile(path);
   bytes[bytes.size() - 1] ^= 1;
   writeBytes(path, bytes);
   CHECK_THROWS_WITH(fresh.resume(path), Catch::Contains("checksum mismatch"));

@@ -6,9 +6,7 @@
 #include <unistd.h>
 #include <chrono>
 #include <csignal>
-#include <cstdlib>
 #include <fstream>
-#include <iterator>
 #include <random>
 #include <string>
 #include <thread>
@@ -16,6 +14,8 @@
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
+
+#include <support/test_support.hpp>
 
 #include <sae/io/npy.hpp>
 #include <sae/io/saelens.hpp>
@@ -28,18 +28,9 @@ extern char** environ;
 namespace {
 
 using sae::Index;
+using sae::test::readFile;
 
-std::string tempDir(const std::string& name) {
-  const std::string dir = "/tmp/sae_test_cli_" + std::to_string(::getpid()) + "_" + name;
-  REQUIRE(std::system(("rm -rf '" + dir + "'").c_str()) == 0);
-  sae::train::makeDirectories(dir);
-  return dir;
-}
-
-std::string readBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+std::string tempDir(const std::string& name) { return sae::test::scratchDir("cli", name); }
 
 bool exists(const std::string& path) { return bool(std::ifstream(path)); }
 
@@ -77,8 +68,8 @@ Result run(const std::vector<std::string>& args) {
       "/tmp/sae_test_cli_" + std::to_string(::getpid()) + "_out" + std::to_string(n++);
   Result r;
   r.status = waitFor(spawn(args, base + ".stdout", base + ".stderr"));
-  r.out = readBytes(base + ".stdout");
-  r.err = readBytes(base + ".stderr");
+  r.out = readFile(base + ".stdout");
+  r.err = readFile(base + ".stderr");
   std::remove((base + ".stdout").c_str());
   std::remove((base + ".stderr").c_str());
   return r;
@@ -279,17 +270,16 @@ TEST_CASE("SIGKILL at a random step, then --resume: byte-identical final SAE", "
   const Result resumed = run({"train", "--out", out, "--resume", "--quiet"});
   INFO(resumed.err);
   REQUIRE(resumed.status == 0);
-  CHECK(readBytes(out + "/sae_weights.safetensors") ==
-        readBytes(full + "/sae_weights.safetensors"));
-  CHECK(readBytes(out + "/sparsity.safetensors") == readBytes(full + "/sparsity.safetensors"));
-  CHECK(readBytes(out + "/cfg.json") == readBytes(full + "/cfg.json"));
+  CHECK(readFile(out + "/sae_weights.safetensors") == readFile(full + "/sae_weights.safetensors"));
+  CHECK(readFile(out + "/sparsity.safetensors") == readFile(full + "/sparsity.safetensors"));
+  CHECK(readFile(out + "/cfg.json") == readFile(full + "/cfg.json"));
 }
 
 TEST_CASE("SIGTERM writes a checkpoint and exits 143; the resumed run matches", "[cli]") {
   const std::string full = referenceRun();
   const std::string out = tempDir("term") + "/run";
   const int st = interruptRun(out, SIGTERM, 50);
-  const std::string err = readBytes(out + ".stderr");
+  const std::string err = readFile(out + ".stderr");
   INFO(err);
   if (st == 143) {
     CHECK(err.find("stopped by SIGTERM") != std::string::npos);
@@ -300,8 +290,7 @@ TEST_CASE("SIGTERM writes a checkpoint and exits 143; the resumed run matches", 
   const Result r = run({"train", "--out", out, "--resume", "--quiet"});
   INFO(r.err);
   REQUIRE(r.status == 0);
-  CHECK(readBytes(out + "/sae_weights.safetensors") ==
-        readBytes(full + "/sae_weights.safetensors"));
+  CHECK(readFile(out + "/sae_weights.safetensors") == readFile(full + "/sae_weights.safetensors"));
 }
 
 TEST_CASE("A corrupted checkpoint is reported and not loaded", "[cli]") {
@@ -309,7 +298,7 @@ TEST_CASE("A corrupted checkpoint is reported and not loaded", "[cli]") {
   REQUIRE(interruptRun(out, SIGKILL, 0) != 0);
   const auto latest = sae::train::CheckpointDir(out + "/checkpoints").latest();
   REQUIRE(latest);
-  std::string bytes = readBytes(*latest);
+  std::string bytes = readFile(*latest);
   bytes[bytes.size() / 2] ^= 0x40;
   std::ofstream(*latest, std::ios::binary | std::ios::trunc) << bytes;
   checkBadInput({"train", "--out", out, "--resume"}, "checksum mismatch");

@@ -2,13 +2,10 @@
 //
 // The files in tests/data/io were written by tests/data/io/generate.py. Their values follow the
 // formula documented there, v(r, c) = (c even ? 1 : -1) * (10 r + c + 0.25), which expectedValue()
-// below restates; nothing here is derived from the reader's own output.
+// (tests/support/test_support.hpp) restates; nothing here is derived from the reader's own output.
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <limits>
 #include <string>
 #include <vector>
@@ -18,6 +15,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <support/test_support.hpp>
+
 #include <sae/io/npy.hpp>
 
 using sae::Index;
@@ -25,64 +24,10 @@ using sae::RowMatrix;
 using sae::io::ByteOrder;
 using sae::io::DType;
 using sae::io::NpyReader;
+using namespace sae::test;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string dataPath(const std::string& name) {
-  return std::string(SAE_TEST_DATA_DIR) + "/io/" + name;
-}
-
-double expectedValue(Index r, Index c) {
-  return (c % 2 == 0 ? 1.0 : -1.0) *
-         (10.0 * static_cast<double>(r) + static_cast<double>(c) + 0.25);
-}
-
-template <typename Scalar>
-RowMatrix<Scalar> expectedMatrix(Index rows, Index cols, Index firstRow = 0) {
-  RowMatrix<Scalar> m(rows, cols);
-  for (Index r = 0; r < rows; ++r) {
-    for (Index c = 0; c < cols; ++c) m(r, c) = static_cast<Scalar>(expectedValue(firstRow + r, c));
-  }
-  return m;
-}
-
-std::vector<char> readBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<char>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void writeBytes(const std::string& path, const std::vector<char>& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-/// A fresh directory under the system temp dir, removed with its contents at the end.
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    m_path = fs::temp_directory_path() /
-             ("sae_test_npy_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(m_path);
-    fs::create_directories(m_path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::permissions(m_path, fs::perms::owner_all, fs::perm_options::add, ec);
-    fs::remove_all(m_path, ec);
-  }
-  std::string file(const std::string& name) const { return (m_path / name).string(); }
-  const fs::path& path() const { return m_path; }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(m_path)) names.push_back(e.path().filename());
-    return names;
-  }
-
- private:
-  fs::path m_path;
-};
 
 /// Independent reference decoding of binary16 bits: (-1)^s * 2^(e-15) * (1 + m/1024), etc.
 double referenceHalf(std::uint16_t bits) {
@@ -116,11 +61,6 @@ double referenceBfloat16(std::uint16_t bits) {
     value = std::ldexp(1.0 + mantissa / 128.0, exponent - 127);
   }
   return sign ? -value : value;
-}
-
-bool sameValue(double got, double want) {
-  if (std::isnan(want)) return std::isnan(got);
-  return got == want && std::signbit(got) == std::signbit(want);
 }
 
 }  // namespace
@@ -430,7 +370,7 @@ TEST_CASE("npy: open failures are IoError naming the path and the reason", "[npy
   CHECK_THROWS_WITH(NpyReader(dir), dir + ": cannot map: Is a directory");
   CHECK_THROWS_AS(sae::io::readNpyMask(missing), sae::IoError);
   // A FIFO is refused at once (opening it for reading must not wait for a writer).
-  TempDir tmp;
+  TempDir tmp("npy");
   const std::string fifo = tmp.file("fifo.npy");
   REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
   CHECK_THROWS_AS(NpyReader(fifo), sae::IoError);
@@ -523,7 +463,7 @@ TEST_CASE("readNpyMask rejects non-mask dtypes and shapes", "[npy][bad]") {
 }
 
 TEST_CASE("npy: truncated and mutated files throw sae::Error and never crash", "[npy][fuzz]") {
-  TempDir tmp;
+  TempDir tmp("npy");
   const std::string target = tmp.file("fuzz.npy");
   auto attempt = [&](const std::vector<char>& bytes) {
     writeBytes(target, bytes);
@@ -536,13 +476,7 @@ TEST_CASE("npy: truncated and mutated files throw sae::Error and never crash", "
       return false;
     }
   };
-  std::uint64_t state = 0x9e3779b97f4a7c15ULL;
-  auto next = [&state] {
-    state ^= state << 13;
-    state ^= state >> 7;
-    state ^= state << 17;
-    return state;
-  };
+  XorShift64 next(0x9e3779b97f4a7c15ULL);
   for (const char* file :
        {"f4_le_c.npy", "f8_3d_fortran.npy", "v2_f4.npy", "keys_reordered.npy", "mask_b1.npy"}) {
     INFO(file);
@@ -569,7 +503,7 @@ TEST_CASE("npy: truncated and mutated files throw sae::Error and never crash", "
 // ------------------------------------------------------------------------------------ writing
 
 TEST_CASE("writeNpy round-trips float and double matrices", "[npy][write]") {
-  TempDir tmp;
+  TempDir tmp("npy");
   const RowMatrix<float> f = expectedMatrix<float>(4, 3);
   sae::io::writeNpy(tmp.file("f.npy"), f);
   const NpyReader rf(tmp.file("f.npy"));
@@ -609,7 +543,7 @@ TEST_CASE("writeNpy round-trips float and double matrices", "[npy][write]") {
 }
 
 TEST_CASE("writeNpy of a large matrix reads back in ranges", "[npy][write]") {
-  TempDir tmp;
+  TempDir tmp("npy");
   RowMatrix<float> m(1500, 700);
   for (Index r = 0; r < m.rows(); ++r) {
     for (Index c = 0; c < m.cols(); ++c) m(r, c) = static_cast<float>(r * 1000 + c);
@@ -624,7 +558,7 @@ TEST_CASE("writeNpy of a large matrix reads back in ranges", "[npy][write]") {
 }
 
 TEST_CASE("writeNpyVector and writeNpyMask write 1-D arrays", "[npy][write]") {
-  TempDir tmp;
+  TempDir tmp("npy");
   sae::Vector<double> v(5);
   v << 1.5, -2.0, 0.0, 3.25, 1e-300;
   sae::io::writeNpyVector(tmp.file("v.npy"), v);
@@ -648,7 +582,7 @@ TEST_CASE("writeNpyVector and writeNpyMask write 1-D arrays", "[npy][write]") {
 
 TEST_CASE("writes are atomic: failures throw IoError naming the path and leave nothing behind",
           "[npy][write]") {
-  TempDir tmp;
+  TempDir tmp("npy");
   const RowMatrix<float> m = expectedMatrix<float>(2, 2);
 
   // Missing directory: the temporary file cannot be created.
@@ -689,7 +623,7 @@ TEST_CASE("writes are atomic: failures throw IoError naming the path and leave n
 }
 
 TEST_CASE("AtomicFileWriter discards the temporary file when not committed", "[npy][write]") {
-  TempDir tmp;
+  TempDir tmp("npy");
   std::string temp;
   {
     sae::io::AtomicFileWriter w(tmp.file("a.bin"));
@@ -706,9 +640,7 @@ TEST_CASE("AtomicFileWriter discards the temporary file when not committed", "[n
 // ------------------------------------------------------------------------------------ fixtures
 
 TEST_CASE("SAELens fixture .npy files have the shapes the README states", "[npy][fixtures]") {
-  const char* env = std::getenv("SAE_FIXTURES_DIR");
-  const std::string root =
-      std::string(env != nullptr ? env : SAE_DEFAULT_FIXTURES_DIR) + "/saelens";
+  const std::string root = fixturesRoot();
   REQUIRE(fs::exists(root));
   // README: d_in = 16, d_sae = 64, B = 32; train_topk dead = every 3rd latent (22 dead).
   const sae::LatentMask dead = sae::io::readNpyMask(root + "/train_topk/dead_mask.npy");

@@ -3,7 +3,8 @@
 // The archives in tests/data/io were written by numpy's np.savez / np.savez_compressed from
 // tests/data/io/generate.py (the zip64 one by hand there, and checked with zipfile + np.load).
 // Their arrays follow the formula documented in generate.py,
-// v(r, c) = (c even ? 1 : -1) * (10 r + c + 0.25), restated by expectedValue() below.
+// v(r, c) = (c even ? 1 : -1) * (10 r + c + 0.25), restated by expectedValue()
+// (tests/support/test_support.hpp).
 //
 // Byte offsets in the expected messages follow from the layout np.savez writes for one (3, 5)
 // float32 array "a": the local header at 0 (30 bytes + the name "a.npy" + a 20-byte zip64 extra
@@ -12,16 +13,12 @@
 // The hand-built zip64 archive of the same array has a 79-byte directory entry (24 bytes of
 // zip64 values), then the 56-byte zip64 end record at 322, its locator at 378 and the end record
 // at 398.
-#include <cstdint>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
+
+#include <support/test_support.hpp>
 
 #include <sae/io/npz.hpp>
 
@@ -30,59 +27,7 @@ using sae::RowMatrix;
 using sae::io::ByteOrder;
 using sae::io::DType;
 using sae::io::NpzFile;
-namespace fs = std::filesystem;
-
-namespace {
-
-std::string dataPath(const std::string& name) {
-  return std::string(SAE_TEST_DATA_DIR) + "/io/" + name;
-}
-
-double expectedValue(Index r, Index c) {
-  return (c % 2 == 0 ? 1.0 : -1.0) *
-         (10.0 * static_cast<double>(r) + static_cast<double>(c) + 0.25);
-}
-
-template <typename Scalar>
-RowMatrix<Scalar> expectedMatrix(Index rows, Index cols, Index firstRow = 0) {
-  RowMatrix<Scalar> m(rows, cols);
-  for (Index r = 0; r < rows; ++r) {
-    for (Index c = 0; c < cols; ++c) m(r, c) = static_cast<Scalar>(expectedValue(firstRow + r, c));
-  }
-  return m;
-}
-
-std::vector<char> readBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<char>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void writeBytes(const std::string& path, const std::vector<char>& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-/// A fresh directory under the system temp dir, removed with its contents at the end.
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    m_path = fs::temp_directory_path() /
-             ("sae_test_npz_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(m_path);
-    fs::create_directories(m_path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(m_path, ec);
-  }
-  std::string file(const std::string& name) const { return (m_path / name).string(); }
-
- private:
-  fs::path m_path;
-};
-
-}  // namespace
+using namespace sae::test;
 
 // ------------------------------------------------------------------------------------ reading
 
@@ -277,7 +222,7 @@ TEST_CASE("npz: every malformed archive is a FormatError with a precise message"
 }
 
 TEST_CASE("npz: truncated and mutated archives throw sae::Error and never crash", "[npz][fuzz]") {
-  TempDir tmp;
+  TempDir tmp("npz");
   const std::string target = tmp.file("fuzz.npz");
   auto attempt = [&](const std::vector<char>& bytes) {
     writeBytes(target, bytes);
@@ -292,13 +237,7 @@ TEST_CASE("npz: truncated and mutated archives throw sae::Error and never crash"
       return false;
     }
   };
-  std::uint64_t state = 0x9e3779b97f4a7c15ULL;
-  auto next = [&state] {
-    state ^= state << 13;
-    state ^= state >> 7;
-    state ^= state << 17;
-    return state;
-  };
+  XorShift64 next(0x9e3779b97f4a7c15ULL);
   for (const char* file : {"npz_named.npz", "npz_zip64.npz", "npz_unseekable.npz"}) {
     INFO(file);
     const std::vector<char> good = readBytes(dataPath(file));

@@ -1,7 +1,8 @@
 // Tests of the raw binary reader and writer.
 //
 // raw_f32.bin and raw_f16_be.bin (written by tests/data/io/generate.py) hold the 6 x 4 matrix
-// v(r, c) = (c even ? 1 : -1) * (10 r + c + 0.25), restated in expectedValue() below.
+// v(r, c) = (c even ? 1 : -1) * (10 r + c + 0.25), restated in expectedValue()
+// (tests/support/test_support.hpp).
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -9,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
+
+#include <support/test_support.hpp>
 
 #include <sae/io/raw.hpp>
 
@@ -20,53 +21,8 @@ using sae::RowMatrix;
 using sae::io::ByteOrder;
 using sae::io::DType;
 using sae::io::RawReader;
+using namespace sae::test;
 namespace fs = std::filesystem;
-
-namespace {
-
-std::string dataPath(const std::string& name) {
-  return std::string(SAE_TEST_DATA_DIR) + "/io/" + name;
-}
-
-double expectedValue(Index r, Index c) {
-  return (c % 2 == 0 ? 1.0 : -1.0) *
-         (10.0 * static_cast<double>(r) + static_cast<double>(c) + 0.25);
-}
-
-template <typename Scalar>
-RowMatrix<Scalar> expectedMatrix(Index rows, Index cols, Index firstRow = 0) {
-  RowMatrix<Scalar> m(rows, cols);
-  for (Index r = 0; r < rows; ++r) {
-    for (Index c = 0; c < cols; ++c) m(r, c) = static_cast<Scalar>(expectedValue(firstRow + r, c));
-  }
-  return m;
-}
-
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    m_path = fs::temp_directory_path() /
-             ("sae_test_raw_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(m_path);
-    fs::create_directories(m_path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(m_path, ec);
-  }
-  std::string file(const std::string& name) const { return (m_path / name).string(); }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(m_path)) names.push_back(e.path().filename());
-    return names;
-  }
-
- private:
-  fs::path m_path;
-};
-
-}  // namespace
 
 TEMPLATE_TEST_CASE("RawReader infers rows and reads f32 and big-endian f16 dumps", "[raw]", float,
                    double) {
@@ -94,7 +50,7 @@ TEMPLATE_TEST_CASE("RawReader infers rows and reads f32 and big-endian f16 dumps
 }
 
 TEST_CASE("RawReader: an empty file has zero rows", "[raw]") {
-  TempDir tmp;
+  TempDir tmp("raw");
   std::ofstream(tmp.file("empty.bin")).close();
   const RawReader r(tmp.file("empty.bin"), DType::BF16, 16);
   CHECK(r.rows() == 0);
@@ -143,7 +99,7 @@ TEST_CASE("RawReader: bad sizes, columns, ranges and paths", "[raw][bad]") {
 }
 
 TEST_CASE("writeRaw round-trips F32, F64 and BF16", "[raw][write]") {
-  TempDir tmp;
+  TempDir tmp("raw");
   const RowMatrix<double> m = expectedMatrix<double>(5, 3);
   sae::io::writeRaw(tmp.file("d.bin"), m);
   CHECK(fs::file_size(tmp.file("d.bin")) == 5 * 3 * 8);
@@ -173,7 +129,7 @@ TEST_CASE("writeRaw round-trips F32, F64 and BF16", "[raw][write]") {
 }
 
 TEST_CASE("MappedFile maps regular files, handles empty ones and moves", "[raw][MappedFile]") {
-  TempDir tmp;
+  TempDir tmp("raw");
   std::ofstream(tmp.file("empty.bin")).close();
   const sae::io::MappedFile empty(tmp.file("empty.bin"));
   CHECK(empty.empty());

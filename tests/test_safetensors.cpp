@@ -1,21 +1,19 @@
 // Tests of the .safetensors reader and writer.
 //
 // The files in tests/data/io were written by tests/data/io/generate.py; their values follow
-// v(r, c) = (c even ? 1 : -1) * (10 r + c + 0.25), restated in expectedValue() below.
+// v(r, c) = (c even ? 1 : -1) * (10 r + c + 0.25), restated in expectedValue()
+// (tests/support/test_support.hpp).
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <limits>
 #include <map>
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
+
+#include <support/test_support.hpp>
 
 #include <sae/io/safetensors.hpp>
 
@@ -24,73 +22,8 @@ using sae::RowMatrix;
 using sae::io::DType;
 using sae::io::SafetensorsFile;
 using sae::io::SafetensorsWriter;
+using namespace sae::test;
 namespace fs = std::filesystem;
-
-namespace {
-
-std::string dataPath(const std::string& name) {
-  return std::string(SAE_TEST_DATA_DIR) + "/io/" + name;
-}
-
-double expectedValue(Index r, Index c) {
-  return (c % 2 == 0 ? 1.0 : -1.0) *
-         (10.0 * static_cast<double>(r) + static_cast<double>(c) + 0.25);
-}
-
-template <typename Scalar>
-RowMatrix<Scalar> expectedMatrix(Index rows, Index cols, Index firstRow = 0) {
-  RowMatrix<Scalar> m(rows, cols);
-  for (Index r = 0; r < rows; ++r) {
-    for (Index c = 0; c < cols; ++c) m(r, c) = static_cast<Scalar>(expectedValue(firstRow + r, c));
-  }
-  return m;
-}
-
-std::vector<char> readBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<char>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void writeBytes(const std::string& path, const std::vector<char>& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    m_path = fs::temp_directory_path() /
-             ("sae_test_st_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(m_path);
-    fs::create_directories(m_path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(m_path, ec);
-  }
-  std::string file(const std::string& name) const { return (m_path / name).string(); }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(m_path)) names.push_back(e.path().filename());
-    return names;
-  }
-
- private:
-  fs::path m_path;
-};
-
-bool sameValue(double got, double want) {
-  if (std::isnan(want)) return std::isnan(got);
-  return got == want && std::signbit(got) == std::signbit(want);
-}
-
-std::string fixturesRoot() {
-  const char* env = std::getenv("SAE_FIXTURES_DIR");
-  return std::string(env != nullptr ? env : SAE_DEFAULT_FIXTURES_DIR) + "/saelens";
-}
-
-}  // namespace
 
 // ------------------------------------------------------------------------------------ reading
 
@@ -289,7 +222,7 @@ TEST_CASE("safetensors: every malformed file is a FormatError with a precise mes
 
 TEST_CASE("safetensors: truncated and mutated files throw sae::Error and never crash",
           "[safetensors][fuzz]") {
-  TempDir tmp;
+  TempDir tmp("st");
   const std::string target = tmp.file("fuzz.safetensors");
   auto attempt = [&](const std::vector<char>& bytes) {
     writeBytes(target, bytes);
@@ -303,13 +236,7 @@ TEST_CASE("safetensors: truncated and mutated files throw sae::Error and never c
       return false;
     }
   };
-  std::uint64_t state = 0x2545f4914f6cdd1dULL;
-  auto next = [&state] {
-    state ^= state << 13;
-    state ^= state >> 7;
-    state ^= state << 17;
-    return state;
-  };
+  XorShift64 next(0x2545f4914f6cdd1dULL);
   for (const char* file : {"st_mixed.safetensors", "st_special.safetensors"}) {
     INFO(file);
     const std::vector<char> good = readBytes(dataPath(file));
@@ -336,7 +263,7 @@ TEST_CASE("safetensors: truncated and mutated files throw sae::Error and never c
 
 TEST_CASE("SafetensorsWriter round-trips F32, F64 and BF16 tensors with metadata",
           "[safetensors][write]") {
-  TempDir tmp;
+  TempDir tmp("st");
   const RowMatrix<float> a = expectedMatrix<float>(2, 3);
   const RowMatrix<double> b = expectedMatrix<double>(4, 2);
   const std::vector<float> c = {1.0f, -2.5f, 3.0f};
@@ -392,7 +319,7 @@ TEST_CASE("SafetensorsWriter round-trips F32, F64 and BF16 tensors with metadata
 }
 
 TEST_CASE("SafetensorsWriter stores BF16 rounded to nearest even", "[safetensors][write]") {
-  TempDir tmp;
+  TempDir tmp("st");
   // Values with known bfloat16 roundings (8 significant bits).
   const std::vector<float> f = {1.0f,
                                 1.0f + std::ldexp(1.0f, -8),                          // tie: down
@@ -440,7 +367,7 @@ TEST_CASE("SafetensorsWriter rejects bad tensors and reports write failures",
                     "SafetensorsWriter: tensor 'p' has no data");
   CHECK(w.size() == 1);
 
-  TempDir tmp;
+  TempDir tmp("st");
   const std::string missing = tmp.file("missing/w.safetensors");
   CHECK_THROWS_AS(w.write(missing), sae::IoError);
   CHECK_THROWS_WITH(w.write(missing), Catch::StartsWith(missing + ": cannot create the "

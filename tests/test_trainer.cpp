@@ -1,14 +1,13 @@
 // Trainer: bitwise-identical resume for every architecture and option, divergence handling,
 // initialisation and normalisation options, feature recovery on synthetic data.
-#include <unistd.h>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <iterator>
 #include <string>
 
 #include <catch2/catch.hpp>
+
+#include <support/test_support.hpp>
 
 #include <sae/io/saelens.hpp>
 #include <sae/sae.hpp>
@@ -18,18 +17,12 @@
 namespace {
 
 using sae::Index;
+using sae::test::readFile;
 using Source = sae::train::SyntheticSource<float>;
 
+// Not created: the trainer creates its out_dir.
 std::string tempDir(const std::string& name) {
-  const std::string dir = "/tmp/sae_test_trainer_" + std::to_string(::getpid()) + "_" + name;
-  std::string cmd = "rm -rf '" + dir + "'";
-  REQUIRE(std::system(cmd.c_str()) == 0);
-  return dir;
-}
-
-std::string readBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
+  return sae::test::scratchDir("trainer", name, false);
 }
 
 sae::eval::SyntheticOptions smallData() {
@@ -103,11 +96,11 @@ void checkResumeIdentical(sae::train::TrainerConfig cfg, const std::string& name
   const auto& mc = c.optimizer().firstMoment().flat();
   CHECK(std::memcmp(ma.data(), mc.data(), sizeof(float) * std::size_t(ma.size())) == 0);
   CHECK(a.deadLatents().stepsSinceFired() == c.deadLatents().stepsSinceFired());
-  CHECK(readBytes(full_dir + "/sae_weights.safetensors") ==
-        readBytes(cfg.out_dir + "/sae_weights.safetensors"));
-  CHECK(readBytes(full_dir + "/sparsity.safetensors") ==
-        readBytes(cfg.out_dir + "/sparsity.safetensors"));
-  CHECK(readBytes(full_dir + "/cfg.json") == readBytes(cfg.out_dir + "/cfg.json"));
+  CHECK(readFile(full_dir + "/sae_weights.safetensors") ==
+        readFile(cfg.out_dir + "/sae_weights.safetensors"));
+  CHECK(readFile(full_dir + "/sparsity.safetensors") ==
+        readFile(cfg.out_dir + "/sparsity.safetensors"));
+  CHECK(readFile(full_dir + "/cfg.json") == readFile(cfg.out_dir + "/cfg.json"));
 }
 
 }  // namespace
