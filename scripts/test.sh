@@ -30,8 +30,9 @@ done
 jobs="$(nproc 2>/dev/null || echo 2)"
 if ((sanitize)); then
   build_dir="${SAE_ASAN_BUILD_DIR:-$root/build-asan}"
-  # -g1 (line tables for the stack traces, no full debug info) keeps the build time down.
-  configure=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -g1 -DNDEBUG"
+  # -O1 -g1 (line tables for the stack traces, no full debug info): about a third less build
+  # time than -O2 -g, which dominates CI.
+  configure=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG"
     "-DSAE_SANITIZE=address,undefined" -DSAE_WARNINGS_AS_ERRORS=OFF -DSAE_BUILD_BENCHMARKS=OFF)
   ctest_args=(-LE '^cmake$' "${ctest_args[@]}")
   # Stop at the first report, with a stack trace; options already set by the caller win.
