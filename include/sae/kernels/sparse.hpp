@@ -20,6 +20,20 @@
 namespace sae {
 namespace kernels {
 
+namespace detail {
+
+/// A decoded row starts as the bias, or zero when the bias is empty.
+template <typename Row, typename Bias>
+inline void startRow(Row& o, const Bias& bias) {
+  if (bias.size() > 0) {
+    o = bias.transpose();
+  } else {
+    o.setZero();
+  }
+}
+
+}  // namespace detail
+
 /// @brief out[b, :] = bias + sum_j coef[b, j] * table[index[b, j], :] (bias may be empty).
 ///
 /// @param index  `[B, k]` latent per entry.
@@ -34,15 +48,10 @@ void gatherDecode(const Eigen::Ref<const IndexMatrix>& index,
                   const Eigen::Ref<const Vector<Scalar>>& bias, Eigen::Ref<RowMatrix<Scalar>> out) {
   const Index rows = index.rows();
   const Index k = index.cols();
-  const bool has_bias = bias.size() > 0;
   SAE_PRAGMA_OMP(parallel for schedule(static))
   for (Index b = 0; b < rows; ++b) {
     auto o = out.row(b);
-    if (has_bias) {
-      o = bias.transpose();
-    } else {
-      o.setZero();
-    }
+    detail::startRow(o, bias);
     for (Index j = 0; j < k; ++j) o.noalias() += coef(b, j) * table.row(index(b, j));
   }
 }
@@ -191,15 +200,10 @@ void csrDecode(const CsrPattern& pattern, const Scalar* coef,
                const Eigen::Ref<const RowMatrix<Scalar>>& table,
                const Eigen::Ref<const Vector<Scalar>>& bias, Eigen::Ref<RowMatrix<Scalar>> out) {
   const Index rows = pattern.rows();
-  const bool has_bias = bias.size() > 0;
   SAE_PRAGMA_OMP(parallel for schedule(static))
   for (Index b = 0; b < rows; ++b) {
     auto o = out.row(b);
-    if (has_bias) {
-      o = bias.transpose();
-    } else {
-      o.setZero();
-    }
+    detail::startRow(o, bias);
     for (Index e = pattern.row_start[b]; e < pattern.row_start[b + 1]; ++e)
       o.noalias() += coef[e] * table.row(pattern.latent[e]);
   }

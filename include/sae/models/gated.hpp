@@ -6,9 +6,10 @@
 /// in SAELens's form (the auxiliary term trains W_dec and b_dec too, unlike the paper):
 /// ```
 /// xc = x - b_dec;  P = xc W_enc
-/// pi_gate = P + b_gate;  pi_mag = P * exp(r_mag) + b_mag  (column i of W_enc scaled by
-/// exp(r_mag_i)) f = 1[pi_gate > 0] * relu(pi_mag);  y = f W_dec + b_dec mse_loss = mean_b sum_j (y
-/// - x)^2 l1_loss  = l1_coefficient * mean_b sum_i relu(pi_gate)_i n_i
+/// pi_gate = P + b_gate;  pi_mag = P * exp(r_mag) + b_mag   (W_enc column i times exp(r_mag_i))
+/// f = 1[pi_gate > 0] * relu(pi_mag);  y = f W_dec + b_dec
+/// mse_loss = mean_b sum_j (y - x)^2
+/// l1_loss  = l1_coefficient * mean_b sum_i relu(pi_gate)_i n_i
 /// auxiliary_reconstruction_loss = mean_b || relu(pi_gate) W_dec + b_dec - x ||^2
 /// ```
 /// The Heaviside gate passes no gradient.
@@ -97,8 +98,7 @@ struct GatedArch {
   template <typename S>
   static void decode(const ParameterSet<S>& p, const SaeConfig&, const Codes<S>& codes,
                      RowMatrix<S>& out) {
-    out.noalias() = codes.values * p.rowMajor("W_dec");
-    out.rowwise() += p.flat("b_dec").transpose();
+    detail::denseDecode(p, codes.values, out);
   }
 
   template <typename S>
@@ -127,10 +127,8 @@ struct GatedArch {
       kernels::csrDecode<S>(ws.pattern, ws.coef_f.data(), W_dec, b_dec, ws.reconstruction);
       kernels::csrDecode<S>(ws.pattern, ws.coef_gate.data(), W_dec, b_dec, ws.aux_reconstruction);
     } else {
-      ws.reconstruction.noalias() = ws.codes.values * W_dec;
-      ws.reconstruction.rowwise() += b_dec.transpose();
-      ws.aux_reconstruction.noalias() = ws.gate * W_dec;
-      ws.aux_reconstruction.rowwise() += b_dec.transpose();
+      detail::denseDecode(p, ws.codes.values, ws.reconstruction);
+      detail::denseDecode(p, ws.gate, ws.aux_reconstruction);
     }
 
     ws.norms.resize(cfg.d_sae);

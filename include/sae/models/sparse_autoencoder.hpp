@@ -73,6 +73,14 @@ void addDecoderNormGradient(const Eigen::Ref<const RowMatrix<Scalar>>& W_dec,
   }
 }
 
+/// Dense decode: out = f W_dec + b_dec (standard and gated codes).
+template <typename Scalar>
+void denseDecode(const ParameterSet<Scalar>& params, const RowMatrix<Scalar>& f,
+                 RowMatrix<Scalar>& out) {
+  out.noalias() = f * params.rowMajor("W_dec");
+  out.rowwise() += params.flat("b_dec").transpose();
+}
+
 /// Mean over rows of the squared error, summed over columns; accumulated in double.
 template <typename Scalar>
 double meanSquaredError(const Eigen::Ref<const RowMatrix<Scalar>>& a,

@@ -73,8 +73,7 @@ struct StandardArch {
   template <typename S>
   static void decode(const ParameterSet<S>& p, const SaeConfig&, const Codes<S>& codes,
                      RowMatrix<S>& out) {
-    out.noalias() = codes.values * p.rowMajor("W_dec");
-    out.rowwise() += p.flat("b_dec").transpose();
+    detail::denseDecode(p, codes.values, out);
   }
 
   template <typename S>
