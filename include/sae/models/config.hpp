@@ -29,6 +29,22 @@ struct SaeConfig {
   double aux_loss_coefficient = 1.0;  ///< TopK: weight of AuxK.
   double decoder_init_norm = 0.1;     ///< Row norm of W_dec at initialisation.
 
+  /// JumpReLU: the sparsity penalty on the number of active latents.
+  enum class SparsityLossMode {
+    Step,  ///< l0_coefficient * mean_b sum_i 1[h_i > t_i], straight-through to the threshold.
+    Tanh   ///< l0_coefficient * mean_b sum_i tanh(jumprelu_tanh_scale * f_i * n_i).
+  };
+  double l0_coefficient = 1.0;       ///< JumpReLU: weight of the L0 term.
+  double jumprelu_bandwidth = 0.05;  ///< JumpReLU: rectangle-kernel width.
+  SparsityLossMode sparsity_loss_mode = SparsityLossMode::Step;  ///< JumpReLU: L0 form.
+  double jumprelu_tanh_scale = 4.0;                              ///< JumpReLU: tanh mode's scale.
+  double jumprelu_init_threshold = 0.01;                         ///< JumpReLU: initial threshold.
+  double pre_act_loss_coefficient = 0.0;  ///< JumpReLU: pre-activation loss (0: off).
+  /// BatchTopK / Matryoshka: rate of the threshold's exponential moving average.
+  double topk_threshold_lr = 0.01;
+  /// Matryoshka: nested prefix widths, increasing, the last equal to d_sae.
+  std::vector<Index> matryoshka_widths;
+
   /// @brief Checks the fields every architecture needs; throws ConfigError.
   void validateCommon() const {
     require(d_in > 0, "d_in must be positive, found ", d_in);
@@ -39,6 +55,16 @@ struct SaeConfig {
     require(std::isfinite(lp_norm) && lp_norm >= 1.0, "lp_norm must be >= 1, found ", lp_norm);
     require(std::isfinite(decoder_init_norm) && decoder_init_norm > 0,
             "decoder_init_norm must be positive, found ", decoder_init_norm);
+    checkCoefficient("l0_coefficient", l0_coefficient);
+    checkCoefficient("pre_act_loss_coefficient", pre_act_loss_coefficient);
+    require(std::isfinite(jumprelu_bandwidth) && jumprelu_bandwidth > 0,
+            "jumprelu_bandwidth must be positive, found ", jumprelu_bandwidth);
+    require(std::isfinite(jumprelu_tanh_scale) && jumprelu_tanh_scale > 0,
+            "jumprelu_tanh_scale must be positive, found ", jumprelu_tanh_scale);
+    require(std::isfinite(jumprelu_init_threshold),
+            "jumprelu_init_threshold must be finite, found ", jumprelu_init_threshold);
+    require(std::isfinite(topk_threshold_lr) && topk_threshold_lr > 0 && topk_threshold_lr <= 1,
+            "topk_threshold_lr must be in (0, 1], found ", topk_threshold_lr);
   }
 
   static void checkCoefficient(const char* name, double value) {
