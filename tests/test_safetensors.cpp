@@ -357,8 +357,9 @@ TEST_CASE("SafetensorsWriter rejects bad tensors and reports write failures",
   CHECK_THROWS_WITH(w.add("a", {2}, x), "SafetensorsWriter: tensor 'a' added twice");
   CHECK_THROWS_WITH(w.add("", {2}, x), "SafetensorsWriter: a tensor name must not be empty");
   CHECK_THROWS_WITH(w.add("__metadata__", {2}, x), "SafetensorsWriter: '__metadata__' is reserved");
-  CHECK_THROWS_WITH(w.add("h", {2}, x, DType::F16),
-                    "SafetensorsWriter: tensor 'h' cannot be stored as float16 (F32, F64 or BF16)");
+  CHECK_THROWS_WITH(
+      w.add("h", {2}, x, DType::U8),
+      "SafetensorsWriter: tensor 'h' cannot be stored as uint8 (F32, F64, F16 or BF16)");
   CHECK_THROWS_WITH(w.add("n", {-2}, x),
                     "SafetensorsWriter: tensor 'n' has a negative dimension -2");
   CHECK_THROWS_WITH(w.add("o", {Index(1) << 40, Index(1) << 40}, x),

@@ -1,4 +1,4 @@
-// The `sae` command-line program: train, encode, eval, info.
+// The `sae` command-line program: train, encode, eval, info, convert.
 //
 //   sae train --out DIR                         # TopK SAE on built-in synthetic data
 //   sae train --data acts.npy --arch topk --k 32 --expansion 8 --steps 2000 --out DIR
@@ -6,15 +6,21 @@
 //   sae encode --sae DIR --data acts.npy --out codes.safetensors [--dense]
 //   sae eval --sae DIR --data acts.npy
 //   sae info PATH                               # .npy / .npz / .safetensors / SAE folder
+//   sae convert SRC DST [--to saelens|sparsify] [--dtype float32|float64|float16|bfloat16]
+//
+// SAEs are read from SAELens folders, sparsify folders and Gemma Scope params.npz files
+// (sae::io::loadSae); convert writes SAELens or (TopK only) sparsify folders.
 //
 // Exit status: 0 on success; 1 for a bad input or failure, with a one-line message on stderr;
 // 130 / 143 when training was stopped by SIGINT / SIGTERM (after writing a checkpoint).
 #include <sys/stat.h>
+#include <unistd.h>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -30,6 +36,7 @@
 #include <sae/io/activation_stream.hpp>
 #include <sae/io/mapped_file.hpp>
 #include <sae/io/npy.hpp>
+#include <sae/io/sae_formats.hpp>
 #include <sae/io/saelens.hpp>
 #include <sae/io/safetensors.hpp>
 #include <sae/sae.hpp>
@@ -66,27 +73,6 @@ json readJsonFile(const std::string& path) {
   } catch (const json::exception& e) {
     throw sae::FormatError(path + ": not valid JSON: " + e.what());
   }
-}
-
-// Layer norm of SAELens (normalize_activations = "layer_norm"), per row, in place.
-template <typename Scalar>
-void layerNormIn(RowMatrix<Scalar>& x, Eigen::VectorXd& mu, Eigen::VectorXd& sigma) {
-  mu.resize(x.rows());
-  sigma.resize(x.rows());
-  for (Index r = 0; r < x.rows(); ++r) {
-    const Eigen::VectorXd row = x.row(r).template cast<double>().transpose();
-    mu[r] = row.mean();
-    sigma[r] =
-        x.cols() > 1 ? std::sqrt((row.array() - mu[r]).square().sum() / double(x.cols() - 1)) : 0.0;
-    x.row(r) = ((row.array() - mu[r]) / (sigma[r] + 1e-5)).matrix().transpose().cast<Scalar>();
-  }
-}
-
-template <typename Scalar>
-void layerNormOut(RowMatrix<Scalar>& y, const Eigen::VectorXd& mu, const Eigen::VectorXd& sigma) {
-  for (Index r = 0; r < y.rows(); ++r)
-    y.row(r) =
-        (y.row(r).template cast<double>().array() * sigma[r] + mu[r]).template cast<Scalar>();
 }
 
 // ------------------------------------------------------------------------------ train
@@ -302,10 +288,10 @@ void appendBytes(std::vector<unsigned char>& out, const T& v) {
 
 int cmdEncode(const std::string& sae_dir, const std::vector<std::string>& data,
               const std::string& out, bool dense, Index batch) {
-  const auto loaded = sae::io::loadSaeLens<float>(sae_dir);
+  const auto loaded = sae::io::loadSae<float>(sae_dir);
   const sae::train::ActivationFiles files(data);
   checkWidth(loaded, files.cols(), sae_dir);
-  const bool ln = loaded.config.normalize_activations == "layer_norm";
+  const sae::ActivationNormalizer normalizer = loaded.normalizer();
   const Index N = files.rows(), d_sae = loaded.config.sae_cfg.d_sae;
   std::unique_ptr<sae::io::AtomicFileWriter> npy;
   if (dense) {
@@ -321,13 +307,14 @@ int cmdEncode(const std::string& sae_dir, const std::vector<std::string>& data,
   std::int64_t nnz = 0;
   appendBytes(offsets.bytes, nnz);
   Index k_cols = 0;
+  bool topk_codes = false;
   RowMatrix<float> x;
-  Eigen::VectorXd mu, sigma;
+  sae::NormalizationStats stats;
   for (Index b = 0; b < N; b += batch) {
     const Index n = std::min(batch, N - b);
     x.resize(n, files.cols());
     files.readRows<float>(b, b + n, x);
-    if (ln) layerNormIn(x, mu, sigma);
+    normalizer.normalize(x, stats);
     std::visit(
         [&](const auto& model) {
           const auto codes = model.encode(x);
@@ -338,6 +325,7 @@ int cmdEncode(const std::string& sae_dir, const std::vector<std::string>& data,
           }
           using Codes = std::decay_t<decltype(codes)>;
           if constexpr (std::is_same_v<Codes, sae::SparseCodes<float>>) {
+            topk_codes = true;
             k_cols = codes.indices.cols();
             for (Index r = 0; r < n; ++r)
               for (Index j = 0; j < k_cols; ++j) {
@@ -367,7 +355,7 @@ int cmdEncode(const std::string& sae_dir, const std::vector<std::string>& data,
                                                {"rows", std::to_string(N)},
                                                {"architecture", loaded.config.architecture}};
     std::vector<RawTensor> tensors;
-    if (loaded.config.architecture == "topk") {
+    if (topk_codes) {
       meta["format"] = "topk";
       indices.shape = {N, k_cols};
       values.shape = {N, k_cols};
@@ -387,27 +375,27 @@ int cmdEncode(const std::string& sae_dir, const std::vector<std::string>& data,
 
 int cmdEval(const std::string& sae_dir, const std::vector<std::string>& data, Index batch,
             Index max_rows) {
-  const auto loaded = sae::io::loadSaeLens<float>(sae_dir);
+  const auto loaded = sae::io::loadSae<float>(sae_dir);
   const sae::train::ActivationFiles files(data);
   checkWidth(loaded, files.cols(), sae_dir);
-  const bool ln = loaded.config.normalize_activations == "layer_norm";
+  const sae::ActivationNormalizer normalizer = loaded.normalizer();
   const Index d_sae = loaded.config.sae_cfg.d_sae;
   const Index N = max_rows > 0 ? std::min(max_rows, files.rows()) : files.rows();
   sae::eval::ReconstructionMetrics recon;
   sae::eval::FiringStats firing(d_sae);
   RowMatrix<float> x, raw;
-  Eigen::VectorXd mu, sigma;
+  sae::NormalizationStats stats;
   for (Index b = 0; b < N; b += batch) {
     const Index n = std::min(batch, N - b);
     raw.resize(n, files.cols());
     files.readRows<float>(b, b + n, raw);
     x = raw;
-    if (ln) layerNormIn(x, mu, sigma);
+    normalizer.normalize(x, stats);
     std::visit(
         [&](const auto& model) {
           const auto codes = model.encode(x);
           RowMatrix<float> y = model.decode(codes);
-          if (ln) layerNormOut(y, mu, sigma);
+          normalizer.denormalize(y, stats);
           recon.add<float>(raw, y);
           firing.add(codes);
         },
@@ -509,17 +497,48 @@ ojson npzInfo(const std::string& path) {
   return {{"file", path}, {"format", "npz"}, {"arrays", arrays}};
 }
 
+// The SAE at `path`, of any format: what it computes, then the tensors as stored.
+ojson saeInfo(const sae::io::SaeDescription& d) {
+  const sae::io::SaeLensConfig& c = d.config;
+  ojson out;
+  out["sae"] = d.path;
+  out["format"] = sae::io::saeFormatName(d.format);
+  out["architecture"] = c.architecture;
+  out["d_in"] = c.sae_cfg.d_in;
+  out["d_sae"] = c.sae_cfg.d_sae;
+  if (c.architecture == "topk") {
+    out["k"] = c.sae_cfg.k;
+    out["rescale_acts_by_decoder_norm"] = c.sae_cfg.rescale_acts_by_decoder_norm;
+  }
+  out["dtype"] = d.storage_dtype;
+  out["normalize_activations"] = c.normalize_activations;
+  out["apply_b_dec_to_input"] = c.sae_cfg.apply_b_dec_to_input;
+  if (!c.notes.empty()) out["notes"] = c.notes;
+  out["saelens_config"] = c.toJson();  // as SAELens 6 would write it
+  out["weights"] = d.weights_path;
+  ojson tensors = ojson::array();
+  for (const auto& t : d.tensors)
+    tensors.push_back({{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape}});
+  out["tensors"] = tensors;
+  if (!d.sparsity_path.empty())
+    out["sparsity"] = tensorList(sae::io::SafetensorsFile(d.sparsity_path));
+  return out;
+}
+
+// True when an .npz archive holds Gemma Scope SAE weights (W_enc / w_enc and threshold).
+bool looksLikeGemmaScope(const std::string& path) {
+  try {
+    const sae::io::NpzFile f(path);
+    return (f.contains("W_enc") || f.contains("w_enc")) && f.contains("threshold");
+  } catch (const sae::Error&) {
+    return false;  // not readable as an uncompressed npz: shown as a plain archive
+  }
+}
+
 int cmdInfo(const std::string& path) {
   ojson out;
-  if (isDir(path)) {
-    const auto cfg = sae::io::readSaeLensConfig(path);
-    out["sae"] = path;
-    out["config"] = cfg.toJson();
-    const sae::io::SafetensorsFile w(sae::io::detail::joinPath(path, sae::io::kSaeWeightsFilename));
-    out["tensors"] = tensorList(w);
-    const std::string sp = sae::io::detail::joinPath(path, sae::io::kSparsityFilename);
-    if (sae::io::detail::isRegularFile(sp))
-      out["sparsity"] = tensorList(sae::io::SafetensorsFile(sp));
+  if (isDir(path) || (endsWith(path, ".npz") && looksLikeGemmaScope(path))) {
+    out = saeInfo(sae::io::describeSae(path));
   } else if (endsWith(path, ".npy")) {
     const sae::io::MappedFile f(path);
     out = {{"file", path}, {"format", "npy"}};
@@ -543,6 +562,73 @@ int cmdInfo(const std::string& path) {
                            "SAE folder)");
   }
   std::printf("%s\n", out.dump(2).c_str());
+  return 0;
+}
+
+// ------------------------------------------------------------------------------ convert
+
+// Writes `sae` in format `to` into folder `dir`.
+void writeSae(const sae::io::LoadedSae<double>& sae, const std::string& dir, const std::string& to,
+              sae::io::DType dtype, const Eigen::VectorXd& log_sparsity) {
+  if (to == "sparsify") {
+    sae::io::SparsifySaveOptions o;
+    o.dtype = dtype;
+    sae::io::saveSparsify(sae, dir, o);
+  } else {
+    sae::io::SaeLensSaveOptions o;
+    o.dtype = dtype;
+    o.log_sparsity = log_sparsity;
+    sae::io::saveSaeLens(sae, dir, o);
+  }
+}
+
+int cmdConvert(const std::string& src, const std::string& dst, const std::string& to,
+               const std::string& dtype_name, bool force) {
+  namespace fs = std::filesystem;
+  const auto loaded = sae::io::loadSae<double>(src);
+  sae::io::DType dtype = sae::io::DType::F32;
+  const std::string dtype_used = dtype_name.empty() ? loaded.storage_dtype : dtype_name;
+  if (!sae::io::parseTorchDType(dtype_used, dtype)) dtype = sae::io::DType::F32;  // "mixed"
+  Eigen::VectorXd log_sparsity;
+  if (loaded.format == sae::io::SaeFormat::SaeLens && to == "saelens") {
+    const sae::io::SaeDescription d = sae::io::describeSae(src);
+    if (!d.sparsity_path.empty()) log_sparsity = sae::io::readSparsity(d.path);
+  }
+  std::error_code ec;
+  const bool exists = fs::symlink_status(dst, ec).type() != fs::file_type::not_found;
+  if (exists) {
+    if (!force) throw sae::ConfigError(dst + ": already exists; pass --force to overwrite it");
+    if (!isDir(dst)) throw sae::ConfigError(dst + ": exists and is not a directory");
+    writeSae(loaded, dst, to, dtype, log_sparsity);
+    // Files of the other format would leave two SAEs in the folder.
+    const std::vector<std::string> stale =
+        to == "sparsify"
+            ? std::vector<std::string>{sae::io::kSaeWeightsFilename, sae::io::kSparsityFilename}
+            : std::vector<std::string>{sae::io::kSparsifyWeightsFilename};
+    for (const auto& name : stale) fs::remove(sae::io::detail::joinPath(dst, name), ec);
+    if (to == "saelens" && log_sparsity.size() == 0)
+      fs::remove(sae::io::detail::joinPath(dst, sae::io::kSparsityFilename), ec);
+  } else {
+    // Build the folder beside its destination, then rename it into place: readers see no
+    // folder or the whole one.
+    const std::string tmp = dst + ".tmp." + std::to_string(::getpid());
+    fs::remove_all(tmp, ec);
+    try {
+      writeSae(loaded, tmp, to, dtype, log_sparsity);
+      fs::rename(tmp, dst);
+    } catch (...) {
+      fs::remove_all(tmp, ec);
+      throw;
+    }
+  }
+  ojson out;
+  out["src"] = src;
+  out["src_format"] = sae::io::saeFormatName(loaded.format);
+  out["dst"] = dst;
+  out["format"] = to;
+  out["architecture"] = loaded.config.architecture;
+  out["dtype"] = sae::io::dtypeName(dtype);
+  std::printf("%s\n", out.dump().c_str());
   return 0;
 }
 
@@ -654,7 +740,9 @@ int main(int argc, char** argv) {
       "encode",
       "Feature activations of activation files. Default output: safetensors with 'indices' and "
       "'values' ([N, k] for TopK; CSR with 'row_offsets' otherwise); --dense: a [N, d_sae] .npy");
-  encode->add_option("--sae", enc_sae, "SAE folder (cfg.json + sae_weights.safetensors)")
+  encode
+      ->add_option("--sae", enc_sae,
+                   "SAE: SAELens or sparsify folder, or Gemma Scope params.npz (see sae info)")
       ->required();
   encode->add_option("--data", enc_data, "activation files")->required()->check(CLI::ExistingFile);
   encode->add_option("--out", enc_out, "output file")->required();
@@ -670,7 +758,7 @@ int main(int argc, char** argv) {
   int ev_threads = 0;
   CLI::App* evalc = app.add_subcommand(
       "eval", "Reconstruction and sparsity metrics of an SAE on activation files, as JSON");
-  evalc->add_option("--sae", ev_sae, "SAE folder")->required();
+  evalc->add_option("--sae", ev_sae, "SAE folder or Gemma Scope params.npz")->required();
   evalc->add_option("--data", ev_data, "activation files")->required()->check(CLI::ExistingFile);
   evalc->add_option("--batch", ev_batch, "rows per chunk")->check(CLI::PositiveNumber);
   evalc->add_option("--max-rows", ev_rows, "use at most this many rows (0: all)")
@@ -681,9 +769,27 @@ int main(int argc, char** argv) {
   std::string info_path;
   CLI::App* info = app.add_subcommand(
       "info",
-      "Shape, dtype and tensor names of a .npy / .npz / .safetensors file, or the config "
-      "and tensors of an SAE folder");
+      "Shape, dtype and tensor names of a .npy / .npz / .safetensors file; for an SAE (SAELens "
+      "or sparsify folder, Gemma Scope params.npz): format, architecture, shapes, dtype, "
+      "normalisation and tensors");
   info->add_option("path", info_path, "file or SAE folder")->required();
+
+  // ---- convert
+  std::string conv_src, conv_dst, conv_to = "saelens", conv_dtype;
+  bool conv_force = false;
+  CLI::App* convert = app.add_subcommand(
+      "convert",
+      "Convert an SAE (SAELens, sparsify or Gemma Scope) into an SAELens folder, or a TopK SAE "
+      "into a sparsify folder");
+  convert->add_option("src", conv_src, "SAE folder or Gemma Scope params.npz")->required();
+  convert->add_option("dst", conv_dst, "output folder")->required();
+  convert->add_option("--to", conv_to, "output format (default saelens)")
+      ->check(CLI::IsMember({"saelens", "sparsify"}));
+  convert
+      ->add_option("--dtype", conv_dtype,
+                   "storage type of the weights (default: the source's, float32 if mixed)")
+      ->check(CLI::IsMember({"float32", "float64", "float16", "bfloat16"}));
+  convert->add_flag("--force", conv_force, "overwrite dst if it exists");
 
   try {
     app.parse(argc, argv);
@@ -710,6 +816,7 @@ int main(int argc, char** argv) {
       if (ev_threads > 0) sae::setThreads(ev_threads);
       return cmdEval(ev_sae, ev_data, ev_batch, ev_rows);
     }
+    if (name == "convert") return cmdConvert(conv_src, conv_dst, conv_to, conv_dtype, conv_force);
     return cmdInfo(info_path);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s %s: %s\n", kProg, name.c_str(), oneLine(e.what()).c_str());

@@ -75,7 +75,7 @@ class AtomicFileWriter {
     m_written += static_cast<std::uint64_t>(p - static_cast<const unsigned char*>(data));
   }
 
-  /// @brief Appends `n` floats or doubles as little-endian elements of `as` (F32, F64, BF16).
+  /// @brief Appends `n` floats or doubles as little-endian elements of `as` (F32, F64, F16, BF16).
   template <typename Scalar>
   void writeElements(const Scalar* data, Index n, DType as) {
     constexpr bool sameType = std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>;

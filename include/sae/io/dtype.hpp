@@ -149,6 +149,38 @@ inline std::uint16_t doubleToBfloat16(double d) {
   return floatToBfloat16(detail::bitCast<float>(u));
 }
 
+/// @brief Rounds a double to IEEE binary16 bits, to nearest with ties to even, in one rounding.
+///
+/// Magnitudes from 65520 up become infinity (65504 is the largest half; 65520 is the midpoint
+/// to the next power of two, and ties go to the even significand, which is the overflow);
+/// magnitudes below 2^-25 become zero, keeping the sign; NaN stays NaN (quiet). A float
+/// argument is widened exactly first, so floats also round once.
+inline std::uint16_t doubleToHalf(double d) {
+  const std::uint16_t sign = std::signbit(d) ? 0x8000u : 0u;
+  if (std::isnan(d)) return static_cast<std::uint16_t>(sign | 0x7e00u);
+  const double a = std::fabs(d);
+  if (a >= 65520.0) return static_cast<std::uint16_t>(sign | 0x7c00u);
+  if (a < 0x1p-14) {
+    // Subnormal range: units of 2^-24, rounded to nearest even (exact scaling by 2^24);
+    // 1024 units is the smallest normal, whose bits are the same integer.
+    const double units = std::nearbyint(a * 0x1p24);
+    return static_cast<std::uint16_t>(sign | static_cast<std::uint16_t>(units));
+  }
+  int e = 0;
+  const double m = std::frexp(a, &e);  // a = m 2^e, m in [0.5, 1)
+  // 11 significant bits: the significand as an integer in [1024, 2048], rounded once.
+  double q = std::nearbyint(std::ldexp(m, 11));
+  int exponent = e - 1;  // a = (q / 1024) 2^exponent
+  if (q == 2048.0) {
+    q = 1024.0;
+    ++exponent;
+  }
+  // exponent <= 15 here: a < 65520 rounds to at most 65504 = 1.1111111111b 2^15.
+  const auto biased = static_cast<std::uint16_t>(exponent + 15);
+  return static_cast<std::uint16_t>(sign | (biased << 10) |
+                                    (static_cast<std::uint16_t>(q) - 1024u));
+}
+
 namespace detail {
 
 /// Unsigned integer of the same size as one element of the file type.
@@ -226,7 +258,7 @@ inline void convertElements(const unsigned char* src, DType dtype, ByteOrder ord
 }
 
 /// @brief Stores `n` floats or doubles at `dst` as little-endian elements of `dtype`
-/// (F32, F64 or BF16, the types the writers produce).
+/// (F32, F64, F16 or BF16, the types the writers produce).
 template <typename Scalar>
 inline void encodeLittleEndian(const Scalar* src, DType dtype, Index n, unsigned char* dst) {
   static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
@@ -252,8 +284,11 @@ inline void encodeLittleEndian(const Scalar* src, DType dtype, Index n, unsigned
         }
       }
       return;
+    case DType::F16:
+      for (Index i = 0; i < n; ++i) store(i, doubleToHalf(static_cast<double>(src[i])));
+      return;
     default:
-      return;  // callers only pass F32, F64 or BF16
+      return;  // callers only pass F32, F64, F16 or BF16
   }
 }
 

@@ -5,25 +5,40 @@
 ///
 /// Facts of the format mirrored here (SAELens 6, `save_inference_model` and its constants):
 /// - file names `cfg.json`, `sae_weights.safetensors`, `sparsity.safetensors`;
-/// - cfg.json holds `architecture` ("standard", "gated", "topk" are supported here), `d_in`,
-///   `d_sae`, `dtype`, `device`, `apply_b_dec_to_input`, `normalize_activations`,
-///   `reshape_activations`, `metadata{...}`, and for topk `k` and
-///   `rescale_acts_by_decoder_norm`;
+/// - cfg.json holds `architecture` ("standard", "gated", "topk"), `d_in`, `d_sae`, `dtype`
+///   ("float32", "float64", "float16", "bfloat16"; SAELens also writes "torch.float32"...),
+///   `device`, `apply_b_dec_to_input`, `normalize_activations` ("none",
+///   "expected_average_only_in", "constant_norm_rescale", "layer_norm"; see
+///   models/normalization.hpp for what each does), `reshape_activations`, `metadata{...}` with
+///   `sae_lens_version` (SAELens parses a config without a version >= 6.0 as a pre-6.0 one),
+///   and for topk `k` and `rescale_acts_by_decoder_norm`;
 /// - weight tensors under SAELens names in row-major order (`W_enc [d_in, d_sae]`,
 ///   `W_dec [d_sae, d_in]`, `b_enc`, `b_dec`; gated: `b_gate`, `b_mag`, `r_mag`, no `b_enc`),
-///   stored in name order;
+///   stored in name order, all in the dtype of cfg.json;
 /// - a TopK SAE with rescale_acts_by_decoder_norm is saved with the decoder norms folded in
 ///   (`W_enc * n`, `b_enc * n`, `W_dec / n`), which leaves its function unchanged;
 /// - `sparsity.safetensors` holds one tensor `sparsity [d_sae]`: log10 of each latent's firing
 ///   frequency plus 1e-10.
+///
+/// Pre-6.0 configs (SAELens 0.x - 5.x, as its `handle_pre_6_0_config` and the 3.x-5.x `SAE`
+/// class read them) are read too: `hook_point` / `hook_point_layer` / `hook_point_head_index`
+/// for the `hook_*` names, which go to `metadata` with the other top-level run fields;
+/// `activation_fn_str` or `activation_fn` ("relu"; "topk" with `activation_fn_kwargs.k`, which
+/// makes a "standard" or architecture-less SAE a TopK one; anything else, such as "tanh-relu",
+/// cannot be represented); a missing `architecture` (standard); a boolean
+/// `normalize_activations` (true = expected_average_only_in); and the decoder-input scale of
+/// `finetuning_scaling_factor` (a `scaling_factor` or `finetuning_scaling_factor` tensor:
+/// dropped when all ones, as SAELens does, else folded into the rows of W_dec). A
+/// `reshape_activations` of "hook_z" only flattens `[..., n_heads, d_head]` inputs, which are
+/// given here already flat as `[tokens, n_heads * d_head]`.
 #pragma once
 
 #include <sys/stat.h>
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
-#include <fstream>
-#include <sstream>
+#include <cstdlib>
+#include <limits>
 #include <string>
 #include <utility>
 #include <variant>
@@ -34,11 +49,11 @@
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
 #include <sae/io/atomic_write.hpp>
+#include <sae/io/dtype.hpp>
+#include <sae/io/loaded_sae.hpp>
 #include <sae/io/safetensors.hpp>
-#include <sae/models/gated.hpp>
+#include <sae/models/normalization.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
-#include <sae/models/standard.hpp>
-#include <sae/models/topk.hpp>
 
 namespace sae::io {
 
@@ -49,135 +64,186 @@ inline constexpr const char* kSparsityFilename = "sparsity.safetensors";
 /// Name of the tensor of `sparsity.safetensors`.
 inline constexpr const char* kSparsityTensorName = "sparsity";
 
-/// @brief The fields of an SAELens `cfg.json` that this library uses.
-struct SaeLensConfig {
-  std::string architecture;                    ///< "standard", "gated" or "topk".
-  SaeConfig sae_cfg;                           ///< d_in, d_sae, k, the two flags.
-  std::string dtype = "float32";               ///< dtype of the weights as written.
-  std::string normalize_activations = "none";  ///< "none" or "layer_norm".
-  nlohmann::ordered_json metadata = nlohmann::ordered_json::object();  ///< `metadata{}`.
-
-  /// @brief The cfg.json object written by saveSaeLens.
-  nlohmann::ordered_json toJson() const {
-    nlohmann::ordered_json j;
-    j["architecture"] = architecture;
-    j["d_in"] = sae_cfg.d_in;
-    j["d_sae"] = sae_cfg.d_sae;
-    j["dtype"] = dtype;
-    j["device"] = "cpu";
-    j["apply_b_dec_to_input"] = sae_cfg.apply_b_dec_to_input;
-    j["normalize_activations"] = normalize_activations;
-    j["reshape_activations"] = "none";
-    if (architecture == "topk") {
-      j["k"] = sae_cfg.k;
-      j["rescale_acts_by_decoder_norm"] = sae_cfg.rescale_acts_by_decoder_norm;
-    }
-    j["metadata"] = metadata;
-    return j;
+/// @brief The DType of a torch dtype name as configs write it ("float32", "torch.bfloat16",
+/// "float", "half"...); false for a name that is not a floating-point type SAEs are stored in.
+inline bool parseTorchDType(std::string name, DType& out) {
+  if (name.rfind("torch.", 0) == 0) name = name.substr(6);
+  if (name == "float32" || name == "float") {
+    out = DType::F32;
+  } else if (name == "float64" || name == "double") {
+    out = DType::F64;
+  } else if (name == "float16" || name == "half") {
+    out = DType::F16;
+  } else if (name == "bfloat16") {
+    out = DType::BF16;
+  } else {
+    return false;
   }
-};
+  return true;
+}
 
 namespace detail {
 
-inline bool isDirectory(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+/// The SAELens version a config was written by ("" when it says none): top-level
+/// `sae_lens_version`, then `metadata` / `meta`, as SAELens looks for it.
+inline std::string saeLensVersion(const nlohmann::ordered_json& j) {
+  auto get = [](const nlohmann::ordered_json& o) -> std::string {
+    if (o.is_object() && o.contains("sae_lens_version") && o.at("sae_lens_version").is_string())
+      return o.at("sae_lens_version").get<std::string>();
+    return "";
+  };
+  std::string v = get(j);
+  for (const char* key : {"metadata", "meta"})
+    if (v.empty() && j.contains(key)) v = get(j.at(key));
+  return v;
 }
 
-inline bool isRegularFile(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+/// Leading integer of a version string; -1 when there is none.
+inline int majorVersion(const std::string& v) {
+  if (v.empty() || v[0] < '0' || v[0] > '9') return -1;
+  return std::atoi(v.c_str());
 }
 
-inline std::string joinPath(const std::string& dir, const std::string& name) {
-  if (dir.empty()) return name;
-  return dir.back() == '/' ? dir + name : dir + "/" + name;
-}
-
-inline const nlohmann::ordered_json& field(const nlohmann::ordered_json& j, const char* name,
-                                           const std::string& where) {
-  if (!j.contains(name))
-    throw FormatError(sae::detail::concat(where, ": missing field '", name, "'"));
-  return j.at(name);
-}
-
-inline Index positiveIntField(const nlohmann::ordered_json& j, const char* name,
-                              const std::string& where) {
-  const auto& v = field(j, name, where);
-  if (!v.is_number_integer() || v.get<std::int64_t>() <= 0)
-    throw FormatError(sae::detail::concat(where, ": field '", name,
-                                          "' must be a positive integer, found ", v.dump()));
-  return v.get<Index>();
-}
-
-inline bool boolField(const nlohmann::ordered_json& j, const char* name, bool fallback,
-                      const std::string& where) {
-  if (!j.contains(name) || j.at(name).is_null()) return fallback;
-  if (!j.at(name).is_boolean())
-    throw FormatError(sae::detail::concat(where, ": field '", name,
-                                          "' must be true or false, found ", j.at(name).dump()));
-  return j.at(name).get<bool>();
-}
-
-/// Tensor names of an architecture, in the order the model adds them after W_enc.
-inline std::vector<std::string> saeTensorNames(const std::string& arch) {
-  if (arch == "gated") return {"W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec"};
-  return {"W_enc", "b_enc", "W_dec", "b_dec"};
+/// The run fields a pre-6.0 config keeps at top level and SAELens 6 keeps in `metadata`,
+/// with the older names renamed.
+inline void collectLegacyMetadata(const nlohmann::ordered_json& j, nlohmann::ordered_json& meta,
+                                  std::vector<std::string>& notes) {
+  static const std::pair<const char*, const char*> kFields[] = {
+      {"model_name", "model_name"},
+      {"model_class_name", "model_class_name"},
+      {"hook_name", "hook_name"},
+      {"hook_point", "hook_name"},
+      {"hook_layer", "hook_layer"},
+      {"hook_point_layer", "hook_layer"},
+      {"hook_head_index", "hook_head_index"},
+      {"hook_point_head_index", "hook_head_index"},
+      {"model_from_pretrained_kwargs", "model_from_pretrained_kwargs"},
+      {"prepend_bos", "prepend_bos"},
+      {"exclude_special_tokens", "exclude_special_tokens"},
+      {"neuronpedia_id", "neuronpedia_id"},
+      {"context_size", "context_size"},
+      {"seqpos_slice", "seqpos_slice"},
+      {"dataset_path", "dataset_path"},
+      {"dataset_trust_remote_code", "dataset_trust_remote_code"},
+      {"sae_lens_training_version", "sae_lens_training_version"},
+  };
+  for (const auto& [from, to] : kFields) {
+    if (!j.contains(from) || meta.contains(to)) continue;
+    meta[to] = j.at(from);
+    if (std::string(from) != to)
+      notes.push_back(sae::detail::concat("'", from, "' read as metadata.", to));
+  }
 }
 
 }  // namespace detail
 
-/// @brief Parses the text of an SAELens cfg.json; `where` names it in errors.
-/// @throws FormatError for malformed JSON, a missing or mistyped field, or an architecture
-/// other than standard, gated and topk.
+/// @brief Parses the text of an SAELens cfg.json (SAELens 6, or pre-6.0: see the file
+/// comment); `where` names it in errors.
+/// @throws FormatError for malformed JSON, a missing or mistyped field, an unsupported
+/// architecture, activation function, dtype or normalisation (listing the supported ones).
 inline SaeLensConfig parseSaeLensConfig(const std::string& text, const std::string& where) {
-  nlohmann::ordered_json j;
-  try {
-    j = nlohmann::ordered_json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw FormatError(sae::detail::concat(where, ": not valid JSON: ", e.what()));
-  }
-  if (!j.is_object())
-    throw FormatError(
-        sae::detail::concat(where, ": expected a JSON object, found ", j.type_name()));
+  using sae::detail::concat;
+  const nlohmann::ordered_json j = detail::parseJsonObject(text, where);
   SaeLensConfig c;
-  const auto& arch = detail::field(j, "architecture", where);
-  if (!arch.is_string())
-    throw FormatError(
-        sae::detail::concat(where, ": field 'architecture' must be a string, found ", arch.dump()));
-  c.architecture = arch.get<std::string>();
-  if (c.architecture != "standard" && c.architecture != "gated" && c.architecture != "topk")
-    throw FormatError(sae::detail::concat(where, ": unsupported architecture '", c.architecture,
-                                          "' (supported: standard, gated, topk)"));
+  const std::string version = detail::saeLensVersion(j);
+  const bool legacy = detail::majorVersion(version) < 6;
+  if (legacy)
+    c.notes.push_back(version.empty()
+                          ? "pre-6.0 SAELens config (no sae_lens_version)"
+                          : concat("pre-6.0 SAELens config (sae_lens_version ", version, ")"));
+
+  // Activation function of pre-6.0 configs.
+  std::string act = "relu";
+  std::string act_key;
+  for (const char* key : {"activation_fn", "activation_fn_str"}) {
+    if (j.contains(key) && !j.at(key).is_null()) {
+      act = detail::stringField(j, key, "relu", where);
+      act_key = key;
+    }
+  }
+
+  // Architecture.
+  if (j.contains("architecture") && !j.at("architecture").is_null()) {
+    c.architecture = detail::stringField(j, "architecture", "", where);
+  } else {
+    c.architecture = act == "topk" ? "topk" : "standard";
+    c.notes.push_back(concat("no 'architecture' field: read as ", c.architecture));
+  }
+  if (act == "topk" && c.architecture == "standard") {
+    c.architecture = "topk";
+    c.notes.push_back("architecture 'standard' with " + act_key + " 'topk': read as topk");
+  }
+  const std::string arch = c.architecture;
+  if (arch != "standard" && arch != "gated" && arch != "topk") {
+    std::string hint;
+    if (arch == "batchtopk" || arch == "matryoshka_batchtopk")
+      hint =
+          "; this is a training checkpoint: SAELens's save_inference_model writes it as a "
+          "jumprelu SAE";
+    throw FormatError(concat(where, ": unsupported architecture '", arch,
+                             "' (supported: ", kSaeArchitectures, ")", hint));
+  }
+  if (act != "relu" && act != "topk")
+    throw FormatError(concat(where, ": activation function '", act, "' (", act_key,
+                             ") cannot be represented (supported: relu; topk with "
+                             "activation_fn_kwargs.k)"));
+  if (act == "topk" && arch != "topk")
+    throw FormatError(concat(where, ": ", act_key, " 'topk' with architecture '", arch,
+                             "' cannot be represented (topk needs architecture topk or standard)"));
+
   c.sae_cfg.d_in = detail::positiveIntField(j, "d_in", where);
   c.sae_cfg.d_sae = detail::positiveIntField(j, "d_sae", where);
   c.sae_cfg.apply_b_dec_to_input = detail::boolField(j, "apply_b_dec_to_input", true, where);
-  if (c.architecture == "topk") {
-    c.sae_cfg.k = detail::positiveIntField(j, "k", where);
+  if (arch == "topk") {
+    if (j.contains("k") && !j.at("k").is_null()) {
+      c.sae_cfg.k = detail::positiveInt(j.at("k"), "k", where);
+    } else if (j.contains("activation_fn_kwargs") && j.at("activation_fn_kwargs").is_object() &&
+               j.at("activation_fn_kwargs").contains("k")) {
+      c.sae_cfg.k = detail::positiveInt(j.at("activation_fn_kwargs").at("k"),
+                                        "activation_fn_kwargs.k", where);
+    } else {
+      throw FormatError(concat(where, ": missing field 'k' (or, pre-6.0, activation_fn_kwargs.k)"));
+    }
     if (c.sae_cfg.k > c.sae_cfg.d_sae)
-      throw FormatError(sae::detail::concat(where, ": k (", c.sae_cfg.k, ") exceeds d_sae (",
-                                            c.sae_cfg.d_sae, ")"));
+      throw FormatError(
+          concat(where, ": k (", c.sae_cfg.k, ") exceeds d_sae (", c.sae_cfg.d_sae, ")"));
     c.sae_cfg.rescale_acts_by_decoder_norm =
         detail::boolField(j, "rescale_acts_by_decoder_norm", false, where);
   }
-  if (j.contains("dtype") && j.at("dtype").is_string()) c.dtype = j.at("dtype").get<std::string>();
-  if (j.contains("normalize_activations") && !j.at("normalize_activations").is_null()) {
-    const auto& n = j.at("normalize_activations");
-    if (!n.is_string())
-      throw FormatError(sae::detail::concat(
-          where, ": field 'normalize_activations' must be a string, found ", n.dump()));
-    c.normalize_activations = n.get<std::string>();
-    if (c.normalize_activations != "none" && c.normalize_activations != "layer_norm")
-      throw FormatError(sae::detail::concat(where, ": unsupported normalize_activations '",
-                                            c.normalize_activations,
-                                            "' (supported: none, layer_norm)"));
+
+  const std::string dtype = detail::stringField(j, "dtype", "float32", where);
+  DType dt{};
+  if (!parseTorchDType(dtype, dt))
+    throw FormatError(concat(where, ": unsupported dtype '", dtype,
+                             "' (supported: float32, float64, float16, bfloat16)"));
+  c.dtype = dtypeName(dt);
+
+  if (j.contains("normalize_activations") && j.at("normalize_activations").is_boolean()) {
+    const bool on = j.at("normalize_activations").get<bool>();
+    c.normalize_activations = on ? "expected_average_only_in" : "none";
+    c.notes.push_back(concat("normalize_activations ", on ? "true" : "false", " read as '",
+                             c.normalize_activations, "'"));
+  } else {
+    c.normalize_activations = detail::stringField(j, "normalize_activations", "none", where);
+    NormalizeActivations m;
+    if (!parseNormalizeActivations(c.normalize_activations, m))
+      throw FormatError(concat(where, ": unsupported normalize_activations '",
+                               c.normalize_activations,
+                               "' (supported: ", kNormalizeActivationsNames, ")"));
   }
-  if (j.contains("reshape_activations") && j.at("reshape_activations").is_string() &&
-      j.at("reshape_activations").get<std::string>() != "none")
-    throw FormatError(sae::detail::concat(where, ": unsupported reshape_activations '",
-                                          j.at("reshape_activations").get<std::string>(),
-                                          "' (supported: none)"));
-  if (j.contains("metadata") && j.at("metadata").is_object()) c.metadata = j.at("metadata");
+  c.reshape_activations = detail::stringField(j, "reshape_activations", "none", where);
+  if (c.reshape_activations != "none" && c.reshape_activations != "hook_z")
+    throw FormatError(concat(where, ": unsupported reshape_activations '", c.reshape_activations,
+                             "' (supported: none, hook_z)"));
+  c.finetuning_scaling_factor = detail::boolField(j, "finetuning_scaling_factor", false, where);
+
+  for (const char* key : {"metadata", "meta"}) {
+    if (j.contains(key) && j.at(key).is_object()) {
+      c.metadata = j.at(key);
+      break;
+    }
+  }
+  detail::collectLegacyMetadata(j, c.metadata, c.notes);
   return c;
 }
 
@@ -188,68 +254,86 @@ inline SaeLensConfig readSaeLensConfig(const std::string& dir) {
     throw IoError(sae::detail::concat(dir, ": not a directory (expected an SAE folder with ",
                                       kSaeCfgFilename, " and ", kSaeWeightsFilename, ")"));
   const std::string path = detail::joinPath(dir, kSaeCfgFilename);
-  std::ifstream in(path);
-  if (!in) throw IoError(sae::detail::concat(path, ": cannot open (missing SAE config)"));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return parseSaeLensConfig(text.str(), path);
+  return parseSaeLensConfig(detail::readTextFile(path, " (missing SAE config)"), path);
 }
-
-/// @brief An SAE of any supported architecture (runtime choice at the edge, see STYLE.md).
-template <typename Scalar>
-using AnySae = std::variant<StandardSAE<Scalar>, GatedSAE<Scalar>, TopKSAE<Scalar>>;
-
-/// @brief An SAE loaded from an SAELens folder, with its config.
-template <typename Scalar>
-struct LoadedSae {
-  SaeLensConfig config;
-  AnySae<Scalar> model;
-};
 
 namespace detail {
 
-template <typename Scalar, typename Arch>
-void loadWeightsInto(SparseAutoencoder<Scalar, Arch>& model, const SafetensorsFile& file) {
-  auto& params = model.parameters();
-  std::vector<std::string> expected;
-  for (const auto& e : params.entries()) expected.push_back(e.name);
-  for (const auto& name : file.names()) {
-    if (std::find(expected.begin(), expected.end(), name) == expected.end())
-      throw FormatError(sae::detail::concat(file.path(), ": unexpected tensor '", name, "' for a ",
-                                            Arch::kName, " SAE (expected: ", nameList(expected),
-                                            ")"));
+/// An SAELens folder, checked: description, weight plan and the open weights file.
+struct SaeLensSource {
+  SaeDescription desc;
+  WeightPlan plan;
+  SafetensorsFile file;
+};
+
+inline SaeLensSource openSaeLens(const std::string& dir) {
+  using sae::detail::concat;
+  SaeLensConfig cfg = readSaeLensConfig(dir);
+  const std::string weights = joinPath(dir, kSaeWeightsFilename);
+  if (!isRegularFile(weights))
+    throw IoError(
+        concat(weights, ": missing (the SAE folder has ", kSaeCfgFilename, " but no weights)"));
+  SafetensorsFile file(weights);
+  WeightPlan plan = WeightPlan::identity(cfg.architecture);
+
+  // Pre-6.0 decoder-input scale (finetuning_scaling_factor).
+  for (const char* name : {"scaling_factor", "finetuning_scaling_factor"}) {
+    if (!file.contains(name)) continue;
+    const TensorInfo& t = file.info(name);
+    DType dt{};
+    if (t.shape != std::vector<Index>{cfg.sae_cfg.d_sae} || !floatDType(file, name, dt))
+      throw FormatError(concat(weights, ": tensor '", name, "' (", t.dtype, " ", shapeText(t.shape),
+                               ") must be a float tensor [d_sae] = [", cfg.sae_cfg.d_sae, "]"));
+    const RowMatrix<double> s = readFinite<double>(file, name);
+    if ((s.array() == 1.0).all()) {
+      plan.ignored.push_back(name);
+      cfg.notes.push_back(concat("tensor '", name, "' is all ones: ignored"));
+      continue;
+    }
+    if (!cfg.finetuning_scaling_factor)
+      throw FormatError(concat(weights, ": tensor '", name,
+                               "' is not all ones, but cfg.json does not set "
+                               "finetuning_scaling_factor: true"));
+    if (!plan.decoder_row_scale.empty())
+      throw FormatError(concat(weights, ": both '", plan.decoder_row_scale, "' and '", name,
+                               "' scale the decoder input"));
+    if (cfg.architecture == "topk" && cfg.sae_cfg.rescale_acts_by_decoder_norm)
+      throw FormatError(concat(weights, ": a decoder-input scale '", name,
+                               "' with rescale_acts_by_decoder_norm cannot be represented"));
+    plan.decoder_row_scale = name;
+    cfg.notes.push_back(
+        concat("tensor '", name, "' (finetuning_scaling_factor) folded into the rows of W_dec"));
   }
-  for (const auto& e : params.entries()) {
-    const TensorInfo& t = file.info(e.name);  // FormatError listing the names when missing
-    if (t.shape != e.shape)
-      throw FormatError(sae::detail::concat(file.path(), ": tensor '", e.name, "' has shape ",
-                                            shapeString(t.shape, false), ", expected ",
-                                            shapeString(e.shape, false), " from cfg.json"));
-    params.assignRowMajor(e.name, file.read<Scalar>(e.name));
-  }
+
+  SaeDescription d;
+  d.format = SaeFormat::SaeLens;
+  d.path = dir;
+  d.weights_path = weights;
+  d.storage_dtype = checkWeightPlan(file, plan, cfg, kSaeCfgFilename);
+  d.tensors = storedTensors(file);
+  const std::string sparsity = joinPath(dir, kSparsityFilename);
+  if (isRegularFile(sparsity)) d.sparsity_path = sparsity;
+  d.config = std::move(cfg);
+  return SaeLensSource{std::move(d), std::move(plan), std::move(file)};
 }
 
 }  // namespace detail
 
-/// @brief Loads an SAE folder written by SAELens or by saveSaeLens().
+/// @brief Checks an SAELens folder (config, tensor names, dtypes and shapes) without reading
+/// the weights. @throws as loadSaeLens().
+inline SaeDescription describeSaeLens(const std::string& dir) {
+  return detail::openSaeLens(dir).desc;
+}
+
+/// @brief Loads an SAE folder written by SAELens (6 or earlier) or by saveSaeLens().
 /// @tparam Scalar float or double (weights stored as F32, F64, F16 or BF16 are widened).
-/// @throws IoError (missing folder or file), FormatError (malformed config, unknown
-/// architecture, missing / extra / misshapen tensor).
+/// @throws IoError (missing folder or file), FormatError (malformed config, unsupported
+/// architecture, missing / extra / misshapen tensor, non-float dtype), NumericError (a
+/// non-finite weight).
 template <typename Scalar>
 LoadedSae<Scalar> loadSaeLens(const std::string& dir) {
-  SaeLensConfig cfg = readSaeLensConfig(dir);
-  const std::string weights = detail::joinPath(dir, kSaeWeightsFilename);
-  if (!detail::isRegularFile(weights))
-    throw IoError(sae::detail::concat(weights, ": missing (the SAE folder has ", kSaeCfgFilename,
-                                      " but no weights)"));
-  const SafetensorsFile file(weights);
-  auto load = [&](auto model) -> AnySae<Scalar> {
-    detail::loadWeightsInto(model, file);
-    return AnySae<Scalar>(std::move(model));
-  };
-  if (cfg.architecture == "standard") return {cfg, load(StandardSAE<Scalar>(cfg.sae_cfg))};
-  if (cfg.architecture == "gated") return {cfg, load(GatedSAE<Scalar>(cfg.sae_cfg))};
-  return {cfg, load(TopKSAE<Scalar>(cfg.sae_cfg))};
+  const detail::SaeLensSource src = detail::openSaeLens(dir);
+  return detail::assembleSae<Scalar>(src.desc, src.plan, src.file);
 }
 
 /// @brief Options of saveSaeLens().
@@ -258,66 +342,139 @@ struct SaeLensSaveOptions {
   /// fold the scale into the weights so the saved SAE works on raw activations (SAELens's
   /// fold_activation_norm_scaling_factor: W_enc * s, W_dec / s, b_dec / s).
   double input_scale = 1.0;
-  /// Extra fields of cfg.json's `metadata` object.
+  /// Extra fields of cfg.json's `metadata` object (`sae_lens_version` is always set to
+  /// kSaeLensFormatVersion, the format written).
   nlohmann::ordered_json metadata = nlohmann::ordered_json::object();
   /// Per-latent firing frequency; when non-empty, sparsity.safetensors is written with its
   /// log10 (+1e-10) as SAELens does.
   Eigen::VectorXd feature_density;
+  /// Alternatively, the log10 sparsity itself (as readSparsity() returns it), written as is.
+  Eigen::VectorXd log_sparsity;
+  /// Storage type of the weights: F32 (default), F64, F16 or BF16; cfg.json's dtype follows.
+  DType dtype = DType::F32;
+  /// cfg.json's normalize_activations (one of kNormalizeActivationsNames).
+  std::string normalize_activations = "none";
+  /// cfg.json's reshape_activations ("none" or "hook_z").
+  std::string reshape_activations = "none";
 };
 
+namespace detail {
+
+/// True when `v` (>= 0) stays finite once stored as `t`.
+inline bool representable(double v, DType t) {
+  switch (t) {
+    case DType::F16:
+      return std::isfinite(halfToFloat(doubleToHalf(v)));
+    case DType::BF16:
+      return std::isfinite(bfloat16ToFloat(doubleToBfloat16(v)));
+    case DType::F32:
+      return std::isfinite(static_cast<float>(v));
+    default:
+      return std::isfinite(v);
+  }
+}
+
+/// Checks that every tensor is finite and fits the storage type; ConfigError naming it.
+inline void checkStorable(const std::vector<std::pair<std::string, RowMatrix<double>>>& tensors,
+                          DType dtype, const std::string& dir) {
+  for (const auto& [name, m] : tensors) {
+    require(m.allFinite(), dir, ": parameter '", name, "' has a non-finite value");
+    const double peak = m.size() ? m.cwiseAbs().maxCoeff() : 0.0;
+    require(representable(peak, dtype), dir, ": parameter '", name, "' has a value of magnitude ",
+            peak, ", beyond the range of ", dtypeName(dtype));
+  }
+}
+
+/// Creates `dir` (one level) unless it exists; IoError otherwise.
+inline void makeDirectory(const std::string& dir) {
+  if (!isDirectory(dir) && ::mkdir(dir.c_str(), 0777) != 0 && !isDirectory(dir))
+    throw IoError(sae::detail::concat(dir, ": cannot create the directory: ", errnoText(errno)));
+}
+
+/// Writes `tensors` (sorted by name) as a safetensors file stored as `dtype`.
+inline void writeTensors(std::vector<std::pair<std::string, RowMatrix<double>>>& tensors,
+                         const std::vector<std::vector<Index>>& shapes, DType dtype,
+                         const std::string& path) {
+  std::vector<std::size_t> order(tensors.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](std::size_t a, std::size_t b) { return tensors[a].first < tensors[b].first; });
+  SafetensorsWriter w;
+  for (const std::size_t i : order)
+    w.add(tensors[i].first, shapes[i], tensors[i].second.data(), dtype);
+  w.write(path);
+}
+
+}  // namespace detail
+
 /// @brief Writes `model` as an SAELens SAE folder `dir` (created when missing): cfg.json,
-/// sae_weights.safetensors (float32) and, with a density, sparsity.safetensors. Each file is
-/// written atomically.
+/// sae_weights.safetensors (in options.dtype) and, with a density, sparsity.safetensors.
+/// Each file is written atomically, cfg.json last.
+/// @throws ConfigError for bad options, a non-finite weight or one beyond the dtype's range;
+/// IoError when a file cannot be written.
 template <typename Scalar, typename Arch>
 void saveSaeLens(const SparseAutoencoder<Scalar, Arch>& model, const std::string& dir,
                  const SaeLensSaveOptions& options = {}) {
-  if (!detail::isDirectory(dir) && ::mkdir(dir.c_str(), 0777) != 0 && !detail::isDirectory(dir))
-    throw IoError(
-        sae::detail::concat(dir, ": cannot create the directory: ", detail::errnoText(errno)));
   const double s = options.input_scale;
   require(std::isfinite(s) && s > 0, "saveSaeLens: input_scale must be finite and > 0, found ", s);
+  const DType dtype = options.dtype;
+  require(dtype == DType::F32 || dtype == DType::F64 || dtype == DType::F16 || dtype == DType::BF16,
+          "saveSaeLens: weights are stored as float32, float64, float16 or bfloat16, not ",
+          dtypeName(dtype));
+  NormalizeActivations mode;
+  require(parseNormalizeActivations(options.normalize_activations, mode),
+          "saveSaeLens: unknown normalize_activations '", options.normalize_activations,
+          "' (supported: ", kNormalizeActivationsNames, ")");
+  require(options.reshape_activations == "none" || options.reshape_activations == "hook_z",
+          "saveSaeLens: unknown reshape_activations '", options.reshape_activations,
+          "' (supported: none, hook_z)");
+  const SaeConfig& c = model.config();
+  require(options.feature_density.size() == 0 || options.feature_density.size() == c.d_sae,
+          "saveSaeLens: feature density has ", options.feature_density.size(),
+          " entries, expected d_sae = ", c.d_sae);
+  require(options.log_sparsity.size() == 0 || options.log_sparsity.size() == c.d_sae,
+          "saveSaeLens: log sparsity has ", options.log_sparsity.size(),
+          " entries, expected d_sae = ", c.d_sae);
+
   const auto& params = model.parameters();
-  std::vector<std::pair<std::string, RowMatrix<float>>> tensors;
-  for (const auto& e : params.entries())
-    tensors.emplace_back(e.name, params.rowMajorCopy(e.name).template cast<float>());
-  auto tensor = [&](const std::string& name) -> RowMatrix<float>& {
+  std::vector<std::pair<std::string, RowMatrix<double>>> tensors;
+  std::vector<std::vector<Index>> shapes;
+  for (const auto& e : params.entries()) {
+    tensors.emplace_back(e.name, params.rowMajorCopy(e.name).template cast<double>());
+    shapes.push_back(e.shape);
+  }
+  auto tensor = [&](const std::string& name) -> RowMatrix<double>& {
     for (auto& t : tensors)
       if (t.first == name) return t.second;
     throw ConfigError("saveSaeLens: no tensor " + name);
   };
   if (s != 1.0) {
-    tensor("W_enc") *= float(s);
-    tensor("W_dec") /= float(s);
-    tensor("b_dec") /= float(s);
+    tensor("W_enc") *= s;
+    tensor("W_dec") /= s;
+    tensor("b_dec") /= s;
   }
-  const SaeConfig& c = model.config();
   if (std::string(Arch::kName) == "topk" && c.rescale_acts_by_decoder_norm) {
-    RowMatrix<float>& W_dec = tensor("W_dec");
-    RowMatrix<float>& W_enc = tensor("W_enc");
-    RowMatrix<float>& b_enc = tensor("b_enc");
+    RowMatrix<double>& W_dec = tensor("W_dec");
+    RowMatrix<double>& W_enc = tensor("W_enc");
+    RowMatrix<double>& b_enc = tensor("b_enc");
     for (Index i = 0; i < W_dec.rows(); ++i) {
-      const float n = W_dec.row(i).norm();
+      const double n = W_dec.row(i).norm();
       if (!(n > 0)) continue;
       W_dec.row(i) /= n;
       W_enc.col(i) *= n;
       b_enc(0, i) *= n;
     }
   }
-  std::sort(tensors.begin(), tensors.end(),
-            [](const auto& a, const auto& b) { return a.first < b.first; });
-  SafetensorsWriter w;
-  for (const auto& [name, m] : tensors) {
-    const ParameterInfo& e = params.info(name);
-    w.add(name, e.shape, m.data());
-  }
-  w.write(detail::joinPath(dir, kSaeWeightsFilename));
+  detail::checkStorable(tensors, dtype, dir);
+  detail::makeDirectory(dir);
+  detail::writeTensors(tensors, shapes, dtype, detail::joinPath(dir, kSaeWeightsFilename));
 
-  if (options.feature_density.size() > 0) {
-    require(options.feature_density.size() == c.d_sae, "saveSaeLens: feature density has ",
-            options.feature_density.size(), " entries, expected d_sae = ", c.d_sae);
+  if (options.feature_density.size() > 0 || options.log_sparsity.size() > 0) {
     Eigen::VectorXf log_density(c.d_sae);
     for (Index i = 0; i < c.d_sae; ++i)
-      log_density[i] = float(std::log10(options.feature_density[i] + 1e-10));
+      log_density[i] = options.feature_density.size() > 0
+                           ? float(std::log10(options.feature_density[i] + 1e-10))
+                           : float(options.log_sparsity[i]);
     SafetensorsWriter sw;
     sw.add(kSparsityTensorName, log_density);
     sw.write(detail::joinPath(dir, kSparsityFilename));
@@ -326,11 +483,29 @@ void saveSaeLens(const SparseAutoencoder<Scalar, Arch>& model, const std::string
   SaeLensConfig cfg;
   cfg.architecture = Arch::kName;
   cfg.sae_cfg = c;
-  cfg.metadata = options.metadata;
+  cfg.dtype = dtypeName(dtype);
+  cfg.normalize_activations = options.normalize_activations;
+  cfg.reshape_activations = options.reshape_activations;
+  cfg.metadata = options.metadata.is_object() ? options.metadata : nlohmann::ordered_json::object();
+  cfg.metadata["sae_lens_version"] = kSaeLensFormatVersion;
   const std::string text = cfg.toJson().dump(2) + "\n";
   AtomicFileWriter cw(detail::joinPath(dir, kSaeCfgFilename));
   cw.write(text.data(), text.size());
   cw.commit();
+}
+
+/// @brief Writes a loaded SAE (of any source format) as an SAELens folder, keeping its
+/// normalize_activations, reshape_activations and metadata (`options.metadata` adds to it).
+template <typename Scalar>
+void saveSaeLens(const LoadedSae<Scalar>& sae, const std::string& dir,
+                 const SaeLensSaveOptions& options = {}) {
+  SaeLensSaveOptions o = options;
+  o.normalize_activations = sae.config.normalize_activations;
+  o.reshape_activations = sae.config.reshape_activations;
+  o.metadata = sae.config.metadata;
+  if (options.metadata.is_object())
+    for (const auto& [k, v] : options.metadata.items()) o.metadata[k] = v;
+  std::visit([&](const auto& model) { saveSaeLens(model, dir, o); }, sae.model);
 }
 
 /// @brief Reads sparsity.safetensors of an SAE folder: log10 feature density per latent.

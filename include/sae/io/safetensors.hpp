@@ -391,7 +391,7 @@ class SafetensorsFile {
 /// @brief Collects tensors and metadata, then writes a `.safetensors` file atomically.
 ///
 /// Tensors are written in the order they were added, contiguously, each as row-major
-/// little-endian F32, F64 or BF16 (rounded to nearest even from float or double); the JSON
+/// little-endian F32, F64, F16 or BF16 (rounded to nearest even from float or double); the JSON
 /// header is padded with spaces to a multiple of 8 bytes.
 ///
 /// @code
@@ -405,14 +405,14 @@ class SafetensorsWriter {
  public:
   /// @brief Adds a tensor of row-major float data that stays owned by the caller until write().
   /// @param name Unique, non-empty, not "__metadata__". @param shape Non-negative dimensions.
-  /// @param data `product(shape)` floats. @param storeAs F32 (default), F64 or BF16.
+  /// @param data `product(shape)` floats. @param storeAs F32 (default), F64, F16 or BF16.
   void add(const std::string& name, std::vector<Index> shape, const float* data,
            DType storeAs = DType::F32) {
     addEntry(name, std::move(shape), data, false, storeAs, nullptr);
   }
 
   /// @brief Adds a tensor of row-major double data that stays owned by the caller until
-  /// write(). @param storeAs F64 (default), F32 or BF16.
+  /// write(). @param storeAs F64 (default), F32, F16 or BF16.
   void add(const std::string& name, std::vector<Index> shape, const double* data,
            DType storeAs = DType::F64) {
     addEntry(name, std::move(shape), data, true, storeAs, nullptr);
@@ -420,7 +420,7 @@ class SafetensorsWriter {
 
   /// @brief Adds a copy of an Eigen matrix or vector (of float or double), stored row-major.
   /// A compile-time vector gets the 1-D shape `[n]`, anything else `[rows, cols]`.
-  /// @param storeAs Defaults to F32 for float and F64 for double data; BF16 is allowed.
+  /// @param storeAs Defaults to F32 for float and F64 for double data; F16 and BF16 are allowed.
   template <typename Derived>
   void add(const std::string& name, const Eigen::MatrixBase<Derived>& m,
            DType storeAs = std::is_same_v<typename Derived::Scalar, float> ? DType::F32
@@ -505,9 +505,10 @@ class SafetensorsWriter {
     for (const auto& e : m_entries) {
       require(e.name != name, "SafetensorsWriter: tensor '", name, "' added twice");
     }
-    require(storeAs == DType::F32 || storeAs == DType::F64 || storeAs == DType::BF16,
+    require(storeAs == DType::F32 || storeAs == DType::F64 || storeAs == DType::F16 ||
+                storeAs == DType::BF16,
             "SafetensorsWriter: tensor '", name, "' cannot be stored as ", dtypeName(storeAs),
-            " (F32, F64 or BF16)");
+            " (F32, F64, F16 or BF16)");
     std::int64_t count = 1;
     for (Index d : shape) {
       require(d >= 0, "SafetensorsWriter: tensor '", name, "' has a negative dimension ", d);
