@@ -9,12 +9,14 @@
 #include <fstream>
 #include <string>
 #include <type_traits>
+#include <variant>
 #include <vector>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
 #include <sae/io/npy.hpp>
+#include <sae/io/saelens.hpp>
 #include <sae/io/safetensors.hpp>
 #include <sae/sae.hpp>
 
@@ -174,27 +176,23 @@ void runTrainingCase(const std::string& name, Path path = Path::Default) {
   }
 }
 
-// Inference: SAELens-saved weights (float32, or bfloat16 widened exactly), float32 input.
+// Inference: the SAELens folder read by the library's SAELens reader (weights float32, or
+// bfloat16 widened exactly), float32 input; normalize_activations applied in and out by the
+// loaded SAE, as SAELens's encode and decode(encode(x)) do.
 template <typename Model>
 void runInferenceCase(const std::string& name) {
   const std::string dir = fixtureDir(name);
   const json cfg = readJson(dir + "/sae/cfg.json");
-  REQUIRE(cfg.at("architecture") == Model::architecture());
-  REQUIRE(cfg.at("normalize_activations") == "none");
-  sae::SaeConfig c;
-  c.d_in = cfg.at("d_in");
-  c.d_sae = cfg.at("d_sae");
-  c.apply_b_dec_to_input = cfg.at("apply_b_dec_to_input");
-  if (cfg.contains("k")) c.k = cfg.at("k");
-  if (cfg.contains("rescale_acts_by_decoder_norm"))
-    c.rescale_acts_by_decoder_norm = cfg.at("rescale_acts_by_decoder_norm");
-  Model model(c);
-  loadParameters(model.parameters(), dir + "/sae/sae_weights.safetensors");
+  const auto loaded = sae::io::loadSaeLens<float>(dir + "/sae");
+  REQUIRE(std::holds_alternative<Model>(loaded.model));
+  CHECK(loaded.config.architecture == cfg.at("architecture").get<std::string>());
+  CHECK(loaded.config.normalize_activations == cfg.at("normalize_activations").get<std::string>());
+  CHECK(loaded.dIn() == cfg.at("d_in").get<Index>());
+  CHECK(loaded.dSae() == cfg.at("d_sae").get<Index>());
   const auto x = sae::io::readNpy<float>(dir + "/x.npy");
   const auto want_f = sae::io::readNpy<float>(dir + "/feature_acts.npy");
   const auto want_y = sae::io::readNpy<float>(dir + "/sae_out.npy");
-  const auto codes = model.encode(x);
-  const sae::RowMatrix<float> f = codes.toDense();
+  const sae::RowMatrix<float> f = loaded.encodeDense(x);
   // The same set of firing latents, exactly; values and outputs to float rounding.
   REQUIRE(f.rows() == want_f.rows());
   REQUIRE(f.cols() == want_f.cols());
@@ -205,7 +203,7 @@ void runInferenceCase(const std::string& name) {
   const double tol_f = 1e-5 * std::max(1.0f, want_f.cwiseAbs().maxCoeff());
   const double tol_y = 1e-5 * std::max(1.0f, want_y.cwiseAbs().maxCoeff());
   CHECK((f - want_f).cwiseAbs().maxCoeff() <= tol_f);
-  CHECK((model.decode(codes) - want_y).cwiseAbs().maxCoeff() <= tol_y);
+  CHECK((loaded.forward(x) - want_y).cwiseAbs().maxCoeff() <= tol_y);
 }
 
 }  // namespace
@@ -244,4 +242,13 @@ TEST_CASE("parity: infer_topk_bf16", "[parity][TopKSAE]") {
 }
 TEST_CASE("parity: infer_gated", "[parity][GatedSAE]") {
   runInferenceCase<sae::GatedSAE<float>>("infer_gated");
+}
+TEST_CASE("parity: infer_standard_layernorm", "[parity][StandardSAE]") {
+  runInferenceCase<sae::StandardSAE<float>>("infer_standard_layernorm");
+}
+TEST_CASE("parity: infer_jumprelu", "[parity][JumpReLUSAE]") {
+  runInferenceCase<sae::JumpReLUSAE<float>>("infer_jumprelu");
+}
+TEST_CASE("parity: infer_batchtopk (saved by SAELens as jumprelu)", "[parity][JumpReLUSAE]") {
+  runInferenceCase<sae::JumpReLUSAE<float>>("infer_batchtopk");
 }

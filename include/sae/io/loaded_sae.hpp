@@ -28,6 +28,7 @@
 #include <sae/io/npz.hpp>
 #include <sae/io/safetensors.hpp>
 #include <sae/models/gated.hpp>
+#include <sae/models/jumprelu.hpp>
 #include <sae/models/normalization.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
 #include <sae/models/standard.hpp>
@@ -56,7 +57,7 @@ inline const char* saeFormatName(SaeFormat f) {
 }
 
 /// The architectures a LoadedSae can hold, for messages.
-inline constexpr const char* kSaeArchitectures = "standard, gated, topk";
+inline constexpr const char* kSaeArchitectures = "standard, gated, topk, jumprelu";
 
 /// SAELens cfg.json format version this library writes (metadata.sae_lens_version). SAELens
 /// reads a config without a version of at least 6.0 as a pre-6.0 one.
@@ -65,7 +66,7 @@ inline constexpr const char* kSaeLensFormatVersion = "6.18.0";
 /// @brief An SAE described in SAELens's terms: the fields of a SAELens 6 `cfg.json` that
 /// decide what the SAE computes. Every reader fills one, whatever the source format.
 struct SaeLensConfig {
-  std::string architecture;                    ///< "standard", "gated" or "topk".
+  std::string architecture;                    ///< "standard", "gated", "topk" or "jumprelu".
   SaeConfig sae_cfg;                           ///< d_in, d_sae, k and the two flags.
   std::string dtype = "float32";               ///< cfg.json's dtype (of the weights as written).
   std::string normalize_activations = "none";  ///< One of kNormalizeActivationsNames.
@@ -127,7 +128,8 @@ struct SaeDescription {
 
 /// @brief An SAE of any supported architecture (runtime choice at the edge, see STYLE.md).
 template <typename Scalar>
-using AnySae = std::variant<StandardSAE<Scalar>, GatedSAE<Scalar>, TopKSAE<Scalar>>;
+using AnySae =
+    std::variant<StandardSAE<Scalar>, GatedSAE<Scalar>, TopKSAE<Scalar>, JumpReLUSAE<Scalar>>;
 
 /// @brief A model of architecture `architecture` with every parameter zero.
 /// @throws FormatError naming the supported architectures for an unknown name.
@@ -136,6 +138,7 @@ AnySae<Scalar> makeSae(const std::string& architecture, const SaeConfig& cfg) {
   if (architecture == "standard") return StandardSAE<Scalar>(cfg);
   if (architecture == "gated") return GatedSAE<Scalar>(cfg);
   if (architecture == "topk") return TopKSAE<Scalar>(cfg);
+  if (architecture == "jumprelu") return JumpReLUSAE<Scalar>(cfg);
   throw FormatError(sae::detail::concat("unsupported architecture '", architecture,
                                         "' (supported: ", kSaeArchitectures, ")"));
 }
@@ -269,6 +272,7 @@ inline std::string stringField(const nlohmann::ordered_json& j, const char* name
 /// The names of the parameters of an architecture, in model order.
 inline std::vector<std::string> parameterNames(const std::string& arch) {
   if (arch == "gated") return {"W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec"};
+  if (arch == "jumprelu") return {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"};
   return {"W_enc", "b_enc", "W_dec", "b_dec"};
 }
 

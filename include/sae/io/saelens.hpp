@@ -5,7 +5,8 @@
 ///
 /// Facts of the format mirrored here (SAELens 6, `save_inference_model` and its constants):
 /// - file names `cfg.json`, `sae_weights.safetensors`, `sparsity.safetensors`;
-/// - cfg.json holds `architecture` ("standard", "gated", "topk"), `d_in`, `d_sae`, `dtype`
+/// - cfg.json holds `architecture` ("standard", "gated", "topk", "jumprelu"), `d_in`, `d_sae`,
+///   `dtype`
 ///   ("float32", "float64", "float16", "bfloat16"; SAELens also writes "torch.float32"...),
 ///   `device`, `apply_b_dec_to_input`, `normalize_activations` ("none",
 ///   "expected_average_only_in", "constant_norm_rescale", "layer_norm"; see
@@ -13,8 +14,10 @@
 ///   `sae_lens_version` (SAELens parses a config without a version >= 6.0 as a pre-6.0 one),
 ///   and for topk `k` and `rescale_acts_by_decoder_norm`;
 /// - weight tensors under SAELens names in row-major order (`W_enc [d_in, d_sae]`,
-///   `W_dec [d_sae, d_in]`, `b_enc`, `b_dec`; gated: `b_gate`, `b_mag`, `r_mag`, no `b_enc`),
-///   stored in name order, all in the dtype of cfg.json;
+///   `W_dec [d_sae, d_in]`, `b_enc`, `b_dec`; gated: `b_gate`, `b_mag`, `r_mag`, no `b_enc`;
+///   jumprelu: `threshold`), stored in name order, all in the dtype of cfg.json. A JumpReLU
+///   training checkpoint of SAELens < 6.48 holds `log_threshold` instead (threshold = exp);
+///   a BatchTopK / Matryoshka SAE is saved for inference as a jumprelu SAE;
 /// - a TopK SAE with rescale_acts_by_decoder_norm is saved with the decoder norms folded in
 ///   (`W_enc * n`, `b_enc * n`, `W_dec / n`), which leaves its function unchanged;
 /// - `sparsity.safetensors` holds one tensor `sparsity [d_sae]`: log10 of each latent's firing
@@ -174,7 +177,7 @@ inline SaeLensConfig parseSaeLensConfig(const std::string& text, const std::stri
     c.notes.push_back("architecture 'standard' with " + act_key + " 'topk': read as topk");
   }
   const std::string arch = c.architecture;
-  if (arch != "standard" && arch != "gated" && arch != "topk") {
+  if (arch != "standard" && arch != "gated" && arch != "topk" && arch != "jumprelu") {
     std::string hint;
     if (arch == "batchtopk" || arch == "matryoshka_batchtopk")
       hint =
@@ -275,6 +278,12 @@ inline SaeLensSource openSaeLens(const std::string& dir) {
         concat(weights, ": missing (the SAE folder has ", kSaeCfgFilename, " but no weights)"));
   SafetensorsFile file(weights);
   WeightPlan plan = WeightPlan::identity(cfg.architecture);
+  if (cfg.architecture == "jumprelu" && !file.contains("threshold") &&
+      file.contains("log_threshold")) {
+    for (auto& b : plan.bindings)
+      if (b.param == "threshold") b = {"threshold", "log_threshold", TensorTransform::Exp};
+    cfg.notes.push_back("tensor 'log_threshold' (SAELens < 6.48 training) read as threshold = exp");
+  }
 
   // Pre-6.0 decoder-input scale (finetuning_scaling_factor).
   for (const char* name : {"scaling_factor", "finetuning_scaling_factor"}) {
