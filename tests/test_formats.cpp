@@ -405,6 +405,24 @@ TEST_CASE("saveSaeLens stores each dtype and says so in cfg.json", "[formats][co
   }
 }
 
+TEST_CASE("Rewriting a folder in its own dtype keeps every weight bit", "[formats][convert]") {
+  TempDir tmp("formats_same_dtype");
+  for (const char* name : {"saelens_topk_bf16", "saelens_gated_f16", "saelens_jumprelu_f64"}) {
+    INFO(name);
+    const auto src = sae::io::loadSae<double>(formatsPath(name));
+    sae::io::SaeLensSaveOptions o;
+    REQUIRE(sae::io::parseTorchDType(src.storage_dtype, o.dtype));
+    sae::io::saveSaeLens(src, tmp.file(name), o);
+    const sae::io::SafetensorsFile a(formatsPath(name) + "/sae_weights.safetensors");
+    const sae::io::SafetensorsFile b(tmp.file(name) + "/sae_weights.safetensors");
+    REQUIRE(a.names() == b.names());
+    for (const auto& t : a.names()) {
+      CHECK(b.info(t).dtype == a.info(t).dtype);
+      CHECK(b.read<double>(t) == a.read<double>(t));
+    }
+  }
+}
+
 TEST_CASE("Saving what a format cannot hold is refused", "[formats][convert]") {
   TempDir tmp("formats_refuse");
   const auto gated = sae::io::loadSae<float>(formatsPath("saelens_gated_f16"));

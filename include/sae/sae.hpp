@@ -11,11 +11,13 @@
 #include <sae/eval/synthetic.hpp>
 #include <sae/io/activation_stream.hpp>
 #include <sae/io/npz.hpp>
+#include <sae/io/sae_formats.hpp>
 #include <sae/kernels/sparse.hpp>
 #include <sae/kernels/topk.hpp>
 #include <sae/models/config.hpp>
 #include <sae/models/gated.hpp>
 #include <sae/models/jumprelu.hpp>
+#include <sae/models/normalization.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
 #include <sae/models/standard.hpp>
 #include <sae/models/topk.hpp>

@@ -365,6 +365,12 @@ struct SaeLensSaveOptions {
   std::string normalize_activations = "none";
   /// cfg.json's reshape_activations ("none" or "hook_z").
   std::string reshape_activations = "none";
+  /// TopK with rescale_acts_by_decoder_norm: fold the decoder norms into the encoder before
+  /// writing, as SAELens's save_inference_model does (true, the default, for a trained model).
+  /// Either way the function is the same: cfg.json keeps rescale_acts_by_decoder_norm. The
+  /// saveSaeLens() overload for a loaded SAE writes its weights as read (false), so that
+  /// rewriting a folder in its own dtype changes nothing.
+  bool fold_decoder_norms = true;
 };
 
 namespace detail {
@@ -462,7 +468,8 @@ void saveSaeLens(const SparseAutoencoder<Scalar, Arch>& model, const std::string
     tensor("W_dec") /= s;
     tensor("b_dec") /= s;
   }
-  if (std::string(Arch::kName) == "topk" && c.rescale_acts_by_decoder_norm) {
+  if (std::string(Arch::kName) == "topk" && c.rescale_acts_by_decoder_norm &&
+      options.fold_decoder_norms) {
     RowMatrix<double>& W_dec = tensor("W_dec");
     RowMatrix<double>& W_enc = tensor("W_enc");
     RowMatrix<double>& b_enc = tensor("b_enc");
@@ -504,11 +511,13 @@ void saveSaeLens(const SparseAutoencoder<Scalar, Arch>& model, const std::string
 }
 
 /// @brief Writes a loaded SAE (of any source format) as an SAELens folder, keeping its
-/// normalize_activations, reshape_activations and metadata (`options.metadata` adds to it).
+/// normalize_activations, reshape_activations and metadata (`options.metadata` adds to it),
+/// and its weights as read (no decoder-norm folding).
 template <typename Scalar>
 void saveSaeLens(const LoadedSae<Scalar>& sae, const std::string& dir,
                  const SaeLensSaveOptions& options = {}) {
   SaeLensSaveOptions o = options;
+  o.fold_decoder_norms = false;
   o.normalize_activations = sae.config.normalize_activations;
   o.reshape_activations = sae.config.reshape_activations;
   o.metadata = sae.config.metadata;
