@@ -41,7 +41,6 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
-#include <limits>
 #include <string>
 #include <utility>
 #include <variant>
