@@ -204,6 +204,7 @@ TEST_CASE("FeatureStatistics: log10-density histogram bins", "[FeatureStatistics
   CHECK(H::binOf(0.5) == 19);
   CHECK(H::binOf(1.0) == 19);
   CHECK(H::binOf(1e-11) == -1);
+  CHECK(H::binOf(2.0) == 19);  // only with repeated rows; clamped to the last bin
   CHECK_THROWS_AS(H::binOf(0.0), sae::ConfigError);
 
   // 40 rows; feature f fires on the first n_f rows with n = 40, 1, 3, 20, 0, 10:
@@ -346,6 +347,7 @@ TEST_CASE("FeatureStatistics: same result for 1 and 2 threads, dense or sparse; 
     REQUIRE(b.meanActivation(f) == Approx(s1.meanActivation(f)));
     REQUIRE(b.topActivations(f) == s1.topActivations(f));
   }
+  CHECK_THROWS_AS(b.merge(b), sae::ConfigError);
   CHECK_THROWS_AS(b.merge(FeatureStatistics(d_sae, top_n + 1)), sae::ConfigError);
   CHECK_THROWS_AS(b.merge(FeatureStatistics(d_sae + 1, top_n)), sae::ConfigError);
   sae::setThreads(restore);

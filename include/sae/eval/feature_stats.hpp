@@ -65,9 +65,10 @@ struct DensityHistogram {
   /// @brief Lower edge of bin `i` (edge(kBins) = kHigh).
   static double edge(int i) { return kLow + kBinWidth * i; }
 
-  /// @brief Bin of a positive density: 0 .. kBins - 1, or -1 below 10^kLow.
+  /// @brief Bin of a positive density: 0 .. kBins - 1 (densities >= 1 in the last), or -1
+  /// below 10^kLow.
   static int binOf(double density) {
-    require(density > 0 && density <= 1, "density must be in (0, 1], found ", density);
+    require(density > 0, "density must be positive, found ", density);
     const double l = std::log10(density);
     if (l < kLow) return -1;
     return std::min(kBins - 1, static_cast<int>(std::floor((l - kLow) / kBinWidth)));
@@ -202,6 +203,7 @@ class FeatureStatistics {
 
   /// @brief Adds the statistics of `other` (same d_sae and top_n), gathered over other rows.
   void merge(const FeatureStatistics& other) {
+    require(&other != this, "feature statistics: cannot merge an accumulator into itself");
     require(other.m_d_sae == m_d_sae && other.m_top_n == m_top_n,
             "feature statistics: cannot merge d_sae ", other.m_d_sae, ", top_n ", other.m_top_n,
             " into d_sae ", m_d_sae, ", top_n ", m_top_n);
@@ -302,7 +304,7 @@ class FeatureStatistics {
   ///                "top_rows": [global rows, best first], "top_values": [activations]}, ...]}
   /// @endcode
   nlohmann::ordered_json toJson() const {
-    return json(false, [](Index) { return std::int64_t(0); });
+    return buildJson(false, [](Index) { return std::int64_t(0); });
   }
 
   /// @brief The statistics as JSON with token ids: as toJson(), with "token_ids": true in the
@@ -321,7 +323,7 @@ class FeatureStatistics {
           source, ": ", n, " token ids, but the activations have ", m_row_end,
           " rows; give exactly one token id per activation row, in the same order"));
     }
-    return json(true, [&ids](Index row) { return static_cast<std::int64_t>(ids[row]); });
+    return buildJson(true, [&ids](Index row) { return static_cast<std::int64_t>(ids[row]); });
   }
 
  private:
@@ -377,7 +379,7 @@ class FeatureStatistics {
   }
 
   template <typename Lookup>
-  nlohmann::ordered_json json(bool with_ids, Lookup tokenOf) const {
+  nlohmann::ordered_json buildJson(bool with_ids, Lookup tokenOf) const {
     using ojson = nlohmann::ordered_json;
     const DensityHistogram hist = densityHistogram();
     ojson edges = ojson::array();
