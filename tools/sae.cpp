@@ -4,7 +4,7 @@
 //   sae train --data acts.npy --arch topk --k 32 --expansion 8 --steps 2000 --out DIR
 //   sae train --out DIR --resume                # continue an interrupted run
 //   sae encode --sae DIR --data acts.npy --out codes.safetensors [--dense]
-//   sae eval --sae DIR --data acts.npy
+//   sae eval --sae DIR --data acts.npy [--features stats.json [--top-n 20] [--token-ids ids.npy]]
 //   sae info PATH                               # .npy / .npz / .safetensors / SAE folder
 //   sae convert SRC DST [--to saelens|sparsify] [--dtype float32|float64|float16|bfloat16]
 //
@@ -373,8 +373,44 @@ int cmdEncode(const std::string& sae_dir, const std::vector<std::string>& data,
   return 0;
 }
 
+// `sae eval --features`: where to write the per-feature statistics and with what.
+struct FeatureArgs {
+  std::string out;                     // OUT.json; empty = no feature statistics
+  Index top_n = 20;                    // top activations kept per feature
+  std::vector<std::string> token_ids;  // integer .npy files, one id per activation row
+};
+
+// The token ids of --token-ids: the integer .npy files concatenated in order (each flattened in
+// C order), cut to the first `rows` ids, as the FeatureStatistics::toJson TokenIds concept.
+class TokenIdFiles {
+ public:
+  explicit TokenIdFiles(const std::vector<std::string>& paths) {
+    for (const auto& p : paths) {
+      m_files.push_back(std::make_unique<sae::io::NpyIntegerReader>(p));
+      m_first.push_back(m_total);
+      m_total += m_files.back()->size();
+      m_names += (m_names.empty() ? "" : ", ") + p;
+    }
+    m_size = m_total;
+  }
+  Index total() const { return m_total; }
+  const std::string& names() const { return m_names; }
+  void limit(Index rows) { m_size = std::min(rows, m_total); }
+  Index size() const { return m_size; }
+  std::int64_t operator[](Index row) const {
+    const auto at = std::upper_bound(m_first.begin(), m_first.end(), row) - m_first.begin() - 1;
+    return (*m_files[std::size_t(at)])[row - m_first[std::size_t(at)]];
+  }
+
+ private:
+  std::vector<std::unique_ptr<sae::io::NpyIntegerReader>> m_files;
+  std::vector<Index> m_first;
+  Index m_total = 0, m_size = 0;
+  std::string m_names;
+};
+
 int cmdEval(const std::string& sae_dir, const std::vector<std::string>& data, Index batch,
-            Index max_rows) {
+            Index max_rows, const FeatureArgs& fa) {
   const auto loaded = sae::io::loadSae<float>(sae_dir);
   const sae::train::ActivationFiles files(data);
   checkWidth(loaded, files.cols(), sae_dir);
@@ -383,6 +419,26 @@ int cmdEval(const std::string& sae_dir, const std::vector<std::string>& data, In
   const Index N = max_rows > 0 ? std::min(max_rows, files.rows()) : files.rows();
   sae::eval::ReconstructionMetrics recon;
   sae::eval::FiringStats firing(d_sae);
+  // Feature statistics: rows are read in file order (no shuffling), so row b of the pass is
+  // row b of the concatenated --data files, and of the --token-ids files. Everything is checked
+  // and the output file opened before the pass, so that a bad path fails at once.
+  std::unique_ptr<sae::eval::FeatureStatistics> features;
+  std::unique_ptr<TokenIdFiles> ids;
+  std::unique_ptr<sae::io::AtomicFileWriter> features_out;
+  if (!fa.out.empty()) {
+    features = std::make_unique<sae::eval::FeatureStatistics>(d_sae, fa.top_n);
+    if (!fa.token_ids.empty()) {
+      ids = std::make_unique<TokenIdFiles>(fa.token_ids);
+      if (ids->total() != files.rows() && ids->total() != N)
+        throw sae::ConfigError(sae::detail::concat(
+            ids->names(), ": ", ids->total(), " token ids, but the activation files have ",
+            files.rows(), " rows",
+            N != files.rows() ? sae::detail::concat(" (", N, " evaluated)") : "",
+            "; give exactly one token id per activation row, in the same order"));
+      ids->limit(N);
+    }
+    features_out = std::make_unique<sae::io::AtomicFileWriter>(fa.out);
+  }
   RowMatrix<float> x, raw;
   sae::NormalizationStats stats;
   for (Index b = 0; b < N; b += batch) {
@@ -398,6 +454,7 @@ int cmdEval(const std::string& sae_dir, const std::vector<std::string>& data, In
           normalizer.denormalize(y, stats);
           recon.add<float>(raw, y);
           firing.add(codes);
+          if (features) features->add(codes, b);
         },
         loaded.model);
   }
@@ -429,6 +486,17 @@ int cmdEval(const std::string& sae_dir, const std::vector<std::string>& data, In
   out["l0"] = firing.l0();
   out["dead_fraction"] = firing.deadFraction();
   out["density_histogram"] = hist;
+  if (features) {
+    ojson fj = ids ? features->toJson(*ids, ids->names()) : features->toJson();
+    fj["summary"]["sae"] = sae_dir;
+    fj["summary"]["data"] = data;
+    if (ids) fj["summary"]["token_id_files"] = fa.token_ids;
+    const std::string text = fj.dump() + "\n";
+    features_out->write(text.data(), text.size());
+    features_out->commit();
+    std::fprintf(stderr, "%s eval: feature statistics of %lld rows x %lld features -> %s\n", kProg,
+                 static_cast<long long>(N), static_cast<long long>(d_sae), fa.out.c_str());
+  }
   std::printf("%s\n", out.dump(2).c_str());
   return 0;
 }
@@ -764,6 +832,20 @@ int main(int argc, char** argv) {
   evalc->add_option("--max-rows", ev_rows, "use at most this many rows (0: all)")
       ->check(CLI::NonNegativeNumber);
   evalc->add_option("--threads", ev_threads, "threads (0: all)")->check(CLI::NonNegativeNumber);
+  FeatureArgs ev_features;
+  auto* ev_feat_opt =
+      evalc->add_option("--features", ev_features.out,
+                        "also write per-feature statistics (firing frequency, mean / max "
+                        "activation, top rows, log10-density histogram) to this JSON file");
+  evalc->add_option("--top-n", ev_features.top_n, "--features: top activations kept per feature")
+      ->check(CLI::Range(Index(0), sae::eval::FeatureStatistics::kMaxTopN))
+      ->needs(ev_feat_opt);
+  evalc
+      ->add_option("--token-ids", ev_features.token_ids,
+                   "--features: integer .npy files with one token id per activation row, in "
+                   "the order of --data")
+      ->check(CLI::ExistingFile)
+      ->needs(ev_feat_opt);
 
   // ---- info
   std::string info_path;
@@ -814,7 +896,7 @@ int main(int argc, char** argv) {
     }
     if (name == "eval") {
       if (ev_threads > 0) sae::setThreads(ev_threads);
-      return cmdEval(ev_sae, ev_data, ev_batch, ev_rows);
+      return cmdEval(ev_sae, ev_data, ev_batch, ev_rows, ev_features);
     }
     if (name == "convert") return cmdConvert(conv_src, conv_dst, conv_to, conv_dtype, conv_force);
     return cmdInfo(info_path);

@@ -333,17 +333,20 @@ inline StoredTensor storedTensor(const NpzFile& f, const std::string& name) {
   return {name, a.descr, a.shape};
 }
 
+inline bool isFloatDType(DType d) {
+  return d == DType::F32 || d == DType::F64 || d == DType::F16 || d == DType::BF16;
+}
+
 /// The floating-point DType of a stored tensor; false for any other element type.
 inline bool floatDType(const SafetensorsFile& f, const std::string& name, DType& out) {
-  const TensorInfo& t = f.info(name);
-  const SafetensorsDType* d = findSafetensorsDType(t.dtype);
-  if (d == nullptr || !d->readable) return false;
+  const SafetensorsDType* d = findSafetensorsDType(f.info(name).dtype);
+  if (d == nullptr || !d->readable || !isFloatDType(d->dtype)) return false;
   out = d->dtype;
   return true;
 }
 inline bool floatDType(const NpzFile& f, const std::string& name, DType& out) {
   const DType d = f.info(name).dtype;
-  if (d != DType::F32 && d != DType::F64 && d != DType::F16 && d != DType::BF16) return false;
+  if (!isFloatDType(d)) return false;
   out = d;
   return true;
 }
