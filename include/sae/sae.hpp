@@ -15,6 +15,7 @@
 #include <sae/kernels/topk.hpp>
 #include <sae/models/config.hpp>
 #include <sae/models/gated.hpp>
+#include <sae/models/jumprelu.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
 #include <sae/models/standard.hpp>
 #include <sae/models/topk.hpp>
