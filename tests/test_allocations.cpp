@@ -146,7 +146,7 @@ TEST_CASE("Gated training steps do not allocate, dense or sparse", "[allocations
 
 TEMPLATE_TEST_CASE("Feature steering allocates nothing beyond the model's encode",
                    "[allocations][steering]", sae::StandardSAE<float>, sae::GatedSAE<float>,
-                   sae::TopKSAE<float>) {
+                   sae::TopKSAE<float>, sae::JumpReLUSAE<float>) {
   const TestType model(config(), 1);
   sae::eval::SyntheticOptions data_opts;
   data_opts.d_in = config().d_in;

@@ -1,7 +1,7 @@
-// Feature steering and ablation (sae::steer): FeatureEditor against an independent
-// computation (encode, edit the dense codes by hand, x + decode(f') - decode(f)) and against the
-// closed form x + sum_i (f'_i - f_i) s_i W_dec[i, :]; bitwise no-ops; in-place edits of the
-// caller's buffer; row selections; the output scale of normalised SAEs; decoder directions;
+// Feature steering and ablation (sae::steer), for every architecture: FeatureEditor against an
+// independent computation (encode, edit the dense codes by hand, x + decode(f') - decode(f)) and
+// against the closed form x + sum_i (f'_i - f_i) s_i W_dec[i, :]; bitwise no-ops; in-place edits of
+// the caller's buffer; row selections; the output scale of normalised SAEs; decoder directions;
 // argument validation.
 #include <cmath>
 #include <cstdint>
@@ -187,8 +187,8 @@ Index pickActive(const RowMatrix<S>& f) {
 
 TEMPLATE_TEST_CASE("FeatureEditor: Zero / Set / Add / Multiply equal x + decode(f') - decode(f)",
                    "[steering]", (Case<sae::StandardSAE<double>, false>),
-                   (Case<sae::GatedSAE<double>, false>), (Case<sae::TopKSAE<double>, false>),
-                   (Case<sae::TopKSAE<double>, true>)) {
+                   (Case<sae::GatedSAE<double>, false>), (Case<sae::JumpReLUSAE<double>, false>),
+                   (Case<sae::TopKSAE<double>, false>), (Case<sae::TopKSAE<double>, true>)) {
   using Model = typename TestType::Model;
   const Model m = makeModel<Model>(TestType::kRescale);
   const RowMatrix<double> x = randomBatch<double>(kRows, kDin, 3);
@@ -233,7 +233,8 @@ TEMPLATE_TEST_CASE("FeatureEditor: Zero / Set / Add / Multiply equal x + decode(
 
 TEMPLATE_TEST_CASE("FeatureEditor: Zero removes exactly the latent's decoder term", "[steering]",
                    (Case<sae::StandardSAE<double>, false>), (Case<sae::GatedSAE<double>, false>),
-                   (Case<sae::TopKSAE<double>, false>), (Case<sae::TopKSAE<double>, true>)) {
+                   (Case<sae::JumpReLUSAE<double>, false>), (Case<sae::TopKSAE<double>, false>),
+                   (Case<sae::TopKSAE<double>, true>)) {
   using Model = typename TestType::Model;
   const Model m = makeModel<Model>(TestType::kRescale);
   const RowMatrix<double> x = randomBatch<double>(kRows, kDin, 4);
@@ -259,8 +260,9 @@ TEMPLATE_TEST_CASE("FeatureEditor: Zero removes exactly the latent's decoder ter
 
 TEMPLATE_TEST_CASE("FeatureEditor: edits that change no code leave the buffer bitwise unchanged",
                    "[steering]", (Case<sae::StandardSAE<double>, false>),
-                   (Case<sae::GatedSAE<double>, false>), (Case<sae::TopKSAE<double>, false>),
-                   (Case<sae::TopKSAE<double>, true>), (Case<sae::TopKSAE<float>, true>)) {
+                   (Case<sae::GatedSAE<double>, false>), (Case<sae::JumpReLUSAE<double>, false>),
+                   (Case<sae::TopKSAE<double>, false>), (Case<sae::TopKSAE<double>, true>),
+                   (Case<sae::TopKSAE<float>, true>)) {
   using Model = typename TestType::Model;
   using S = typename Model::Scalar;
   const Model m = makeModel<Model>(TestType::kRescale);
