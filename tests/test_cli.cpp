@@ -216,6 +216,121 @@ TEST_CASE("sae train on synthetic data recovers the features; the saved SAE relo
   CHECK(cfg_npy.sae_cfg.d_sae == 64);
 }
 
+TEST_CASE("sae train --arch jumprelu: its flags reach the run; the SAE folder holds the threshold",
+          "[cli]") {
+  const std::string dir = tempDir("jumprelu");
+  const std::vector<std::string> args = {"train",
+                                         "--out",
+                                         dir + "/run",
+                                         "--arch",
+                                         "jumprelu",
+                                         "--d-sae",
+                                         "128",
+                                         "--batch",
+                                         "256",
+                                         "--lr",
+                                         "0.003",
+                                         "--seed",
+                                         "3",
+                                         "--synthetic-d-in",
+                                         "32",
+                                         "--synthetic-features",
+                                         "64",
+                                         "--synthetic-active",
+                                         "3",
+                                         "--threads",
+                                         "1",
+                                         "--quiet",
+                                         "--steps",
+                                         "300",
+                                         "--lr-decay",
+                                         "60",
+                                         "--l1-warmup",
+                                         "30",
+                                         "--dead-window",
+                                         "50",
+                                         "--l0-coefficient",
+                                         "0.1",
+                                         "--jumprelu-mode",
+                                         "tanh",
+                                         "--jumprelu-bandwidth",
+                                         "0.06",
+                                         "--jumprelu-tanh-scale",
+                                         "5",
+                                         "--jumprelu-init-threshold",
+                                         "0.02",
+                                         "--pre-act-loss-coefficient",
+                                         "0.001"};
+  const Result r = run(args);
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const auto tc = nlohmann::json::parse(readFile(dir + "/run/train_config.json"));
+  CHECK(tc.at("architecture") == "jumprelu");
+  CHECK(tc.at("l0_coefficient") == 0.1);
+  CHECK(tc.at("jumprelu_sparsity_loss_mode") == "tanh");
+  CHECK(tc.at("jumprelu_bandwidth") == 0.06);
+  CHECK(tc.at("jumprelu_tanh_scale") == 5.0);
+  CHECK(tc.at("jumprelu_init_threshold") == 0.02);
+  CHECK(tc.at("pre_act_loss_coefficient") == 0.001);
+  CHECK(tc.at("l1_warmup_steps") == 30);
+
+  // cfg.json names the architecture; the weights are SAELens's jumprelu tensors.
+  const auto cfg = nlohmann::json::parse(readFile(dir + "/run/cfg.json"));
+  CHECK(cfg.at("architecture") == "jumprelu");
+  CHECK(cfg.at("d_sae") == 128);
+  const sae::io::SafetensorsFile w(dir + "/run/sae_weights.safetensors");
+  CHECK(w.names() == std::vector<std::string>{"W_dec", "W_enc", "b_dec", "b_enc", "threshold"});
+  CHECK(w.info("threshold").shape == std::vector<Index>{128});
+
+  // The saved SAE reconstructs held-out data sparsely.
+  sae::SaeConfig c;
+  c.d_in = 32;
+  c.d_sae = 128;
+  sae::JumpReLUSAE<float> model(c);
+  for (const auto& e : model.parameters().entries())
+    model.parameters().assignRowMajor(e.name, w.read<float>(e.name));
+  CHECK(model.parameters().flat("threshold").maxCoeff() > 0.1f);
+  sae::eval::SyntheticOptions o;
+  o.d_in = 32;
+  o.n_features = 64;
+  o.expected_active = 3;
+  sae::train::SyntheticSource<float> data(o, 3, 2048);
+  const auto x = data.holdout(2048);
+  sae::eval::ReconstructionMetrics m;
+  const auto codes = model.encode(x);
+  m.add<float>(x, model.decode(codes));
+  INFO("explained variance " << m.explainedVariance() << ", L0 " << codes.l0());
+  CHECK(m.explainedVariance() > 0.7);
+  CHECK(codes.l0() < 12);
+  CHECK(codes.l0() > 1);
+  const auto summary = nlohmann::json::parse(r.out.substr(0, r.out.find('\n')));
+  CHECK(summary.at("l0").get<double>() < 12);
+
+  // Each logged line has the JumpReLU terms and the warmed-up coefficient.
+  std::ifstream in(dir + "/run/metrics.jsonl");
+  std::string line;
+  int logged = 0;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (!j.contains("losses")) continue;
+    ++logged;
+    CHECK(j.at("losses").contains("l0_loss"));
+    CHECK(j.at("losses").contains("pre_act_loss"));
+    CHECK(j.at("coefficients").at("l0_coefficient").get<double>() <= 0.1);
+  }
+  CHECK(logged == 3);
+
+  checkBadInput({"train", "--out", dir + "/run", "--resume", "--l0-coefficient", "2"},
+                "--l0-coefficient cannot be changed when resuming");
+  checkBadInput({"train", "--out", dir + "/r2", "--arch", "jumprelu", "--jumprelu-mode", "l1"},
+                "--jumprelu-mode");
+  checkBadInput({"train", "--out", dir + "/r2", "--arch", "jumprelu", "--jumprelu-bandwidth", "0"},
+                "--jumprelu-bandwidth");
+  checkBadInput(
+      {"train", "--out", dir + "/r2", "--arch", "jumprelu", "--pre-act-loss-coefficient", "-1"},
+      "--pre-act-loss-coefficient");
+}
+
 namespace {
 
 // Arguments of the interrupted runs, and an uninterrupted reference run (trained once).
@@ -335,7 +450,7 @@ TEST_CASE("Bad inputs give one line on stderr and a non-zero status", "[cli]") {
   checkBadInput({}, "");
   checkBadInput({"frobnicate"}, "sae");
   checkBadInput({"train"}, "--out");
-  checkBadInput({"train", "--out", dir + "/r", "--arch", "jumprelu"}, "--arch");
+  checkBadInput({"train", "--out", dir + "/r", "--arch", "relu"}, "--arch");
   checkBadInput({"train", "--out", dir + "/r", "--steps", "-5"}, "--steps");
   checkBadInput({"train", "--out", dir + "/r", "--bogus"}, "bogus");
   checkBadInput({"train", "--out", dir + "/r", "--data", dir + "/missing.npy"}, "missing.npy");

@@ -2,6 +2,7 @@
 //
 //   sae train --out DIR                         # TopK SAE on built-in synthetic data
 //   sae train --data acts.npy --arch topk --k 32 --expansion 8 --steps 2000 --out DIR
+//   sae train --data acts.npy --arch jumprelu --l0-coefficient 2 --jumprelu-mode tanh --out DIR
 //   sae train --out DIR --resume                # continue an interrupted run
 //   sae encode --sae DIR --data acts.npy --out codes.safetensors [--dense]
 //   sae eval --sae DIR --data acts.npy [--features stats.json [--top-n 20] [--token-ids ids.npy]]
@@ -80,9 +81,11 @@ json readJsonFile(const std::string& path) {
 struct TrainArgs {
   std::string config_file;
   std::vector<std::string> data;
-  std::string arch, out, lr_scheduler, b_dec_init, normalize, tensor, precision;
+  std::string arch, out, lr_scheduler, b_dec_init, normalize, tensor, precision, jumprelu_mode;
   Index k = 0, d_sae = 0, batch = 0, synth_d_in = 64, synth_features = 256;
   double expansion = 0, lr = 0, l1 = 0, aux = 0, holdout = 0, synth_active = 5, synth_noise = 0.01;
+  double l0 = 0, jumprelu_bandwidth = 0, jumprelu_tanh_scale = 0, jumprelu_init_threshold = 0,
+         pre_act = 0;
   std::int64_t steps = 0, tokens = 0, lr_warmup = 0, lr_decay = 0, l1_warmup = 0, dead_window = 0,
                log_every = 0, eval_every = 0, checkpoint_every = 0;
   std::uint64_t seed = 0;
@@ -139,6 +142,8 @@ int dispatchArch(const sae::train::TrainerConfig& cfg, Source& source, bool resu
     return runTrainer<sae::StandardArch>(cfg, source, resume, quiet, mmcs);
   if (cfg.architecture == "gated")
     return runTrainer<sae::GatedArch>(cfg, source, resume, quiet, mmcs);
+  if (cfg.architecture == "jumprelu")
+    return runTrainer<sae::JumpReLUArch>(cfg, source, resume, quiet, mmcs);
   return runTrainer<sae::TopKArch>(cfg, source, resume, quiet, mmcs);
 }
 
@@ -152,8 +157,11 @@ int cmdTrain(const TrainArgs& a, CLI::App& app) {
     const sae::train::Checkpoint ck(*latest);
     if (!ck.state().contains("config")) ck.fail("state has no 'config'");
     cfg.updateFromJson(ck.state().at("config"), *latest);
-    for (const char* flag : {"--config", "--arch", "--k", "--d-sae", "--expansion", "--batch",
-                             "--steps", "--tokens", "--lr", "--l1", "--seed", "--data"})
+    for (const char* flag :
+         {"--config", "--arch", "--k", "--d-sae", "--expansion", "--batch", "--steps", "--tokens",
+          "--lr", "--l1", "--seed", "--data", "--l0-coefficient", "--jumprelu-bandwidth",
+          "--jumprelu-mode", "--jumprelu-tanh-scale", "--jumprelu-init-threshold",
+          "--pre-act-loss-coefficient"})
       if (app.count(flag) > 0)
         throw sae::ConfigError(std::string(flag) +
                                " cannot be changed when resuming (the run's configuration is "
@@ -181,6 +189,13 @@ int cmdTrain(const TrainArgs& a, CLI::App& app) {
     if (app.count("--lr")) cfg.lr = a.lr;
     if (app.count("--l1")) cfg.l1_coefficient = a.l1;
     if (app.count("--aux")) cfg.aux_loss_coefficient = a.aux;
+    if (app.count("--l0-coefficient")) cfg.l0_coefficient = a.l0;
+    if (app.count("--jumprelu-bandwidth")) cfg.jumprelu_bandwidth = a.jumprelu_bandwidth;
+    if (app.count("--jumprelu-mode")) cfg.jumprelu_sparsity_loss_mode = a.jumprelu_mode;
+    if (app.count("--jumprelu-tanh-scale")) cfg.jumprelu_tanh_scale = a.jumprelu_tanh_scale;
+    if (app.count("--jumprelu-init-threshold"))
+      cfg.jumprelu_init_threshold = a.jumprelu_init_threshold;
+    if (app.count("--pre-act-loss-coefficient")) cfg.pre_act_loss_coefficient = a.pre_act;
     if (app.count("--seed")) cfg.seed = a.seed;
     if (app.count("--lr-scheduler")) cfg.lr_scheduler = a.lr_scheduler;
     if (app.count("--lr-warmup")) cfg.lr_warmup_steps = a.lr_warmup;
@@ -729,7 +744,7 @@ int main(int argc, char** argv) {
                     "activation shards [tokens, d_in]: .npy, .npz, .safetensors files, "
                     "directories or glob patterns (streamed, shuffled)");
   train->add_option("--arch", t.arch, "architecture")
-      ->check(CLI::IsMember({"standard", "gated", "topk"}));
+      ->check(CLI::IsMember({"standard", "gated", "topk", "jumprelu"}));
   train->add_option("--k", t.k, "TopK: latents per token (default 32)")->check(CLI::PositiveNumber);
   auto* dsae =
       train->add_option("--d-sae", t.d_sae, "number of latents")->check(CLI::PositiveNumber);
@@ -747,6 +762,30 @@ int main(int argc, char** argv) {
   train->add_option("--l1", t.l1, "standard / gated: L1 coefficient (default 5)")
       ->check(CLI::NonNegativeNumber);
   train->add_option("--aux", t.aux, "topk: AuxK coefficient (default 1/32)")
+      ->check(CLI::NonNegativeNumber);
+  train
+      ->add_option("--l0-coefficient", t.l0,
+                   "jumprelu: L0 coefficient (default 1; warmed up by --l1-warmup)")
+      ->check(CLI::NonNegativeNumber);
+  train
+      ->add_option("--jumprelu-bandwidth", t.jumprelu_bandwidth,
+                   "jumprelu: width of the threshold's straight-through window (default 0.05)")
+      ->check(CLI::PositiveNumber);
+  train
+      ->add_option("--jumprelu-mode", t.jumprelu_mode,
+                   "jumprelu: L0 penalty, step (count of active latents, default) or tanh "
+                   "(sum of tanh(scale * f * ||W_dec row||))")
+      ->check(CLI::IsMember({"step", "tanh"}));
+  train
+      ->add_option("--jumprelu-tanh-scale", t.jumprelu_tanh_scale,
+                   "jumprelu: scale inside tanh in tanh mode (default 4)")
+      ->check(CLI::PositiveNumber);
+  train->add_option("--jumprelu-init-threshold", t.jumprelu_init_threshold,
+                    "jumprelu: initial threshold of every latent (default 0.01)");
+  train
+      ->add_option("--pre-act-loss-coefficient", t.pre_act,
+                   "jumprelu: coefficient of the pre-activation loss pulling dead latents "
+                   "towards their threshold (default 0: off)")
       ->check(CLI::NonNegativeNumber);
   train->add_option("--seed", t.seed, "random seed (default 0)");
   train->add_option("--threads", t.threads, "threads (0: all; same threads = same bits)")
