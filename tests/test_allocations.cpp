@@ -95,6 +95,7 @@ long allocationsPerStep(const sae::SaeConfig& cfg, Setup setup) {
     const auto terms = model.backward(x, grads, opts, ws);
     sae::clipGradNorm(grads, 1.0);
     adam.step(model.parameters(), grads);
+    model.updateBuffers(ws);
     return terms.total();
   };
   step();
@@ -142,4 +143,12 @@ TEST_CASE("Gated training steps do not allocate, dense or sparse", "[allocations
   CHECK(allocationsPerStep<sae::GatedSAE<float>>(config(), [](auto&) {}) == 0);
   CHECK(allocationsPerStep<sae::GatedSAE<float>>(
             config(), [](auto& m) { m.parameters().flat("b_gate").array() -= 0.2f; }) == 0);
+}
+
+TEST_CASE("BatchTopK and Matryoshka training steps do not allocate",
+          "[allocations][BatchTopKSAE]") {
+  CHECK(allocationsPerStep<sae::BatchTopKSAE<float>>(config(), [](auto&) {}) == 0);
+  sae::SaeConfig cfg = config();
+  cfg.matryoshka_widths = {32, 96, 256};
+  CHECK(allocationsPerStep<sae::MatryoshkaBatchTopKSAE<float>>(cfg, [](auto&) {}) == 0);
 }

@@ -13,8 +13,10 @@
 #include <sae/io/npz.hpp>
 #include <sae/kernels/sparse.hpp>
 #include <sae/kernels/topk.hpp>
+#include <sae/models/batchtopk.hpp>
 #include <sae/models/config.hpp>
 #include <sae/models/gated.hpp>
+#include <sae/models/matryoshka.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
 #include <sae/models/standard.hpp>
 #include <sae/models/topk.hpp>
