@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -66,6 +67,16 @@ sae::SaeConfig trainingConfig(const json& cfg) {
     c.aux_loss_coefficient = cfg.at("aux_loss_coefficient");
   if (!cfg.at("rescale_acts_by_decoder_norm").is_null())
     c.rescale_acts_by_decoder_norm = cfg.at("rescale_acts_by_decoder_norm");
+  if (!cfg.at("l0_coefficient").is_null()) c.l0_coefficient = cfg.at("l0_coefficient");
+  if (!cfg.at("jumprelu_bandwidth").is_null()) c.jumprelu_bandwidth = cfg.at("jumprelu_bandwidth");
+  if (!cfg.at("jumprelu_sparsity_loss_mode").is_null()) {
+    const std::string mode = cfg.at("jumprelu_sparsity_loss_mode");
+    REQUIRE((mode == "step" || mode == "tanh"));
+    c.sparsity_loss_mode = mode == "step" ? sae::SaeConfig::SparsityLossMode::Step
+                                          : sae::SaeConfig::SparsityLossMode::Tanh;
+  }
+  if (!cfg.at("pre_act_loss_coefficient").is_null())
+    c.pre_act_loss_coefficient = cfg.at("pre_act_loss_coefficient");
   c.apply_b_dec_to_input = cfg.at("apply_b_dec_to_input");
   REQUIRE(cfg.at("normalize_activations") == "none");
   return c;
@@ -91,8 +102,16 @@ void compareParameters(const std::string& what, const sae::ParameterSet<Scalar>&
     requireClose(what + " " + e.name, got.rowMajorCopy(e.name), file.read<double>(e.name), tol);
 }
 
+template <typename W, typename = void>
+struct HasSparsePath : std::false_type {};
+template <typename W>
+struct HasSparsePath<W, std::void_t<decltype(W::sparse_threshold)>> : std::true_type {};
+
+enum class Path { Default, Dense, Sparse };
+
+// `path`: where the architecture has dense and sparse kernels, force one of them.
 template <typename Model>
-void runTrainingCase(const std::string& name) {
+void runTrainingCase(const std::string& name, Path path = Path::Default) {
   const std::string dir = fixtureDir(name);
   const json cfg = readJson(dir + "/config.json");
   REQUIRE(cfg.at("architecture") == Model::architecture());
@@ -104,8 +123,14 @@ void runTrainingCase(const std::string& name) {
   opts.dead_mask = &dead;
 
   typename Model::Workspace ws;
+  if constexpr (HasSparsePath<typename Model::Workspace>::value) {
+    if (path != Path::Default) ws.sparse_threshold = path == Path::Sparse ? 1.1 : 0.0;
+  }
   auto grads = model.makeGradients();
   const auto terms = model.backward(x, grads, opts, ws);
+  if constexpr (HasSparsePath<typename Model::Workspace>::value) {
+    if (path != Path::Default) REQUIRE(ws.used_sparse == (path == Path::Sparse));
+  }
   constexpr double tol = 1e-10;
 
   // Loss terms: the same names in the same order, then the total.
@@ -199,6 +224,11 @@ TEST_CASE("parity: train_topk_no_dead", "[parity][TopKSAE]") {
 }
 TEST_CASE("parity: train_gated", "[parity][GatedSAE]") {
   runTrainingCase<sae::GatedSAE<double>>("train_gated");
+}
+TEST_CASE("parity: train_jumprelu, dense and sparse paths", "[parity][JumpReLUSAE]") {
+  SECTION("default") { runTrainingCase<sae::JumpReLUSAE<double>>("train_jumprelu"); }
+  SECTION("dense") { runTrainingCase<sae::JumpReLUSAE<double>>("train_jumprelu", Path::Dense); }
+  SECTION("sparse") { runTrainingCase<sae::JumpReLUSAE<double>>("train_jumprelu", Path::Sparse); }
 }
 TEST_CASE("parity: infer_standard", "[parity][StandardSAE]") {
   runInferenceCase<sae::StandardSAE<float>>("infer_standard");

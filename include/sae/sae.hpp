@@ -16,6 +16,7 @@
 #include <sae/models/batchtopk.hpp>
 #include <sae/models/config.hpp>
 #include <sae/models/gated.hpp>
+#include <sae/models/jumprelu.hpp>
 #include <sae/models/matryoshka.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
 #include <sae/models/standard.hpp>

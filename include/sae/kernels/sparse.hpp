@@ -191,6 +191,33 @@ struct CsrPattern {
       }
     }
   }
+
+  /// @brief Pattern of the entries (b, i) of a `[rows, cols]` grid for which `keep(b, i)` is
+  /// true, in row-major order. `keep` is called twice per entry, from several threads.
+  template <typename Keep>
+  void buildWhere(Index rows, Index cols, const Keep& keep) {
+    row_start.assign(static_cast<std::size_t>(rows) + 1, 0);
+    SAE_PRAGMA_OMP(parallel for schedule(static))
+    for (Index b = 0; b < rows; ++b) {
+      Index count = 0;
+      for (Index i = 0; i < cols; ++i) count += keep(b, i) ? 1 : 0;
+      row_start[static_cast<std::size_t>(b) + 1] = count;
+    }
+    for (Index b = 0; b < rows; ++b) row_start[b + 1] += row_start[b];
+    latent.resize(static_cast<std::size_t>(row_start[rows]));
+    row.resize(static_cast<std::size_t>(row_start[rows]));
+    SAE_PRAGMA_OMP(parallel for schedule(static))
+    for (Index b = 0; b < rows; ++b) {
+      Index e = row_start[b];
+      for (Index i = 0; i < cols; ++i) {
+        if (keep(b, i)) {
+          latent[e] = static_cast<std::int32_t>(i);
+          row[e] = static_cast<std::int32_t>(b);
+          ++e;
+        }
+      }
+    }
+  }
 };
 
 /// @brief out[b, :] = bias + sum over the entries e of row b of coef[e] * table[latent[e], :]

@@ -1,0 +1,426 @@
+/// @file jumprelu.hpp
+/// @brief The JumpReLU SAE: a ReLU with a learned threshold per latent, trained on an L0
+/// penalty through straight-through pseudo-derivatives.
+///
+/// Rajamanoharan et al., "Jumping Ahead: Improving Reconstruction Fidelity with JumpReLU Sparse
+/// Autoencoders" (2024), with the tanh penalty and the pre-activation loss of Anthropic's
+/// "Circuits Updates, January 2025", in SAELens's form (>= 6.48: the raw threshold θ is the
+/// trained parameter and t = relu(θ) is used everywhere):
+/// ```
+/// xc = x - b_dec (if apply_b_dec_to_input);  h = xc W_enc + b_enc;  t = relu(threshold)
+/// f = h * 1[h > t];  y = f W_dec + b_dec
+/// mse_loss     = mean_b sum_j (y - x)^2
+/// l0_loss      = c * mean_b sum_i 1[h_i > t_i]                           (step mode)
+///              = c * mean_b sum_i tanh(jumprelu_tanh_scale * f_i * n_i)   (tanh mode)
+///                c = l0_coefficient * sparsity_scale,  n_i = ||W_dec[i, :]||
+/// pre_act_loss = pre_act_loss_coefficient * mean_b sum_i relu(t_i - h_i) dead_i n_i
+///                (a term only when pre_act_loss_coefficient > 0; 0 when nothing is dead)
+/// ```
+/// Pseudo-derivatives, with ε = jumprelu_bandwidth and the rectangle K(u) = 1[-1/2 < u < 1/2]:
+/// ```
+/// through f:          d f / d h = 1[h > t],  d f / d t = -(t / ε) K((h - t) / ε)
+/// through step l0:    d / d h = 0,           d 1[h > t] / d t = -(1 / ε) K((h - t) / ε)
+/// pre_act_loss, tanh: ordinary derivatives (also through n into W_dec)
+/// into the parameter: d L / d threshold_i = d L / d t_i * 1[threshold_i > 0]
+/// ```
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include <sae/kernels/sparse.hpp>
+#include <sae/models/sparse_autoencoder.hpp>
+
+namespace sae {
+
+/// @brief Architecture policy of the JumpReLU SAE; see SparseAutoencoder.
+struct JumpReLUArch {
+  static constexpr const char* kName = "jumprelu";
+
+  template <typename S>
+  using Codes = DenseCodes<S>;
+
+  template <typename S>
+  struct Workspace {
+    Codes<S> codes;                   ///< f, `[B, d_sae]`.
+    RowMatrix<S> reconstruction;      ///< y, `[B, d_in]`.
+    RowMatrix<S> xc;                  ///< centred input.
+    RowMatrix<S> pre;                 ///< h.
+    RowMatrix<S> grad_y;              ///< d loss / d y.
+    RowMatrix<S> grad_f;              ///< dense path: d mse / d f, then d loss / d h.
+    Vector<S> norms;                  ///< decoder row norms n.
+    Vector<S> t;                      ///< relu(threshold).
+    Vector<S> d_t, d_norms;           ///< d loss / d t (already masked by threshold > 0), / d n.
+    Vector<S> grad_h_sum;             ///< sum over rows of d loss / d h.
+    Eigen::VectorXd row_l0, row_pre;  // per-row partial sums of the penalties
+    std::vector<std::int32_t> dead;   // dead latent ids (pre-activation loss)
+    /// Below this fraction of entries carrying a value or a gradient (active, inside the
+    /// threshold's rectangle window, or under the pre-activation loss), decode and gradients
+    /// use sparse kernels (the encoder product stays dense); 0 forces dense, 1 forces sparse.
+    double sparse_threshold = kSparseThreshold;
+    bool used_sparse = false;     ///< Whether the last forward took the sparse path.
+    kernels::CsrPattern pattern;  // active (b, i): h > t
+    kernels::CsrPattern extra;    // inactive (b, i) in the window or under the pre-act loss
+    std::vector<S> coef;          // per active entry: f
+    std::vector<S> act_gh, act_gt, act_dn;  // per active entry: d/dh, d/dt, d/dn
+    std::vector<S> ext_gh, ext_gt, ext_dn;  // per extra entry: the same
+    kernels::LatentBuckets buckets, extra_buckets;
+  };
+
+  /// Density below which the sparse kernels are used by default (as standard and gated).
+  static constexpr double kSparseThreshold = 0.05;
+
+  static void validate(const SaeConfig&) {}
+
+  template <typename S>
+  static void addParameters(ParameterSet<S>& p, const SaeConfig& cfg) {
+    p.add("b_enc", {cfg.d_sae});
+    p.add("W_dec", {cfg.d_sae, cfg.d_in});
+    p.add("b_dec", {cfg.d_in});
+    p.add("threshold", {cfg.d_sae});
+  }
+
+  /// SAELens: every threshold starts at jumprelu_init_threshold (b_enc stays 0).
+  template <typename S>
+  static void initialize(ParameterSet<S>& p, const SaeConfig& cfg, Rng&) {
+    p.flat("threshold").setConstant(S(cfg.jumprelu_init_threshold));
+  }
+
+  /// h = xc W_enc + b_enc into `pre`, f = h 1[h > t] into `f`, t = relu(threshold) into `t`.
+  template <typename S>
+  static void activate(const ParameterSet<S>& p, const RowMatrix<S>& xc, RowMatrix<S>& pre,
+                       Vector<S>& t, RowMatrix<S>& f) {
+    const Index B = xc.rows();
+    const auto b_enc = p.flat("b_enc");
+    const Index n = b_enc.size();
+    t = p.flat("threshold").cwiseMax(S(0));
+    pre.noalias() = xc * p.colMajor("W_enc");
+    f.resize(B, n);
+    SAE_PRAGMA_OMP(parallel for schedule(static))
+    for (Index b = 0; b < B; ++b) {
+      S* h = pre.row(b).data();
+      S* out = f.row(b).data();
+      for (Index i = 0; i < n; ++i) {
+        h[i] += b_enc[i];
+        out[i] = h[i] > t[i] ? h[i] : S(0);
+      }
+    }
+  }
+
+  template <typename S>
+  static void encode(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                     Codes<S>& codes) {
+    RowMatrix<S> xc, pre;
+    Vector<S> t;
+    detail::centerInput(x, p, cfg, xc);
+    activate<S>(p, xc, pre, t, codes.values);
+  }
+
+  template <typename S>
+  static void decode(const ParameterSet<S>& p, const SaeConfig&, const Codes<S>& codes,
+                     RowMatrix<S>& out) {
+    detail::denseDecode(p, codes.values, out);
+  }
+
+  /// Constants of the per-entry gradient of one step.
+  template <typename S>
+  struct EntryRule {
+    S inv_eps;     // 1 / ε
+    S step_t;      // step mode: d l0 / d 1[h > t] per entry, c / B; else 0
+    S tanh_scale;  // tanh mode: jumprelu_tanh_scale; else 0
+    S tanh_coef;   // tanh mode: c / B * jumprelu_tanh_scale; else 0
+    S pre_coef;    // pre_act_loss_coefficient / B (0: no pre-activation loss)
+
+    /// Whether (h - t) / ε lies strictly inside (-1/2, 1/2).
+    bool inWindow(S h, S t) const {
+      const S u = (h - t) * inv_eps;
+      return u > S(-0.5) && u < S(0.5);
+    }
+  };
+
+  template <typename S>
+  static EntryRule<S> entryRule(const SaeConfig& cfg, const TrainOptions& opts, Index B) {
+    const double c = cfg.l0_coefficient * opts.sparsity_scale / double(B);
+    const bool tanh = cfg.sparsity_loss_mode == SaeConfig::SparsityLossMode::Tanh;
+    EntryRule<S> r;
+    r.inv_eps = S(1.0 / cfg.jumprelu_bandwidth);
+    r.step_t = tanh ? S(0) : S(c);
+    r.tanh_scale = tanh ? S(cfg.jumprelu_tanh_scale) : S(0);
+    r.tanh_coef = tanh ? S(c * cfg.jumprelu_tanh_scale) : S(0);
+    r.pre_coef = S(cfg.pre_act_loss_coefficient / double(B));
+    return r;
+  }
+
+  /// Gradient contributions of one entry (b, i).
+  ///
+  /// @param h, f, t  pre-activation, activation and relu(threshold_i);
+  /// @param g        d mse / d f_bi (only read when the entry is active or in the window);
+  /// @param n        decoder norm n_i;
+  /// @param open     threshold_i > 0 (the threshold receives gradient);
+  /// @param pre_act  latent i is dead and the pre-activation loss is on.
+  /// Outputs d loss / d h (gh), d loss / d t (gt, 0 unless open), d loss / d n (dn).
+  template <typename S>
+  static void entryGradient(const EntryRule<S>& r, S h, S f, S t, S g, S n, bool open, bool pre_act,
+                            S& gh, S& gt, S& dn) {
+    const bool active = h > t;
+    gh = S(0);
+    gt = S(0);
+    dn = S(0);
+    const bool window = open && r.inWindow(h, t);
+    if (active || window) {
+      S gf = g;  // d loss / d f
+      if (r.tanh_coef != S(0)) {
+        const S th = std::tanh(r.tanh_scale * f * n);
+        const S sech2 = S(1) - th * th;
+        gf += r.tanh_coef * n * sech2;
+        dn += r.tanh_coef * f * sech2;
+      }
+      if (active) gh = gf;
+      if (window) gt = -(t * r.inv_eps) * gf - r.step_t * r.inv_eps;
+    }
+    if (pre_act && t > h) {
+      gh -= r.pre_coef * n;
+      if (open) gt += r.pre_coef * n;
+      dn += r.pre_coef * (t - h);
+    }
+  }
+
+  template <typename S>
+  static void forward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                      const TrainOptions& opts, Workspace<S>& ws, LossTerms<S>& terms) {
+    const auto W_dec = p.rowMajor("W_dec");
+    const auto theta = p.flat("threshold");
+    const Index B = x.rows();
+    const Index n = cfg.d_sae;
+    detail::centerInput(x, p, cfg, ws.xc);
+    activate<S>(p, ws.xc, ws.pre, ws.t, ws.codes.values);
+    const auto& f = ws.codes.values;
+    ws.norms.resize(n);
+    kernels::rowNorms<S>(W_dec, ws.norms);
+
+    ws.dead.clear();
+    const bool pre_on = cfg.pre_act_loss_coefficient > 0;
+    if (pre_on && opts.dead_mask)
+      for (Index i = 0; i < n; ++i)
+        if ((*opts.dead_mask)[i]) ws.dead.push_back(static_cast<std::int32_t>(i));
+
+    ws.pattern.template buildPositive<S>(f);
+    const double cells = double(B) * double(n);
+    ws.used_sparse = double(ws.pattern.nnz()) / cells < ws.sparse_threshold;
+    if (ws.used_sparse) {
+      // Inactive entries that still carry gradient: inside the window of a positive threshold
+      // (d f / d t, d l0 / d t) or under the pre-activation loss.
+      const auto& t = ws.t;
+      const auto& h = ws.pre;
+      const EntryRule<S> rule = entryRule<S>(cfg, opts, B);
+      const LatentMask* dead = pre_on ? opts.dead_mask : nullptr;
+      ws.extra.buildWhere(B, n, [&](Index b, Index i) {
+        const S hv = h(b, i);
+        if (hv > t[i]) return false;
+        return (theta[i] > S(0) && rule.inWindow(hv, t[i])) || (dead && (*dead)[i] && t[i] > hv);
+      });
+      ws.used_sparse = double(ws.pattern.nnz() + ws.extra.nnz()) / cells < ws.sparse_threshold;
+    }
+    if (ws.used_sparse) {
+      ws.coef.resize(static_cast<std::size_t>(ws.pattern.nnz()));
+      for (Index e = 0; e < ws.pattern.nnz(); ++e)
+        ws.coef[e] = f(ws.pattern.row[e], ws.pattern.latent[e]);
+      ws.reconstruction.resize(B, cfg.d_in);
+      kernels::csrDecode<S>(ws.pattern, ws.coef.data(), W_dec, p.flat("b_dec"), ws.reconstruction);
+    } else {
+      detail::denseDecode(p, f, ws.reconstruction);
+    }
+    terms.add("mse_loss", S(detail::meanSquaredError<S>(ws.reconstruction, x)));
+
+    // l0_loss: the count of active entries, or the tanh penalty over them (tanh(0) = 0).
+    const double c = cfg.l0_coefficient * opts.sparsity_scale;
+    double l0 = 0;
+    if (cfg.sparsity_loss_mode == SaeConfig::SparsityLossMode::Step) {
+      l0 = double(ws.pattern.nnz());
+    } else {
+      const S scale = S(cfg.jumprelu_tanh_scale);
+      ws.row_l0.resize(B);
+      SAE_PRAGMA_OMP(parallel for schedule(static))
+      for (Index b = 0; b < B; ++b) {
+        double s = 0;
+        for (Index e = ws.pattern.row_start[b]; e < ws.pattern.row_start[b + 1]; ++e) {
+          const Index i = ws.pattern.latent[e];
+          s += double(std::tanh(scale * f(b, i) * ws.norms[i]));
+        }
+        ws.row_l0[b] = s;
+      }
+      l0 = ws.row_l0.sum();
+    }
+    terms.add("l0_loss", S(c * l0 / double(B)));
+
+    if (pre_on) {
+      double pre = 0;
+      if (!ws.dead.empty()) {
+        ws.row_pre.resize(B);
+        SAE_PRAGMA_OMP(parallel for schedule(static))
+        for (Index b = 0; b < B; ++b) {
+          double s = 0;
+          for (const std::int32_t i : ws.dead) {
+            const S gap = ws.t[i] - ws.pre(b, i);
+            if (gap > S(0)) s += double(gap * ws.norms[i]);
+          }
+          ws.row_pre[b] = s;
+        }
+        pre = ws.row_pre.sum();
+      }
+      terms.add("pre_act_loss", S(cfg.pre_act_loss_coefficient * pre / double(B)));
+    }
+  }
+
+  template <typename S>
+  static void backward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                       const TrainOptions& opts, Workspace<S>& ws, ParameterSet<S>& g) {
+    const Index B = x.rows();
+    const Index n = cfg.d_sae;
+    const auto W_dec = p.rowMajor("W_dec");
+    const auto theta = p.flat("threshold");
+    const auto& f = ws.codes.values;
+    const EntryRule<S> rule = entryRule<S>(cfg, opts, B);
+    const LatentMask* dead = cfg.pre_act_loss_coefficient > 0 ? opts.dead_mask : nullptr;
+    ws.grad_y.noalias() = (S(2) / S(B)) * (ws.reconstruction - x);
+    ws.d_t.resize(n);
+    ws.d_norms.resize(n);
+    ws.grad_h_sum.resize(n);
+
+    auto gW_dec = g.rowMajor("W_dec");
+    if (ws.used_sparse) {
+      backwardSparse(p, cfg, rule, dead, ws, g);
+    } else {
+      ws.grad_f.noalias() = ws.grad_y * W_dec.transpose();
+      // Blocks of latents in parallel: each latent's sums run over the rows in order, so the
+      // result does not depend on the thread count. grad_f becomes d loss / d h.
+      constexpr Index kBlock = 64;
+      const Index blocks = (n + kBlock - 1) / kBlock;
+      SAE_PRAGMA_OMP(parallel for schedule(dynamic, 1))
+      for (Index blk = 0; blk < blocks; ++blk) {
+        const Index i0 = blk * kBlock;
+        const Index m = std::min(kBlock, n - i0);
+        S dt[kBlock], dn[kBlock], gs[kBlock];
+        std::fill(dt, dt + m, S(0));
+        std::fill(dn, dn + m, S(0));
+        std::fill(gs, gs + m, S(0));
+        bool open[kBlock], pre_act[kBlock];
+        for (Index j = 0; j < m; ++j) {
+          open[j] = theta[i0 + j] > S(0);
+          pre_act[j] = dead && (*dead)[i0 + j];
+        }
+        for (Index b = 0; b < B; ++b) {
+          const S* h = ws.pre.row(b).data() + i0;
+          const S* fv = f.row(b).data() + i0;
+          S* gr = ws.grad_f.row(b).data() + i0;
+          for (Index j = 0; j < m; ++j) {
+            const Index i = i0 + j;
+            S gh, gt, d;
+            entryGradient(rule, h[j], fv[j], ws.t[i], gr[j], ws.norms[i], open[j], pre_act[j], gh,
+                          gt, d);
+            gr[j] = gh;
+            gs[j] += gh;
+            dt[j] += gt;
+            dn[j] += d;
+          }
+        }
+        for (Index j = 0; j < m; ++j) {
+          ws.d_t[i0 + j] = dt[j];
+          ws.d_norms[i0 + j] = dn[j];
+          ws.grad_h_sum[i0 + j] = gs[j];
+        }
+      }
+      gW_dec.noalias() = f.transpose() * ws.grad_y;
+      g.colMajor("W_enc").noalias() = ws.xc.transpose() * ws.grad_f;
+    }
+    detail::addDecoderNormGradient<S>(W_dec, ws.norms, ws.d_norms, gW_dec);
+    g.flat("b_enc") = ws.grad_h_sum;
+    g.flat("threshold") = ws.d_t;
+    auto gb_dec = g.flat("b_dec");
+    gb_dec = ws.grad_y.colwise().sum().transpose();
+    if (cfg.apply_b_dec_to_input) gb_dec.noalias() -= p.colMajor("W_enc") * ws.grad_h_sum;
+  }
+
+  /// Backward over the active entries and the inactive ones that carry gradient only.
+  template <typename S>
+  static void backwardSparse(const ParameterSet<S>& p, const SaeConfig& cfg,
+                             const EntryRule<S>& rule, const LatentMask* dead, Workspace<S>& ws,
+                             ParameterSet<S>& g) {
+    const auto W_dec = p.rowMajor("W_dec");
+    const auto theta = p.flat("threshold");
+    const Index n = cfg.d_sae;
+    const kernels::CsrPattern& act = ws.pattern;
+    const kernels::CsrPattern& ext = ws.extra;
+    const Index nnz = act.nnz();
+    const Index nnz_ext = ext.nnz();
+    ws.act_gh.resize(static_cast<std::size_t>(nnz));
+    ws.act_gt.resize(static_cast<std::size_t>(nnz));
+    ws.act_dn.resize(static_cast<std::size_t>(nnz));
+    ws.ext_gh.resize(static_cast<std::size_t>(nnz_ext));
+    ws.ext_gt.resize(static_cast<std::size_t>(nnz_ext));
+    ws.ext_dn.resize(static_cast<std::size_t>(nnz_ext));
+
+    // d mse / d f of the active entries, then their contributions.
+    kernels::csrDot<S>(ws.grad_y, act, W_dec, ws.act_gh.data());
+    SAE_PRAGMA_OMP(parallel for schedule(static))
+    for (Index e = 0; e < nnz; ++e) {
+      const Index b = act.row[e], i = act.latent[e];
+      entryGradient(rule, ws.pre(b, i), ws.coef[e], ws.t[i], ws.act_gh[e], ws.norms[i],
+                    theta[i] > S(0), false, ws.act_gh[e], ws.act_gt[e], ws.act_dn[e]);
+    }
+    // Inactive entries: d mse / d f only where the window needs it (f = 0 there).
+    SAE_PRAGMA_OMP(parallel for schedule(static))
+    for (Index b = 0; b < ext.rows(); ++b) {
+      for (Index e = ext.row_start[b]; e < ext.row_start[b + 1]; ++e) {
+        const Index i = ext.latent[e];
+        const S h = ws.pre(b, i);
+        const bool open = theta[i] > S(0);
+        const S gf = open && rule.inWindow(h, ws.t[i]) ? ws.grad_y.row(b).dot(W_dec.row(i)) : S(0);
+        entryGradient(rule, h, S(0), ws.t[i], gf, ws.norms[i], open, dead && (*dead)[i],
+                      ws.ext_gh[e], ws.ext_gt[e], ws.ext_dn[e]);
+      }
+    }
+
+    ws.buckets.build(n, act.latent.data(), nnz);
+    ws.extra_buckets.build(n, ext.latent.data(), nnz_ext);
+    const std::int32_t* ids = ws.buckets.entries().data();
+    const std::int32_t* ext_ids = ws.extra_buckets.entries().data();
+    SAE_PRAGMA_OMP(parallel for schedule(dynamic, 64))
+    for (Index i = 0; i < n; ++i) {
+      S dt = 0, dn = 0, gs = 0;
+      for (Index q = ws.buckets.begin(i); q < ws.buckets.end(i); ++q) {
+        const std::int32_t e = ids[q];
+        dt += ws.act_gt[e];
+        dn += ws.act_dn[e];
+        gs += ws.act_gh[e];
+      }
+      for (Index q = ws.extra_buckets.begin(i); q < ws.extra_buckets.end(i); ++q) {
+        const std::int32_t e = ext_ids[q];
+        dt += ws.ext_gt[e];
+        dn += ws.ext_dn[e];
+        gs += ws.ext_gh[e];
+      }
+      ws.d_t[i] = dt;
+      ws.d_norms[i] = dn;
+      ws.grad_h_sum[i] = gs;
+    }
+
+    auto gW_dec = g.rowMajor("W_dec");
+    gW_dec.setZero();
+    kernels::accumulateByLatent<S>(ws.buckets, act.row.data(), ws.coef.data(), ws.grad_y, gW_dec);
+    auto gW_enc_flat = g.flat("W_enc");
+    gW_enc_flat.setZero();
+    Eigen::Map<RowMatrix<S>> gW_enc_t(gW_enc_flat.data(), n, cfg.d_in);
+    kernels::accumulateByLatent<S>(ws.buckets, act.row.data(), ws.act_gh.data(), ws.xc, gW_enc_t);
+    kernels::accumulateByLatent<S>(ws.extra_buckets, ext.row.data(), ws.ext_gh.data(), ws.xc,
+                                   gW_enc_t);
+  }
+};
+
+/// @brief JumpReLU SAE (SAELens "jumprelu").
+template <typename Scalar>
+using JumpReLUSAE = SparseAutoencoder<Scalar, JumpReLUArch>;
+
+}  // namespace sae
