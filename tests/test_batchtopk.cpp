@@ -7,6 +7,7 @@
 #include <limits>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -572,4 +573,72 @@ TEST_CASE("BatchTopK-family configuration errors", "[batchtopk][validation]") {
   cfg.topk_threshold_lr = 0.0;
   CHECK_CONFIG_ERROR(sae::MatryoshkaBatchTopKSAE<float>(cfg),
                      "topk_threshold_lr must be in (0, 1], found 0");
+}
+
+// ------------------------------------------------------------------ export as JumpReLU
+
+TEMPLATE_TEST_CASE("toJumpReLU: the JumpReLU SAE encodes and decodes as the BatchTopK model",
+                   "[batchtopk][export]", sae::BatchTopKSAE<double>,
+                   sae::MatryoshkaBatchTopKSAE<double>, sae::BatchTopKSAE<float>) {
+  using S = typename TestType::Scalar;
+  const double tol = std::is_same<S, double>::value ? 1e-12 : 2e-5;
+  for (bool rescale : {true, false}) {
+    for (bool apply : {true, false}) {
+      sae::SaeConfig cfg;
+      cfg.d_in = 8;
+      cfg.d_sae = 24;
+      cfg.k = 3;
+      cfg.rescale_acts_by_decoder_norm = rescale;
+      cfg.apply_b_dec_to_input = apply;
+      cfg.matryoshka_widths = {6, 24};
+      TestType m(cfg, 7);
+      perturb(m, 8, 0.2);
+      // Decoder norms far from 1, so that folding them matters.
+      auto W_dec = m.parameters().rowMajor("W_dec");
+      for (Index i = 0; i < cfg.d_sae; ++i) W_dec.row(i) *= S(0.5 + 0.1 * double(i));
+      const sae::RowMatrix<S> x = randomBatch(40, 8, 9).cast<S>();
+      // The threshold: in the widest gap between the middle half of the positive scores p.
+      const auto& p = m.parameters();
+      const Mat W_dec_d = p.rowMajor("W_dec").template cast<double>();
+      Mat h = x.template cast<double>();
+      if (apply) h.rowwise() -= p.flat("b_dec").transpose().template cast<double>();
+      h = (h * p.colMajor("W_enc").template cast<double>()).eval();
+      h.rowwise() += p.flat("b_enc").transpose().template cast<double>();
+      std::vector<double> positive;
+      for (Index b = 0; b < h.rows(); ++b)
+        for (Index i = 0; i < h.cols(); ++i) {
+          const double v = rescale ? h(b, i) * W_dec_d.row(i).norm() : h(b, i);
+          if (v > 0) positive.push_back(v);
+        }
+      std::sort(positive.begin(), positive.end());
+      double theta = 0, gap = 0;
+      for (std::size_t j = positive.size() / 4; j < 3 * positive.size() / 4; ++j)
+        if (positive[j + 1] - positive[j] > gap) {
+          gap = positive[j + 1] - positive[j];
+          theta = 0.5 * (positive[j] + positive[j + 1]);
+        }
+      REQUIRE(gap > 1e-3);
+      m.buffers().flat("topk_threshold")[0] = theta;
+      const auto jr = sae::toJumpReLU(m);
+      INFO("rescale " << rescale << " apply_b_dec " << apply);
+      CHECK(std::string(jr.architecture()) == "jumprelu");
+      CHECK(jr.parameters().flat("threshold").cwiseEqual(S(theta)).all());
+      if (rescale) {
+        const auto n = jr.decoderNorms();
+        CHECK((n.array() - S(1)).abs().maxCoeff() < tol);
+      } else {
+        CHECK(jr.parameters().rowMajor("W_dec") == m.parameters().rowMajor("W_dec"));
+      }
+      const sae::RowMatrix<S> want = m.encode(x).toDense();
+      const sae::RowMatrix<S> got = jr.encode(x).values;
+      CHECK(((want.array() != S(0)) == (got.array() != S(0))).all());
+      CHECK((want.array() != S(0)).count() > 20);
+      CHECK((want.array() == S(0)).count() > 20);
+      CHECK((got - want).cwiseAbs().maxCoeff() < tol * std::max<S>(1, want.cwiseAbs().maxCoeff()));
+      const sae::RowMatrix<S> y_want = m.decode(m.encode(x));
+      const sae::RowMatrix<S> y_got = jr.decode(jr.encode(x));
+      CHECK((y_got - y_want).cwiseAbs().maxCoeff() <
+            tol * std::max<S>(1, y_want.cwiseAbs().maxCoeff()));
+    }
+  }
 }

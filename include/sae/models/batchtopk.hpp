@@ -25,6 +25,8 @@
 ///   SAELens saves computes (toJumpReLU() makes it); SAELens's training class would instead
 ///   batch-top-k whatever batch it is given. The training selection of a batch is in the
 ///   workspace after loss() / backward(): `ws.codes`.
+/// - For inference and saving, toJumpReLU() converts the model as SAELens's
+///   `save_inference_model` does.
 ///
 /// The threshold is not a parameter but a buffer (SparseAutoencoder::buffers(),
 /// `topk_threshold`, shape [1], double): no gradient, clipping or optimizer touches it; it
@@ -36,13 +38,16 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <sae/core/config.hpp>
 #include <sae/kernels/sparse.hpp>
 #include <sae/kernels/topk.hpp>
+#include <sae/models/jumprelu.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
 #include <sae/models/topk.hpp>
 
@@ -338,5 +343,47 @@ struct BatchTopKArch : detail::BatchTopKFamily {
 /// @brief BatchTopK SAE (SAELens "batchtopk").
 template <typename Scalar>
 using BatchTopKSAE = SparseAutoencoder<Scalar, BatchTopKArch>;
+
+/// @brief The JumpReLU SAE a BatchTopK-family model is saved as (SAELens's
+/// `process_state_dict_for_saving_inference` of BatchTopK, Matryoshka BatchTopK).
+///
+/// - `threshold` = the model's `topk_threshold` for every latent;
+/// - with rescale_acts_by_decoder_norm, the decoder norms folded in as for TopK:
+///   `W_enc[:, i] * n_i`, `b_enc[i] * n_i`, `W_dec[i, :] / n_i` with n_i clamped below at 1e-8
+///   (SAELens's `_fold_norm_topk`), so that h' = h n = p and f' W_dec' = (f / n) W_dec;
+/// - `b_dec` unchanged; the configuration keeps d_in, d_sae, apply_b_dec_to_input and
+///   decoder_init_norm (k, the rescale flag and the Matryoshka widths no longer apply).
+///
+/// The result's encode() and decode() equal the model's (up to the rounding of the fold).
+/// @tparam Arch BatchTopKArch or MatryoshkaBatchTopKArch.
+template <typename Scalar, typename Arch>
+JumpReLUSAE<Scalar> toJumpReLU(const SparseAutoencoder<Scalar, Arch>& model) {
+  static_assert(std::is_base_of<detail::BatchTopKFamily, Arch>::value,
+                "toJumpReLU: only BatchTopK-family models are saved as JumpReLU");
+  SaeConfig cfg = model.config();
+  cfg.k = 0;
+  cfg.rescale_acts_by_decoder_norm = false;
+  cfg.matryoshka_widths.clear();
+  JumpReLUSAE<Scalar> out(cfg);
+  const ParameterSet<Scalar>& p = model.parameters();
+  ParameterSet<Scalar>& q = out.parameters();
+  Eigen::MatrixXd W_enc = p.colMajor("W_enc").template cast<double>();
+  Eigen::VectorXd b_enc = p.flat("b_enc").template cast<double>();
+  Eigen::MatrixXd W_dec = p.rowMajor("W_dec").template cast<double>();
+  if (model.config().rescale_acts_by_decoder_norm) {
+    for (Index i = 0; i < cfg.d_sae; ++i) {
+      const double n = std::max(W_dec.row(i).norm(), 1e-8);
+      W_enc.col(i) *= n;
+      b_enc[i] *= n;
+      W_dec.row(i) /= n;
+    }
+  }
+  q.colMajor("W_enc") = W_enc.cast<Scalar>();
+  q.flat("b_enc") = b_enc.cast<Scalar>();
+  q.rowMajor("W_dec") = W_dec.cast<Scalar>();
+  q.flat("b_dec") = p.flat("b_dec");
+  q.flat("threshold").setConstant(Scalar(detail::BatchTopKFamily::threshold(model.buffers())));
+  return out;
+}
 
 }  // namespace sae
