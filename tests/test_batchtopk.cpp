@@ -575,6 +575,50 @@ TEST_CASE("BatchTopK-family configuration errors", "[batchtopk][validation]") {
                      "topk_threshold_lr must be in (0, 1], found 0");
 }
 
+// ------------------------------------------------------------------ codes consumers
+
+namespace {
+
+// Rows of (latent, value) pairs as CsrCodes.
+sae::CsrCodes<float> csr(Index d_sae, const std::vector<std::vector<std::pair<int, float>>>& rows) {
+  sae::CsrCodes<float> c;
+  c.d_sae = d_sae;
+  c.pattern.row_start = {0};
+  for (std::size_t b = 0; b < rows.size(); ++b) {
+    for (const auto& [latent, value] : rows[b]) {
+      c.pattern.latent.push_back(latent);
+      c.pattern.row.push_back(std::int32_t(b));
+      c.values.push_back(value);
+    }
+    c.pattern.row_start.push_back(Index(c.values.size()));
+  }
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("CsrCodes: dense form, L0, firing statistics and dead latents", "[batchtopk][codes]") {
+  // Row 0 fires 0 and 2, row 1 nothing, row 2 fires 2 (latent 3 stored with a zero value).
+  const auto c = csr(4, {{{0, 1.5f}, {2, 0.5f}}, {}, {{2, 2.0f}, {3, 0.0f}}});
+  CHECK(c.rows() == 3);
+  CHECK(c.nnz() == 4);
+  sae::RowMatrix<float> dense(3, 4);
+  dense << 1.5f, 0, 0.5f, 0, 0, 0, 0, 0, 0, 0, 2.0f, 0;
+  CHECK(c.toDense() == dense);
+  CHECK(c.l0() == Approx(1.0));
+  sae::eval::FiringStats f(4);
+  f.add(c);
+  CHECK(f.tokens() == 3);
+  CHECK(f.l0() == Approx(1.0));
+  CHECK(f.density()[0] == Approx(1.0 / 3.0));
+  CHECK(f.density()[2] == Approx(2.0 / 3.0));
+  CHECK(f.density()[3] == 0.0);
+  sae::DeadLatentTracker t(4, 2);
+  t.update(c);                      // steps since: 0, 1, 0, 1
+  t.update(csr(4, {{{1, 1.0f}}}));  // 1, 0, 1, 2
+  CHECK(t.mask() == (sae::LatentMask(4) << 0, 0, 0, 1).finished());
+}
+
 // ------------------------------------------------------------------ export as JumpReLU
 
 TEMPLATE_TEST_CASE("toJumpReLU: the JumpReLU SAE encodes and decodes as the BatchTopK model",
