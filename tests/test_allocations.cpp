@@ -145,6 +145,20 @@ TEST_CASE("Gated training steps do not allocate, dense or sparse", "[allocations
             config(), [](auto& m) { m.parameters().flat("b_gate").array() -= 0.2f; }) == 0);
 }
 
+TEST_CASE("JumpReLU training steps do not allocate, dense or sparse", "[allocations]") {
+  for (auto mode :
+       {sae::SaeConfig::SparsityLossMode::Step, sae::SaeConfig::SparsityLossMode::Tanh}) {
+    sae::SaeConfig cfg = config();
+    cfg.sparsity_loss_mode = mode;
+    cfg.pre_act_loss_coefficient = 0.1;
+    CHECK(allocationsPerStep<sae::JumpReLUSAE<float>>(cfg, [](auto&) {}) == 0);
+    // Most latents quiet, no pre-activation loss: the sparse path, with window entries.
+    cfg.pre_act_loss_coefficient = 0;
+    CHECK(allocationsPerStep<sae::JumpReLUSAE<float>>(
+              cfg, [](auto& m) { m.parameters().flat("threshold").array() += 0.1f; }) == 0);
+  }
+}
+
 TEST_CASE("BatchTopK and Matryoshka training steps do not allocate",
           "[allocations][BatchTopKSAE]") {
   CHECK(allocationsPerStep<sae::BatchTopKSAE<float>>(config(), [](auto&) {}) == 0);

@@ -216,6 +216,121 @@ TEST_CASE("sae train on synthetic data recovers the features; the saved SAE relo
   CHECK(cfg_npy.sae_cfg.d_sae == 64);
 }
 
+TEST_CASE("sae train --arch jumprelu: its flags reach the run; the SAE folder holds the threshold",
+          "[cli]") {
+  const std::string dir = tempDir("jumprelu");
+  const std::vector<std::string> args = {"train",
+                                         "--out",
+                                         dir + "/run",
+                                         "--arch",
+                                         "jumprelu",
+                                         "--d-sae",
+                                         "128",
+                                         "--batch",
+                                         "256",
+                                         "--lr",
+                                         "0.003",
+                                         "--seed",
+                                         "3",
+                                         "--synthetic-d-in",
+                                         "32",
+                                         "--synthetic-features",
+                                         "64",
+                                         "--synthetic-active",
+                                         "3",
+                                         "--threads",
+                                         "1",
+                                         "--quiet",
+                                         "--steps",
+                                         "300",
+                                         "--lr-decay",
+                                         "60",
+                                         "--l1-warmup",
+                                         "30",
+                                         "--dead-window",
+                                         "50",
+                                         "--l0-coefficient",
+                                         "0.1",
+                                         "--jumprelu-mode",
+                                         "tanh",
+                                         "--jumprelu-bandwidth",
+                                         "0.06",
+                                         "--jumprelu-tanh-scale",
+                                         "5",
+                                         "--jumprelu-init-threshold",
+                                         "0.02",
+                                         "--pre-act-loss-coefficient",
+                                         "0.001"};
+  const Result r = run(args);
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const auto tc = nlohmann::json::parse(readFile(dir + "/run/train_config.json"));
+  CHECK(tc.at("architecture") == "jumprelu");
+  CHECK(tc.at("l0_coefficient") == 0.1);
+  CHECK(tc.at("jumprelu_sparsity_loss_mode") == "tanh");
+  CHECK(tc.at("jumprelu_bandwidth") == 0.06);
+  CHECK(tc.at("jumprelu_tanh_scale") == 5.0);
+  CHECK(tc.at("jumprelu_init_threshold") == 0.02);
+  CHECK(tc.at("pre_act_loss_coefficient") == 0.001);
+  CHECK(tc.at("l1_warmup_steps") == 30);
+
+  // cfg.json names the architecture; the weights are SAELens's jumprelu tensors.
+  const auto cfg = nlohmann::json::parse(readFile(dir + "/run/cfg.json"));
+  CHECK(cfg.at("architecture") == "jumprelu");
+  CHECK(cfg.at("d_sae") == 128);
+  const sae::io::SafetensorsFile w(dir + "/run/sae_weights.safetensors");
+  CHECK(w.names() == std::vector<std::string>{"W_dec", "W_enc", "b_dec", "b_enc", "threshold"});
+  CHECK(w.info("threshold").shape == std::vector<Index>{128});
+
+  // The saved SAE reconstructs held-out data sparsely.
+  sae::SaeConfig c;
+  c.d_in = 32;
+  c.d_sae = 128;
+  sae::JumpReLUSAE<float> model(c);
+  for (const auto& e : model.parameters().entries())
+    model.parameters().assignRowMajor(e.name, w.read<float>(e.name));
+  CHECK(model.parameters().flat("threshold").maxCoeff() > 0.1f);
+  sae::eval::SyntheticOptions o;
+  o.d_in = 32;
+  o.n_features = 64;
+  o.expected_active = 3;
+  sae::train::SyntheticSource<float> data(o, 3, 2048);
+  const auto x = data.holdout(2048);
+  sae::eval::ReconstructionMetrics m;
+  const auto codes = model.encode(x);
+  m.add<float>(x, model.decode(codes));
+  INFO("explained variance " << m.explainedVariance() << ", L0 " << codes.l0());
+  CHECK(m.explainedVariance() > 0.7);
+  CHECK(codes.l0() < 12);
+  CHECK(codes.l0() > 1);
+  const auto summary = nlohmann::json::parse(r.out.substr(0, r.out.find('\n')));
+  CHECK(summary.at("l0").get<double>() < 12);
+
+  // Each logged line has the JumpReLU terms and the warmed-up coefficient.
+  std::ifstream in(dir + "/run/metrics.jsonl");
+  std::string line;
+  int logged = 0;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (!j.contains("losses")) continue;
+    ++logged;
+    CHECK(j.at("losses").contains("l0_loss"));
+    CHECK(j.at("losses").contains("pre_act_loss"));
+    CHECK(j.at("coefficients").at("l0_coefficient").get<double>() <= 0.1);
+  }
+  CHECK(logged == 3);
+
+  checkBadInput({"train", "--out", dir + "/run", "--resume", "--l0-coefficient", "2"},
+                "--l0-coefficient cannot be changed when resuming");
+  checkBadInput({"train", "--out", dir + "/r2", "--arch", "jumprelu", "--jumprelu-mode", "l1"},
+                "--jumprelu-mode");
+  checkBadInput({"train", "--out", dir + "/r2", "--arch", "jumprelu", "--jumprelu-bandwidth", "0"},
+                "--jumprelu-bandwidth");
+  checkBadInput(
+      {"train", "--out", dir + "/r2", "--arch", "jumprelu", "--pre-act-loss-coefficient", "-1"},
+      "--pre-act-loss-coefficient");
+}
+
 namespace {
 
 // Arguments of the interrupted runs, and an uninterrupted reference run (trained once).
@@ -335,7 +450,7 @@ TEST_CASE("Bad inputs give one line on stderr and a non-zero status", "[cli]") {
   checkBadInput({}, "");
   checkBadInput({"frobnicate"}, "sae");
   checkBadInput({"train"}, "--out");
-  checkBadInput({"train", "--out", dir + "/r", "--arch", "jumprelu"}, "--arch");
+  checkBadInput({"train", "--out", dir + "/r", "--arch", "relu"}, "--arch");
   checkBadInput({"train", "--out", dir + "/r", "--steps", "-5"}, "--steps");
   checkBadInput({"train", "--out", dir + "/r", "--bogus"}, "bogus");
   checkBadInput({"train", "--out", dir + "/r", "--data", dir + "/missing.npy"}, "missing.npy");
@@ -374,4 +489,184 @@ TEST_CASE("Bad inputs give one line on stderr and a non-zero status", "[cli]") {
   checkBadInput({"info", dir + "/bad.json"}, "unsupported file type");
   checkBadInput({"info", dir}, "cfg.json");
   checkBadInput({"info"}, "path");
+}
+
+namespace {
+
+// An integer .npy file written byte by byte: numpy's preamble, then little-endian elements of
+// `bytes` bytes each.
+void writeIntNpy(const std::string& path, const std::string& descr, const std::vector<Index>& shape,
+                 const std::vector<std::int64_t>& values, int bytes) {
+  std::string data = sae::io::detail::npyPreamble(descr, shape);
+  for (const std::int64_t v : values)
+    for (int i = 0; i < bytes; ++i)
+      data += static_cast<char>((static_cast<std::uint64_t>(v) >> (8 * i)) & 0xff);
+  sae::test::writeBytes(path, data);
+}
+
+// A 3-D float32 .npy [a, b, c] (the CLI flattens it to a * b rows of c).
+void writeNpy3(const std::string& path, const sae::RowMatrix<float>& rows, Index a, Index b) {
+  const std::string pre = sae::io::detail::npyPreamble("<f4", {a, b, rows.cols()});
+  sae::io::AtomicFileWriter w(path);
+  w.write(pre.data(), pre.size());
+  w.writeElements(rows.data(), rows.size(), sae::io::DType::F32);
+  w.commit();
+}
+
+std::int64_t tokenOf(Index row) { return (row * 7919) % 50000 + 3; }
+
+}  // namespace
+
+TEST_CASE("sae eval --features: statistics match a brute-force count over the encoded rows",
+          "[cli][features]") {
+  const std::string dir = tempDir("features");
+  sae::SaeConfig c;
+  c.d_in = 8;
+  c.d_sae = 24;
+  c.k = 3;
+  sae::io::saveSaeLens(sae::TopKSAE<float>(c, 5), dir + "/topk");
+  sae::io::saveSaeLens(sae::StandardSAE<float>(c, 5), dir + "/standard");
+  // 77 rows: a [4, 10, 8] file then a [37, 8] file; token ids [4, 10] int32 then [37] uint16.
+  std::mt19937 gen(11);
+  std::normal_distribution<float> normal;
+  sae::RowMatrix<float> x(77, 8);
+  for (Index i = 0; i < x.size(); ++i) x.data()[i] = normal(gen);
+  writeNpy3(dir + "/a.npy", x.topRows(40), 4, 10);
+  sae::io::writeNpy(dir + "/b.npy", x.bottomRows(37));
+  std::vector<std::int64_t> ids_a, ids_b;
+  for (Index r = 0; r < 77; ++r) (r < 40 ? ids_a : ids_b).push_back(tokenOf(r));
+  writeIntNpy(dir + "/ids_a.npy", "<i4", {4, 10}, ids_a, 4);
+  writeIntNpy(dir + "/ids_b.npy", "<u2", {37}, ids_b, 2);
+  const std::vector<std::string> data = {"--data",       dir + "/a.npy", "--data",
+                                         dir + "/b.npy", "--batch",      "16"};
+  const std::vector<std::string> token_ids = {"--token-ids", dir + "/ids_a.npy", "--token-ids",
+                                              dir + "/ids_b.npy"};
+
+  for (const char* arch : {"topk", "standard"}) {
+    INFO(arch);
+    const std::string sae_dir = dir + "/" + arch;
+    const std::string out = dir + "/" + arch + "_features.json";
+    const Result r = run(
+        cat(cat({"eval", "--sae", sae_dir, "--features", out, "--top-n", "4"}, data), token_ids));
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    // The metrics on stdout are those of a plain eval.
+    const Result plain = run(cat({"eval", "--sae", sae_dir}, data));
+    REQUIRE(plain.status == 0);
+    CHECK(r.out == plain.out);
+
+    // Encode with the library, in the CLI's batches of 16 rows, into one dense matrix.
+    const auto loaded = sae::io::loadSaeLens<float>(sae_dir);
+    sae::RowMatrix<float> dense(77, 24);
+    for (Index b = 0; b < 77; b += 16) {
+      const Index n = std::min<Index>(16, 77 - b);
+      std::visit(
+          [&](const auto& model) {
+            const sae::RowMatrix<float> xb = x.middleRows(b, n);
+            dense.middleRows(b, n) = model.encode(xb).toDense();
+          },
+          loaded.model);
+    }
+
+    const auto j = nlohmann::json::parse(readFile(out));
+    const auto& summary = j.at("summary");
+    CHECK(summary.at("tokens") == 77);
+    CHECK(summary.at("d_sae") == 24);
+    CHECK(summary.at("top_n") == 4);
+    CHECK(summary.at("token_ids") == true);
+    CHECK(summary.at("sae") == sae_dir);
+    const auto& features = j.at("features");
+    REQUIRE(features.size() == 24);
+    std::int64_t dead = 0, fired = 0;
+    for (Index f = 0; f < 24; ++f) {
+      INFO("feature " << f);
+      // Brute force: every firing row, sorted by value (descending), then row.
+      std::vector<std::pair<double, Index>> firing;
+      double sum = 0;
+      for (Index row = 0; row < 77; ++row)
+        if (dense(row, f) != 0.0f) {
+          firing.emplace_back(dense(row, f), row);
+          sum += dense(row, f);
+        }
+      std::sort(firing.begin(), firing.end(), [](const auto& p, const auto& q) {
+        return p.first != q.first ? p.first > q.first : p.second < q.second;
+      });
+      const auto& fj = features[std::size_t(f)];
+      CHECK(fj.at("feature") == f);
+      const auto count = std::int64_t(firing.size());
+      CHECK(fj.at("firing_count") == count);
+      CHECK(fj.at("frequency").get<double>() == Approx(double(count) / 77.0));
+      CHECK(fj.at("mean_activation").get<double>() == Approx(sum / 77.0));
+      dead += count == 0;
+      fired += count;
+      if (count == 0) {
+        CHECK(fj.at("max_activation").is_null());
+        CHECK(fj.at("top_rows").empty());
+        continue;
+      }
+      CHECK(fj.at("max_activation").get<double>() == firing.front().first);
+      CHECK(fj.at("mean_firing_activation").get<double>() == Approx(sum / double(count)));
+      std::vector<Index> rows;
+      std::vector<double> values;
+      std::vector<std::int64_t> tokens;
+      for (std::size_t i = 0; i < std::min<std::size_t>(4, firing.size()); ++i) {
+        values.push_back(firing[i].first);
+        rows.push_back(firing[i].second);
+        tokens.push_back(tokenOf(firing[i].second));
+      }
+      CHECK(fj.at("top_rows").get<std::vector<Index>>() == rows);
+      CHECK(fj.at("top_values").get<std::vector<double>>() == values);
+      CHECK(fj.at("top_token_ids").get<std::vector<std::int64_t>>() == tokens);
+    }
+    CHECK(summary.at("dead") == dead);
+    CHECK(summary.at("mean_l0").get<double>() == Approx(double(fired) / 77.0));
+    CHECK(fired > 0);
+  }
+
+  // Without token ids, and on the first 50 rows (the 77 ids still line up with them).
+  const std::string out50 = dir + "/first50.json";
+  const Result r50 =
+      run(cat(cat({"eval", "--sae", dir + "/topk", "--features", out50, "--max-rows", "50"}, data),
+              token_ids));
+  INFO(r50.err);
+  REQUIRE(r50.status == 0);
+  const auto j50 = nlohmann::json::parse(readFile(out50));
+  CHECK(j50.at("summary").at("tokens") == 50);
+  for (const auto& fj : j50.at("features")) {
+    const auto rows = fj.at("top_rows").get<std::vector<Index>>();
+    const auto tokens = fj.at("top_token_ids").get<std::vector<std::int64_t>>();
+    REQUIRE(rows.size() == tokens.size());
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      CHECK(rows[i] < 50);
+      CHECK(tokens[i] == tokenOf(rows[i]));
+    }
+  }
+  const std::string plain_out = dir + "/no_ids.json";
+  REQUIRE(run(cat({"eval", "--sae", dir + "/topk", "--features", plain_out}, data)).status == 0);
+  const auto jp = nlohmann::json::parse(readFile(plain_out));
+  CHECK(jp.at("summary").at("token_ids") == false);
+  CHECK(jp.at("summary").at("top_n") == 20);
+  CHECK_FALSE(jp.at("features")[0].contains("top_token_ids"));
+
+  // Bad inputs: one line on stderr naming the problem; no output file left behind.
+  writeIntNpy(dir + "/ids_short.npy", "<i8", {36}, std::vector<std::int64_t>(36, 1), 8);
+  const std::string bad_out = dir + "/bad.json";
+  auto features = [&](std::vector<std::string> extra) {
+    return cat(cat({"eval", "--sae", dir + "/topk", "--features", bad_out}, data), extra);
+  };
+  checkBadInput(
+      features({"--token-ids", dir + "/ids_a.npy", "--token-ids", dir + "/ids_short.npy"}),
+      dir + "/ids_a.npy, " + dir +
+          "/ids_short.npy: 76 token ids, but the activation "
+          "files have 77 rows");
+  checkBadInput(features({"--token-ids", dir + "/ids_a.npy", "--max-rows", "60"}),
+                "40 token ids, but the activation files have 77 rows (60 evaluated)");
+  checkBadInput(features({"--token-ids", dir + "/b.npy"}),
+                dir + "/b.npy: invalid npy header at byte 20: unsupported dtype '<f4' for integer");
+  checkBadInput(features({"--token-ids", dir + "/missing.npy"}), "missing.npy");
+  checkBadInput(features({"--top-n", "-1"}), "--top-n");
+  CHECK_FALSE(exists(bad_out));
+  checkBadInput(cat({"eval", "--sae", dir + "/topk", "--top-n", "3"}, data), "--features");
+  checkBadInput(cat({"eval", "--sae", dir + "/topk", "--features", dir + "/nodir/f.json"}, data),
+                dir + "/nodir/f.json");
 }

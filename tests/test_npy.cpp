@@ -637,6 +637,133 @@ TEST_CASE("AtomicFileWriter discards the temporary file when not committed", "[n
   CHECK(tmp.entries().empty());
 }
 
+// ------------------------------------------------------------------------------------ integers
+
+namespace {
+
+/// Elements of `bytes` bytes each, two's complement, in the given byte order (written by shifts,
+/// independently of the library's decoding).
+std::string intBytes(const std::vector<std::int64_t>& values, int bytes, bool bigEndian = false) {
+  std::string out;
+  for (const std::int64_t v : values) {
+    const auto u = static_cast<std::uint64_t>(v);
+    for (int i = 0; i < bytes; ++i) {
+      const int shift = 8 * (bigEndian ? bytes - 1 - i : i);
+      out += static_cast<char>((u >> shift) & 0xff);
+    }
+  }
+  return out;
+}
+
+/// An npy file: numpy's preamble for `descr` and `shape` (Fortran order when asked), then `data`.
+std::string npyFile(const std::string& descr, const std::vector<Index>& shape, bool fortran,
+                    const std::string& data) {
+  std::string pre = sae::io::detail::npyPreamble(descr, shape);
+  if (fortran) pre.replace(pre.find("False"), 5, "True ");
+  return pre + data;
+}
+
+}  // namespace
+
+TEST_CASE("NpyIntegerReader reads integer arrays exactly, in C order", "[npy][integers]") {
+  TempDir tmp("npy_int");
+  auto read = [&](const std::string& name, const std::string& bytes) {
+    writeBytes(tmp.file(name), bytes);
+    return sae::io::readNpyIntegers(tmp.file(name));
+  };
+  using V = std::vector<std::int64_t>;
+  const V i4 = {-5, 0, 7, 2147483647, -2147483647 - 1, 42};
+  CHECK(read("i4.npy", npyFile("<i4", {2, 3}, false, intBytes(i4, 4))) == i4);
+  const V i8 = {1, -2, std::int64_t(1) << 40, std::numeric_limits<std::int64_t>::min()};
+  CHECK(read("i8_be.npy", npyFile(">i8", {4}, false, intBytes(i8, 8, true))) == i8);
+  CHECK(read("i1.npy", npyFile("|i1", {3}, false, intBytes({-128, -1, 127}, 1))) ==
+        V{-128, -1, 127});
+  CHECK(read("u1.npy", npyFile("|u1", {2}, false, intBytes({255, 3}, 1))) == V{255, 3});
+  CHECK(read("u2.npy", npyFile("<u2", {2}, false, intBytes({65535, 1}, 2))) == V{65535, 1});
+  CHECK(read("i2_be.npy", npyFile(">i2", {2}, false, intBytes({-300, 300}, 2, true))) ==
+        V{-300, 300});
+  CHECK(read("u4.npy", npyFile("<u4", {2}, false, intBytes({4294967295, 50257}, 4))) ==
+        V{4294967295, 50257});
+  CHECK(read("u8.npy", npyFile("<u8", {1}, false, intBytes({9007199254740993}, 8))) ==
+        V{9007199254740993});  // 2^53 + 1: exact, no trip through double
+  CHECK(read("empty.npy", npyFile("<i4", {0, 5}, false, "")).empty());
+
+  // Fortran order: element (r, c) = 10 r + c of a [2, 3] array is stored column by column.
+  CHECK(read("f2.npy", npyFile("<i2", {2, 3}, true, intBytes({0, 10, 1, 11, 2, 12}, 2))) ==
+        V{0, 1, 2, 10, 11, 12});
+  // [2, 3, 2] in Fortran order: (i, j, k) = 100 i + 10 j + k at storage index i + 2 j + 6 k.
+  V stored(12), c_order;
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j)
+      for (int k = 0; k < 2; ++k) {
+        stored[static_cast<std::size_t>(i + 2 * j + 6 * k)] = 100 * i + 10 * j + k;
+        c_order.push_back(100 * i + 10 * j + k);
+      }
+  CHECK(read("f3.npy", npyFile("<i8", {2, 3, 2}, true, intBytes(stored, 8))) == c_order);
+
+  const sae::io::NpyIntegerReader r(tmp.file("f3.npy"));
+  CHECK(r.size() == 12);
+  CHECK(r.shape() == std::vector<Index>{2, 3, 2});
+  CHECK(r.dtype() == DType::I64);
+  CHECK(r.descr() == "<i8");
+  CHECK(r.fortranOrder());
+  CHECK(r[5] == 21);  // (0, 2, 1)
+  CHECK_THROWS_WITH(r[12], tmp.file("f3.npy") + ": element 12 is out of range [0, 12)");
+  CHECK_THROWS_AS(r[-1], sae::ConfigError);
+}
+
+TEST_CASE("NpyIntegerReader rejects non-integer data and uint64 beyond int64", "[npy][integers]") {
+  TempDir tmp("npy_int_bad");
+  const std::string f4 = tmp.file("f4.npy");
+  writeBytes(f4, npyFile("<f4", {2}, false, std::string(8, '\0')));
+  CHECK_THROWS_AS(sae::io::NpyIntegerReader(f4), sae::FormatError);
+  CHECK_THROWS_WITH(sae::io::NpyIntegerReader(f4),
+                    f4 + ": invalid npy header at byte 20: unsupported dtype '<f4' for integer "
+                         "data (supported: '|i1', '<i2', '<i4', '<i8', '|u1', '<u2', '<u4', "
+                         "'<u8', and '>' for big-endian)");
+  const std::string b1 = tmp.file("b1.npy");
+  writeBytes(b1, npyFile("|b1", {2}, false, std::string(2, '\1')));
+  CHECK_THROWS_AS(sae::io::NpyIntegerReader(b1), sae::FormatError);
+  const std::string pipe4 = tmp.file("pipe4.npy");
+  writeBytes(pipe4, npyFile("|i4", {1}, false, std::string(4, '\0')));
+  CHECK_THROWS_AS(sae::io::NpyIntegerReader(pipe4), sae::FormatError);
+  const std::string truncated = tmp.file("truncated.npy");
+  writeBytes(truncated, npyFile("<i4", {3}, false, intBytes({1, 2}, 4)));
+  CHECK_THROWS_AS(sae::io::NpyIntegerReader(truncated), sae::FormatError);
+
+  const std::string big = tmp.file("u8_big.npy");
+  writeBytes(
+      big, npyFile("<u8", {2}, false, intBytes({1, std::numeric_limits<std::int64_t>::min()}, 8)));
+  const sae::io::NpyIntegerReader r(big);
+  CHECK(r[0] == 1);
+  CHECK_THROWS_WITH(r[1], big +
+                              ": element 1 (9223372036854775808) does not fit in a signed "
+                              "64-bit integer");
+  CHECK_THROWS_AS(r.readAll(), sae::FormatError);
+  // The real-valued reader still refuses integer arrays.
+  writeBytes(tmp.file("i4.npy"), npyFile("<i4", {1}, false, intBytes({1}, 4)));
+  CHECK_THROWS_AS(NpyReader(tmp.file("i4.npy")), sae::FormatError);
+}
+
+TEST_CASE("Integer elements convert to float / double", "[npy][integers]") {
+  // Big-endian int16 -300, 300 and little-endian uint32 4294967295 (exact in double).
+  const std::string be = intBytes({-300, 300}, 2, true);
+  double out[2];
+  sae::io::detail::convertElements(reinterpret_cast<const unsigned char*>(be.data()), DType::I16,
+                                   ByteOrder::Big, 2, out);
+  CHECK(out[0] == -300.0);
+  CHECK(out[1] == 300.0);
+  const std::string u4 = intBytes({4294967295}, 4);
+  sae::io::detail::convertElements(reinterpret_cast<const unsigned char*>(u4.data()), DType::U32,
+                                   ByteOrder::Little, 1, out);
+  CHECK(out[0] == 4294967295.0);
+  CHECK(sae::io::dtypeSize(DType::I64) == 8);
+  CHECK(std::string(sae::io::dtypeName(DType::U16)) == "uint16");
+  CHECK(sae::io::dtypeIsInteger(DType::I8));
+  CHECK_FALSE(sae::io::dtypeIsInteger(DType::Bool));
+  CHECK_FALSE(sae::io::dtypeIsInteger(DType::F32));
+}
+
 // ------------------------------------------------------------------------------------ fixtures
 
 TEST_CASE("SAELens fixture .npy files have the shapes the README states", "[npy][fixtures]") {

@@ -4,8 +4,10 @@
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
 #include <support/test_support.hpp>
 
@@ -111,6 +113,18 @@ TEST_CASE("Resumed training is bitwise identical to an uninterrupted run", "[Tra
     checkResumeIdentical<sae::StandardArch>(smallConfig("standard", ""), "standard");
   }
   SECTION("gated") { checkResumeIdentical<sae::GatedArch>(smallConfig("gated", ""), "gated"); }
+  SECTION("jumprelu, step mode with the pre-activation loss") {
+    auto cfg = smallConfig("jumprelu", "");
+    cfg.l0_coefficient = 0.05;
+    cfg.pre_act_loss_coefficient = 0.1;
+    checkResumeIdentical<sae::JumpReLUArch>(cfg, "jumprelu_step");
+  }
+  SECTION("jumprelu, tanh mode") {
+    auto cfg = smallConfig("jumprelu", "");
+    cfg.l0_coefficient = 0.05;
+    cfg.jumprelu_sparsity_loss_mode = "tanh";
+    checkResumeIdentical<sae::JumpReLUArch>(cfg, "jumprelu_tanh");
+  }
   SECTION("topk with every option: geometric median, unit norm, input normalisation") {
     auto cfg = smallConfig("topk", "");
     cfg.b_dec_init = "geometric_median";
@@ -291,6 +305,85 @@ TEST_CASE("TrainerConfig validation and JSON round trip", "[Trainer]") {
                     Catch::Contains("cfg.json: unknown field 'bogus'"));
   CHECK_THROWS_WITH(d.updateFromJson({{"lr", "fast"}}, "cfg.json"),
                     Catch::Contains("field 'lr' has the wrong type"));
+  c.architecture = "relu";
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("architecture must be standard, gated, topk"));
   c.architecture = "jumprelu";
-  CHECK_THROWS_AS(c.validate(), sae::ConfigError);
+  c.validate();
+  c.jumprelu_sparsity_loss_mode = "l1";
+  CHECK_THROWS_WITH(c.validate(), "jumprelu_sparsity_loss_mode must be step or tanh, found 'l1'");
+  c.jumprelu_sparsity_loss_mode = "tanh";
+  c.jumprelu_bandwidth = 0;
+  CHECK_THROWS_WITH(c.validate(), "jumprelu_bandwidth must be positive, found 0");
+  c.jumprelu_bandwidth = 0.1;
+  c.l0_coefficient = -2;
+  CHECK_THROWS_WITH(c.validate(), "l0_coefficient must be finite and >= 0, found -2");
+  c.l0_coefficient = 3;
+  c.pre_act_loss_coefficient = 0.25;
+  c.jumprelu_tanh_scale = 2;
+  c.jumprelu_init_threshold = -0.5;
+  const sae::SaeConfig sc = c.saeConfig(8);
+  CHECK(sc.l0_coefficient == 3);
+  CHECK(sc.jumprelu_bandwidth == 0.1);
+  CHECK(sc.sparsity_loss_mode == sae::SaeConfig::SparsityLossMode::Tanh);
+  CHECK(sc.jumprelu_tanh_scale == 2);
+  CHECK(sc.jumprelu_init_threshold == -0.5);
+  CHECK(sc.pre_act_loss_coefficient == 0.25);
+  sae::train::TrainerConfig e;
+  e.updateFromJson(c.toJson(), "test");
+  CHECK(e.toJson() == c.toJson());
+  CHECK(e.jumprelu_sparsity_loss_mode == "tanh");
+}
+
+TEST_CASE("JumpReLU training lowers the loss and L0 falls far below d_sae", "[Trainer]") {
+  sae::eval::SyntheticOptions o;
+  o.d_in = 32;
+  o.n_features = 64;
+  o.expected_active = 3;
+  for (const char* mode : {"step", "tanh"}) {
+    INFO("mode " << mode);
+    auto cfg = smallConfig("jumprelu", tempDir(std::string("jumprelu_") + mode));
+    cfg.d_sae = 128;
+    cfg.batch_size = 256;
+    cfg.total_steps = 300;
+    cfg.lr = 3e-3;
+    cfg.lr_decay_steps = 60;
+    cfg.l1_warmup_steps = 30;
+    cfg.l0_coefficient = 0.1;
+    cfg.jumprelu_sparsity_loss_mode = mode;
+    cfg.pre_act_loss_coefficient = 1e-3;
+    cfg.dead_feature_window = 50;
+    cfg.log_every = 10;
+    cfg.eval_every = 0;
+    Source src(o, 1, cfg.batch_size);
+    sae::train::Trainer<float, sae::JumpReLUArch, Source> t(cfg, src);
+    t.setProgress(false);
+    t.initialize();
+    const auto r = t.train();
+    REQUIRE(r.completed);
+    // metrics.jsonl: the first and last logged windows.
+    std::ifstream in(cfg.out_dir + "/metrics.jsonl");
+    std::vector<nlohmann::json> lines;
+    for (std::string line; std::getline(in, line);) {
+      auto j = nlohmann::json::parse(line);
+      if (j.contains("losses")) lines.push_back(j);
+    }
+    REQUIRE(lines.size() == 30);
+    const auto& first = lines.front();
+    const auto& last = lines.back();
+    INFO("first " << first.dump() << "\nlast " << last.dump() << "\nfinal "
+                  << r.final_metrics.dump());
+    CHECK(first.at("losses").contains("l0_loss"));
+    CHECK(first.at("losses").contains("pre_act_loss"));
+    CHECK(first.at("coefficients").at("l0_coefficient").get<double>() < cfg.l0_coefficient);
+    CHECK(last.at("coefficients").at("l0_coefficient").get<double>() == cfg.l0_coefficient);
+    CHECK(last.at("mse").get<double>() < 0.5 * first.at("mse").get<double>());
+    CHECK(first.at("l0").get<double>() > 20);
+    CHECK(last.at("l0").get<double>() < 12);
+    CHECK(r.final_metrics.at("l0").get<double>() < 12);
+    CHECK(r.final_metrics.at("explained_variance").get<double>() > 0.7);
+    // The thresholds rose from their initial 0.01, and the decoder found the features.
+    CHECK(t.model().parameters().flat("threshold").maxCoeff() > 0.1f);
+    CHECK(sae::eval::meanMaxCosineSimilarity(src.directions(),
+                                             t.model().parameters().rowMajor("W_dec")) > 0.8);
+  }
 }

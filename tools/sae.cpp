@@ -2,9 +2,10 @@
 //
 //   sae train --out DIR                         # TopK SAE on built-in synthetic data
 //   sae train --data acts.npy --arch topk --k 32 --expansion 8 --steps 2000 --out DIR
+//   sae train --data acts.npy --arch jumprelu --l0-coefficient 2 --jumprelu-mode tanh --out DIR
 //   sae train --out DIR --resume                # continue an interrupted run
 //   sae encode --sae DIR --data acts.npy --out codes.safetensors [--dense]
-//   sae eval --sae DIR --data acts.npy
+//   sae eval --sae DIR --data acts.npy [--features stats.json [--top-n 20] [--token-ids ids.npy]]
 //   sae info PATH                               # .npy / .npz / .safetensors / SAE folder
 //
 // Exit status: 0 on success; 1 for a bad input or failure, with a one-line message on stderr;
@@ -94,9 +95,11 @@ void layerNormOut(RowMatrix<Scalar>& y, const Eigen::VectorXd& mu, const Eigen::
 struct TrainArgs {
   std::string config_file;
   std::vector<std::string> data;
-  std::string arch, out, lr_scheduler, b_dec_init, normalize, tensor, precision;
+  std::string arch, out, lr_scheduler, b_dec_init, normalize, tensor, precision, jumprelu_mode;
   Index k = 0, d_sae = 0, batch = 0, synth_d_in = 64, synth_features = 256;
   double expansion = 0, lr = 0, l1 = 0, aux = 0, holdout = 0, synth_active = 5, synth_noise = 0.01;
+  double l0 = 0, jumprelu_bandwidth = 0, jumprelu_tanh_scale = 0, jumprelu_init_threshold = 0,
+         pre_act = 0;
   std::int64_t steps = 0, tokens = 0, lr_warmup = 0, lr_decay = 0, l1_warmup = 0, dead_window = 0,
                log_every = 0, eval_every = 0, checkpoint_every = 0;
   std::uint64_t seed = 0;
@@ -153,6 +156,8 @@ int dispatchArch(const sae::train::TrainerConfig& cfg, Source& source, bool resu
     return runTrainer<sae::StandardArch>(cfg, source, resume, quiet, mmcs);
   if (cfg.architecture == "gated")
     return runTrainer<sae::GatedArch>(cfg, source, resume, quiet, mmcs);
+  if (cfg.architecture == "jumprelu")
+    return runTrainer<sae::JumpReLUArch>(cfg, source, resume, quiet, mmcs);
   return runTrainer<sae::TopKArch>(cfg, source, resume, quiet, mmcs);
 }
 
@@ -166,8 +171,11 @@ int cmdTrain(const TrainArgs& a, CLI::App& app) {
     const sae::train::Checkpoint ck(*latest);
     if (!ck.state().contains("config")) ck.fail("state has no 'config'");
     cfg.updateFromJson(ck.state().at("config"), *latest);
-    for (const char* flag : {"--config", "--arch", "--k", "--d-sae", "--expansion", "--batch",
-                             "--steps", "--tokens", "--lr", "--l1", "--seed", "--data"})
+    for (const char* flag :
+         {"--config", "--arch", "--k", "--d-sae", "--expansion", "--batch", "--steps", "--tokens",
+          "--lr", "--l1", "--seed", "--data", "--l0-coefficient", "--jumprelu-bandwidth",
+          "--jumprelu-mode", "--jumprelu-tanh-scale", "--jumprelu-init-threshold",
+          "--pre-act-loss-coefficient"})
       if (app.count(flag) > 0)
         throw sae::ConfigError(std::string(flag) +
                                " cannot be changed when resuming (the run's configuration is "
@@ -195,6 +203,13 @@ int cmdTrain(const TrainArgs& a, CLI::App& app) {
     if (app.count("--lr")) cfg.lr = a.lr;
     if (app.count("--l1")) cfg.l1_coefficient = a.l1;
     if (app.count("--aux")) cfg.aux_loss_coefficient = a.aux;
+    if (app.count("--l0-coefficient")) cfg.l0_coefficient = a.l0;
+    if (app.count("--jumprelu-bandwidth")) cfg.jumprelu_bandwidth = a.jumprelu_bandwidth;
+    if (app.count("--jumprelu-mode")) cfg.jumprelu_sparsity_loss_mode = a.jumprelu_mode;
+    if (app.count("--jumprelu-tanh-scale")) cfg.jumprelu_tanh_scale = a.jumprelu_tanh_scale;
+    if (app.count("--jumprelu-init-threshold"))
+      cfg.jumprelu_init_threshold = a.jumprelu_init_threshold;
+    if (app.count("--pre-act-loss-coefficient")) cfg.pre_act_loss_coefficient = a.pre_act;
     if (app.count("--seed")) cfg.seed = a.seed;
     if (app.count("--lr-scheduler")) cfg.lr_scheduler = a.lr_scheduler;
     if (app.count("--lr-warmup")) cfg.lr_warmup_steps = a.lr_warmup;
@@ -385,8 +400,44 @@ int cmdEncode(const std::string& sae_dir, const std::vector<std::string>& data,
   return 0;
 }
 
+// `sae eval --features`: where to write the per-feature statistics and with what.
+struct FeatureArgs {
+  std::string out;                     // OUT.json; empty = no feature statistics
+  Index top_n = 20;                    // top activations kept per feature
+  std::vector<std::string> token_ids;  // integer .npy files, one id per activation row
+};
+
+// The token ids of --token-ids: the integer .npy files concatenated in order (each flattened in
+// C order), cut to the first `rows` ids, as the FeatureStatistics::toJson TokenIds concept.
+class TokenIdFiles {
+ public:
+  explicit TokenIdFiles(const std::vector<std::string>& paths) {
+    for (const auto& p : paths) {
+      m_files.push_back(std::make_unique<sae::io::NpyIntegerReader>(p));
+      m_first.push_back(m_total);
+      m_total += m_files.back()->size();
+      m_names += (m_names.empty() ? "" : ", ") + p;
+    }
+    m_size = m_total;
+  }
+  Index total() const { return m_total; }
+  const std::string& names() const { return m_names; }
+  void limit(Index rows) { m_size = std::min(rows, m_total); }
+  Index size() const { return m_size; }
+  std::int64_t operator[](Index row) const {
+    const auto at = std::upper_bound(m_first.begin(), m_first.end(), row) - m_first.begin() - 1;
+    return (*m_files[std::size_t(at)])[row - m_first[std::size_t(at)]];
+  }
+
+ private:
+  std::vector<std::unique_ptr<sae::io::NpyIntegerReader>> m_files;
+  std::vector<Index> m_first;
+  Index m_total = 0, m_size = 0;
+  std::string m_names;
+};
+
 int cmdEval(const std::string& sae_dir, const std::vector<std::string>& data, Index batch,
-            Index max_rows) {
+            Index max_rows, const FeatureArgs& fa) {
   const auto loaded = sae::io::loadSaeLens<float>(sae_dir);
   const sae::train::ActivationFiles files(data);
   checkWidth(loaded, files.cols(), sae_dir);
@@ -395,6 +446,26 @@ int cmdEval(const std::string& sae_dir, const std::vector<std::string>& data, In
   const Index N = max_rows > 0 ? std::min(max_rows, files.rows()) : files.rows();
   sae::eval::ReconstructionMetrics recon;
   sae::eval::FiringStats firing(d_sae);
+  // Feature statistics: rows are read in file order (no shuffling), so row b of the pass is
+  // row b of the concatenated --data files, and of the --token-ids files. Everything is checked
+  // and the output file opened before the pass, so that a bad path fails at once.
+  std::unique_ptr<sae::eval::FeatureStatistics> features;
+  std::unique_ptr<TokenIdFiles> ids;
+  std::unique_ptr<sae::io::AtomicFileWriter> features_out;
+  if (!fa.out.empty()) {
+    features = std::make_unique<sae::eval::FeatureStatistics>(d_sae, fa.top_n);
+    if (!fa.token_ids.empty()) {
+      ids = std::make_unique<TokenIdFiles>(fa.token_ids);
+      if (ids->total() != files.rows() && ids->total() != N)
+        throw sae::ConfigError(sae::detail::concat(
+            ids->names(), ": ", ids->total(), " token ids, but the activation files have ",
+            files.rows(), " rows",
+            N != files.rows() ? sae::detail::concat(" (", N, " evaluated)") : "",
+            "; give exactly one token id per activation row, in the same order"));
+      ids->limit(N);
+    }
+    features_out = std::make_unique<sae::io::AtomicFileWriter>(fa.out);
+  }
   RowMatrix<float> x, raw;
   Eigen::VectorXd mu, sigma;
   for (Index b = 0; b < N; b += batch) {
@@ -410,6 +481,7 @@ int cmdEval(const std::string& sae_dir, const std::vector<std::string>& data, In
           if (ln) layerNormOut(y, mu, sigma);
           recon.add<float>(raw, y);
           firing.add(codes);
+          if (features) features->add(codes, b);
         },
         loaded.model);
   }
@@ -441,6 +513,17 @@ int cmdEval(const std::string& sae_dir, const std::vector<std::string>& data, In
   out["l0"] = firing.l0();
   out["dead_fraction"] = firing.deadFraction();
   out["density_histogram"] = hist;
+  if (features) {
+    ojson fj = ids ? features->toJson(*ids, ids->names()) : features->toJson();
+    fj["summary"]["sae"] = sae_dir;
+    fj["summary"]["data"] = data;
+    if (ids) fj["summary"]["token_id_files"] = fa.token_ids;
+    const std::string text = fj.dump() + "\n";
+    features_out->write(text.data(), text.size());
+    features_out->commit();
+    std::fprintf(stderr, "%s eval: feature statistics of %lld rows x %lld features -> %s\n", kProg,
+                 static_cast<long long>(N), static_cast<long long>(d_sae), fa.out.c_str());
+  }
   std::printf("%s\n", out.dump(2).c_str());
   return 0;
 }
@@ -575,7 +658,7 @@ int main(int argc, char** argv) {
                     "activation shards [tokens, d_in]: .npy, .npz, .safetensors files, "
                     "directories or glob patterns (streamed, shuffled)");
   train->add_option("--arch", t.arch, "architecture")
-      ->check(CLI::IsMember({"standard", "gated", "topk"}));
+      ->check(CLI::IsMember({"standard", "gated", "topk", "jumprelu"}));
   train->add_option("--k", t.k, "TopK: latents per token (default 32)")->check(CLI::PositiveNumber);
   auto* dsae =
       train->add_option("--d-sae", t.d_sae, "number of latents")->check(CLI::PositiveNumber);
@@ -593,6 +676,30 @@ int main(int argc, char** argv) {
   train->add_option("--l1", t.l1, "standard / gated: L1 coefficient (default 5)")
       ->check(CLI::NonNegativeNumber);
   train->add_option("--aux", t.aux, "topk: AuxK coefficient (default 1/32)")
+      ->check(CLI::NonNegativeNumber);
+  train
+      ->add_option("--l0-coefficient", t.l0,
+                   "jumprelu: L0 coefficient (default 1; warmed up by --l1-warmup)")
+      ->check(CLI::NonNegativeNumber);
+  train
+      ->add_option("--jumprelu-bandwidth", t.jumprelu_bandwidth,
+                   "jumprelu: width of the threshold's straight-through window (default 0.05)")
+      ->check(CLI::PositiveNumber);
+  train
+      ->add_option("--jumprelu-mode", t.jumprelu_mode,
+                   "jumprelu: L0 penalty, step (count of active latents, default) or tanh "
+                   "(sum of tanh(scale * f * ||W_dec row||))")
+      ->check(CLI::IsMember({"step", "tanh"}));
+  train
+      ->add_option("--jumprelu-tanh-scale", t.jumprelu_tanh_scale,
+                   "jumprelu: scale inside tanh in tanh mode (default 4)")
+      ->check(CLI::PositiveNumber);
+  train->add_option("--jumprelu-init-threshold", t.jumprelu_init_threshold,
+                    "jumprelu: initial threshold of every latent (default 0.01)");
+  train
+      ->add_option("--pre-act-loss-coefficient", t.pre_act,
+                   "jumprelu: coefficient of the pre-activation loss pulling dead latents "
+                   "towards their threshold (default 0: off)")
       ->check(CLI::NonNegativeNumber);
   train->add_option("--seed", t.seed, "random seed (default 0)");
   train->add_option("--threads", t.threads, "threads (0: all; same threads = same bits)")
@@ -676,6 +783,20 @@ int main(int argc, char** argv) {
   evalc->add_option("--max-rows", ev_rows, "use at most this many rows (0: all)")
       ->check(CLI::NonNegativeNumber);
   evalc->add_option("--threads", ev_threads, "threads (0: all)")->check(CLI::NonNegativeNumber);
+  FeatureArgs ev_features;
+  auto* ev_feat_opt =
+      evalc->add_option("--features", ev_features.out,
+                        "also write per-feature statistics (firing frequency, mean / max "
+                        "activation, top rows, log10-density histogram) to this JSON file");
+  evalc->add_option("--top-n", ev_features.top_n, "--features: top activations kept per feature")
+      ->check(CLI::Range(Index(0), sae::eval::FeatureStatistics::kMaxTopN))
+      ->needs(ev_feat_opt);
+  evalc
+      ->add_option("--token-ids", ev_features.token_ids,
+                   "--features: integer .npy files with one token id per activation row, in "
+                   "the order of --data")
+      ->check(CLI::ExistingFile)
+      ->needs(ev_feat_opt);
 
   // ---- info
   std::string info_path;
@@ -708,7 +829,7 @@ int main(int argc, char** argv) {
     }
     if (name == "eval") {
       if (ev_threads > 0) sae::setThreads(ev_threads);
-      return cmdEval(ev_sae, ev_data, ev_batch, ev_rows);
+      return cmdEval(ev_sae, ev_data, ev_batch, ev_rows, ev_features);
     }
     return cmdInfo(info_path);
   } catch (const std::exception& e) {

@@ -7,6 +7,7 @@
 #include <sae/core/parameters.hpp>
 #include <sae/core/rng.hpp>
 #include <sae/core/types.hpp>
+#include <sae/eval/feature_stats.hpp>
 #include <sae/eval/metrics.hpp>
 #include <sae/eval/synthetic.hpp>
 #include <sae/io/activation_stream.hpp>

@@ -4,7 +4,9 @@
 ///
 /// Conversions are exact wherever the target can hold the value: float16 and bfloat16 widen to
 /// float without rounding (subnormals, infinities and NaN included), float32 widens to double.
-/// Narrowing (float64 -> float, the only lossy case) rounds to nearest even, as a C++ cast does.
+/// Narrowing (float64 -> float) rounds to nearest even, as a C++ cast does; integers convert to
+/// the nearest float / double the same way (exact up to 2^24 / 2^53). convertIntegers() reads
+/// integer elements exactly, as int64.
 /// The element loops load through memcpy, so they work on unaligned mapped data, and are
 /// branch-free so that the compiler can vectorise them.
 #pragma once
@@ -27,7 +29,14 @@ enum class DType : std::uint8_t {
   F16,   ///< IEEE-754 binary16 (half).
   BF16,  ///< bfloat16: the upper 16 bits of a binary32.
   U8,    ///< unsigned 8-bit integer (masks).
-  Bool   ///< one byte, 0 = false, anything else = true (numpy `|b1`).
+  Bool,  ///< one byte, 0 = false, anything else = true (numpy `|b1`).
+  I8,    ///< signed 8-bit integer.
+  I16,   ///< signed 16-bit integer.
+  I32,   ///< signed 32-bit integer.
+  I64,   ///< signed 64-bit integer.
+  U16,   ///< unsigned 16-bit integer.
+  U32,   ///< unsigned 32-bit integer.
+  U64    ///< unsigned 64-bit integer.
 };
 
 /// @brief Byte order of multi-byte elements in a file.
@@ -41,17 +50,41 @@ inline constexpr ByteOrder kNativeByteOrder =
 inline constexpr std::size_t dtypeSize(DType t) {
   switch (t) {
     case DType::F64:
+    case DType::I64:
+    case DType::U64:
       return 8;
     case DType::F32:
+    case DType::I32:
+    case DType::U32:
       return 4;
     case DType::F16:
     case DType::BF16:
+    case DType::I16:
+    case DType::U16:
       return 2;
     case DType::U8:
     case DType::Bool:
+    case DType::I8:
       return 1;
   }
   return 0;
+}
+
+/// @brief True for the integer types (U8 included, Bool not).
+inline constexpr bool dtypeIsInteger(DType t) {
+  switch (t) {
+    case DType::U8:
+    case DType::I8:
+    case DType::I16:
+    case DType::I32:
+    case DType::I64:
+    case DType::U16:
+    case DType::U32:
+    case DType::U64:
+      return true;
+    default:
+      return false;
+  }
 }
 
 /// @brief Readable name of `t` ("float32", "bfloat16", ...), used in messages.
@@ -69,6 +102,20 @@ inline constexpr const char* dtypeName(DType t) {
       return "uint8";
     case DType::Bool:
       return "bool";
+    case DType::I8:
+      return "int8";
+    case DType::I16:
+      return "int16";
+    case DType::I32:
+      return "int32";
+    case DType::I64:
+      return "int64";
+    case DType::U16:
+      return "uint16";
+    case DType::U32:
+      return "uint32";
+    case DType::U64:
+      return "uint64";
   }
   return "?";
 }
@@ -207,6 +254,31 @@ inline void convertElementsImpl(const unsigned char* src, DType dtype, Index n, 
     case DType::Bool:
       convertLoop<std::uint8_t, false>(src, n, dst, [](std::uint8_t b) { return b != 0 ? 1 : 0; });
       return;
+    case DType::I8:
+      convertLoop<std::uint8_t, false>(src, n, dst,
+                                       [](std::uint8_t b) { return bitCast<std::int8_t>(b); });
+      return;
+    case DType::I16:
+      convertLoop<std::uint16_t, Swap>(src, n, dst,
+                                       [](std::uint16_t b) { return bitCast<std::int16_t>(b); });
+      return;
+    case DType::I32:
+      convertLoop<std::uint32_t, Swap>(src, n, dst,
+                                       [](std::uint32_t b) { return bitCast<std::int32_t>(b); });
+      return;
+    case DType::I64:
+      convertLoop<std::uint64_t, Swap>(src, n, dst,
+                                       [](std::uint64_t b) { return bitCast<std::int64_t>(b); });
+      return;
+    case DType::U16:
+      convertLoop<std::uint16_t, Swap>(src, n, dst, [](std::uint16_t b) { return b; });
+      return;
+    case DType::U32:
+      convertLoop<std::uint32_t, Swap>(src, n, dst, [](std::uint32_t b) { return b; });
+      return;
+    case DType::U64:
+      convertLoop<std::uint64_t, Swap>(src, n, dst, [](std::uint64_t b) { return b; });
+      return;
   }
 }
 
@@ -222,6 +294,43 @@ inline void convertElements(const unsigned char* src, DType dtype, ByteOrder ord
     convertElementsImpl<false>(src, dtype, n, dst);
   } else {
     convertElementsImpl<true>(src, dtype, n, dst);
+  }
+}
+
+/// @brief Decodes one integer element at `src` (any alignment) exactly, as int64.
+/// @param dtype An integer type (dtypeIsInteger) or Bool; other types give 0.
+/// @param fits Cleared when a uint64 value is above INT64_MAX (it is then returned wrapped).
+inline std::int64_t decodeInteger(const unsigned char* src, DType dtype, ByteOrder order,
+                                  bool& fits) {
+  auto load = [&](auto bits) {
+    std::memcpy(&bits, src, sizeof(bits));
+    if (order != kNativeByteOrder) bits = byteSwap(bits);
+    return bits;
+  };
+  switch (dtype) {
+    case DType::U8:
+      return load(std::uint8_t{});
+    case DType::Bool:
+      return load(std::uint8_t{}) != 0 ? 1 : 0;
+    case DType::I8:
+      return bitCast<std::int8_t>(load(std::uint8_t{}));
+    case DType::I16:
+      return bitCast<std::int16_t>(load(std::uint16_t{}));
+    case DType::I32:
+      return bitCast<std::int32_t>(load(std::uint32_t{}));
+    case DType::I64:
+      return bitCast<std::int64_t>(load(std::uint64_t{}));
+    case DType::U16:
+      return load(std::uint16_t{});
+    case DType::U32:
+      return load(std::uint32_t{});
+    case DType::U64: {
+      const std::uint64_t v = load(std::uint64_t{});
+      if (v > std::uint64_t(std::numeric_limits<std::int64_t>::max())) fits = false;
+      return bitCast<std::int64_t>(v);
+    }
+    default:
+      return 0;
   }
 }
 

@@ -1,5 +1,6 @@
 /// @file npy.hpp
 /// @brief NumPy `.npy` files: NpyReader (memory-mapped, row ranges), readNpy(), readNpyMask(),
+/// NpyIntegerReader / readNpyIntegers() (integer arrays such as token ids, read exactly),
 /// writeNpy(), writeNpyVector(), writeNpyMask().
 ///
 /// Format (numpy.lib.format, versions 1.0, 2.0 and 3.0): the magic `\x93NUMPY`, two version
@@ -13,7 +14,8 @@
 /// allocated from it. Supported dtypes: `<f4 >f4 <f8 >f8 <f2 >f2` (either byte order),
 /// `|u1 <u1 >u1` and `|b1` (masks). Arrays may be stored in C or Fortran order and have any
 /// number of dimensions; the reader presents them as `[rows, cols]`, the leading dimensions
-/// flattened into rows (see array_view.hpp).
+/// flattened into rows (see array_view.hpp). Integer arrays (`|i1 <i2 <i4 <i8 |u1 <u2 <u4 <u8`,
+/// either byte order) are read by NpyIntegerReader only.
 #pragma once
 
 #include <cstdint>
@@ -354,8 +356,41 @@ struct NpyHeader {
   FlatShape flat;
 };
 
+/// Which element types a header may declare: the real readers' (floats, `|u1` and `|b1`
+/// masks) or integers (NpyIntegerReader).
+enum class NpyElements { Real, Integer };
+
+/// The integer descr strings NpyIntegerReader accepts.
+inline bool parseIntegerDescr(const std::string& d, DType& dtype, ByteOrder& order) {
+  if (d.size() != 3) return false;
+  const char bo = d[0];
+  const std::string type = d.substr(1);
+  if (type == "i1" || type == "u1") {
+    if (bo != '|' && bo != '<' && bo != '>') return false;
+    dtype = type == "i1" ? DType::I8 : DType::U8;
+    order = ByteOrder::Little;
+    return true;
+  }
+  if (bo != '<' && bo != '>') return false;
+  order = bo == '<' ? ByteOrder::Little : ByteOrder::Big;
+  static const struct {
+    const char* name;
+    DType dtype;
+  } table[] = {{"i2", DType::I16}, {"i4", DType::I32}, {"i8", DType::I64},
+               {"u2", DType::U16}, {"u4", DType::U32}, {"u8", DType::U64}};
+  for (const auto& t : table) {
+    if (type == t.name) {
+      dtype = t.dtype;
+      return true;
+    }
+  }
+  return false;
+}
+
 /// The descr strings the reader accepts.
-inline bool parseDescr(const std::string& d, DType& dtype, ByteOrder& order) {
+inline bool parseDescr(const std::string& d, DType& dtype, ByteOrder& order,
+                       NpyElements elements = NpyElements::Real) {
+  if (elements == NpyElements::Integer) return parseIntegerDescr(d, dtype, order);
   if (d.size() != 3) return false;
   const char bo = d[0];
   const std::string type = d.substr(1);
@@ -393,8 +428,9 @@ inline std::string hexBytes(const unsigned char* p, std::size_t n) {
 
 /// @brief Parses and validates the preamble and header of the npy file mapped at `data`.
 /// Throws FormatError naming `path`, the byte offset and expected vs found values.
+/// @param elements The dtypes accepted: the real readers' (default) or integers.
 inline NpyHeader parseNpyHeader(const unsigned char* data, std::uint64_t size,
-                                const std::string& path) {
+                                const std::string& path, NpyElements elements = NpyElements::Real) {
   using sae::detail::concat;
   static const unsigned char magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
   if (size == 0) {
@@ -469,7 +505,13 @@ inline NpyHeader parseNpyHeader(const unsigned char* data, std::uint64_t size,
                descr->kind == PyValue::Kind::List ? " (structured dtypes are not supported)" : ""));
   }
   h.descr = descr->text;
-  if (!parseDescr(h.descr, h.dtype, h.order)) {
+  if (!parseDescr(h.descr, h.dtype, h.order, elements)) {
+    if (elements == NpyElements::Integer) {
+      throw bad(descr->offset,
+                concat("unsupported dtype '", h.descr,
+                       "' for integer data (supported: '|i1', '<i2', '<i4', '<i8', '|u1', '<u2', "
+                       "'<u4', '<u8', and '>' for big-endian)"));
+    }
     throw bad(descr->offset, concat("unsupported dtype '", h.descr,
                                     "' (supported: '<f4', '>f4', '<f8', '>f8', '<f2', '>f2', "
                                     "'|u1', '<u1', '|b1')"));
@@ -643,6 +685,99 @@ inline LatentMask readNpyMask(const std::string& path) {
   if (mask.size() > 0) std::memcpy(mask.data(), file.data() + h.dataOffset, mask.size());
   if (h.dtype == DType::Bool) mask = (mask.array() != 0).cast<std::uint8_t>();
   return mask;
+}
+
+/// @brief Memory-mapped reader of an integer `.npy` array (token ids, labels), read exactly as
+/// int64.
+///
+/// Accepts the dtypes `|i1 <i2 <i4 <i8 |u1 <u2 <u4 <u8` in either byte order, any shape, C or
+/// Fortran order. Elements are numbered in C order over the whole array: a `[batch, seq]` array
+/// of token ids lines up with `[batch, seq, d]` activations, whose rows flatten the same way.
+/// Nothing is copied up front; elements are decoded from the mapping on demand.
+class NpyIntegerReader {
+ public:
+  /// @brief Opens and validates `path`. IoError when it cannot be opened or mapped; FormatError
+  ///        when it is not a valid npy file of an integer dtype.
+  explicit NpyIntegerReader(const std::string& path) : m_file(path) {
+    m_header =
+        detail::parseNpyHeader(m_file.data(), m_file.size(), path, detail::NpyElements::Integer);
+    m_data = m_file.data() + m_header.dataOffset;
+    m_size = m_header.flat.elements;
+    m_itemsize = static_cast<Index>(dtypeSize(m_header.dtype));
+    if (m_header.fortran && m_header.shape.size() >= 2 && m_size > 0) {
+      // Element strides of Fortran order: products of the preceding dimensions (no overflow:
+      // their product is m_size).
+      Index stride = 1;
+      for (const Index dim : m_header.shape) {
+        m_fortranStrides.push_back(stride);
+        stride *= dim;
+      }
+    }
+  }
+
+  /// @brief Path the reader was opened with.
+  const std::string& path() const noexcept { return m_file.path(); }
+  /// @brief Number of elements (the product of the shape).
+  Index size() const noexcept { return m_size; }
+  /// @brief Element type.
+  DType dtype() const noexcept { return m_header.dtype; }
+  /// @brief The dtype string as written in the header, e.g. "<i4".
+  const std::string& descr() const noexcept { return m_header.descr; }
+  /// @brief The array's shape as stored.
+  const std::vector<Index>& shape() const noexcept { return m_header.shape; }
+  /// @brief True when the array is stored in Fortran (column-major) order.
+  bool fortranOrder() const noexcept { return m_header.fortran; }
+
+  /// @brief Element `i` of the C-order flattening. ConfigError when `i` is out of range;
+  ///        FormatError when a uint64 element does not fit in int64.
+  std::int64_t operator[](Index i) const {
+    if (i < 0 || i >= m_size) {
+      throw ConfigError(
+          sae::detail::concat(path(), ": element ", i, " is out of range [0, ", m_size, ")"));
+    }
+    bool fits = true;
+    const std::int64_t v = detail::decodeInteger(m_data + storageIndex(i) * m_itemsize,
+                                                 m_header.dtype, m_header.order, fits);
+    if (!fits) {
+      throw FormatError(sae::detail::concat(path(), ": element ", i, " (",
+                                            static_cast<std::uint64_t>(v),
+                                            ") does not fit in a signed 64-bit integer"));
+    }
+    return v;
+  }
+
+  /// @brief Every element, in C order.
+  std::vector<std::int64_t> readAll() const {
+    std::vector<std::int64_t> out(static_cast<std::size_t>(m_size));
+    for (Index i = 0; i < m_size; ++i) out[static_cast<std::size_t>(i)] = (*this)[i];
+    return out;
+  }
+
+ private:
+  // Position in storage order of the element with C-order index `i`.
+  Index storageIndex(Index i) const {
+    const auto& shape = m_header.shape;
+    if (m_fortranStrides.empty()) return i;
+    Index off = 0;
+    for (std::size_t d = shape.size(); d-- > 0;) {
+      off += (i % shape[d]) * m_fortranStrides[d];
+      i /= shape[d];
+    }
+    return off;
+  }
+
+  MappedFile m_file;
+  detail::NpyHeader m_header;
+  const unsigned char* m_data = nullptr;
+  Index m_size = 0;
+  Index m_itemsize = 1;
+  std::vector<Index> m_fortranStrides;  ///< Empty unless Fortran order with 2+ dimensions.
+};
+
+/// @brief Reads every element of an integer `.npy` array (any shape, C-order flattening), exactly.
+/// @param path The file; see NpyIntegerReader for the dtypes and errors.
+inline std::vector<std::int64_t> readNpyIntegers(const std::string& path) {
+  return NpyIntegerReader(path).readAll();
 }
 
 /// @brief Writes a matrix as a `.npy` file (version 1.0, C order, shape `(rows, cols)`,

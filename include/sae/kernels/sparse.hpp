@@ -106,6 +106,9 @@ class LatentBuckets {
       m_entries[m_fill[latents[e]]++] = static_cast<std::int32_t>(e);
   }
 
+  /// @brief Room for `count` entries, so that later builds of up to that many do not allocate.
+  void reserve(Index count) { m_entries.reserve(static_cast<std::size_t>(count)); }
+
   Index numLatents() const { return static_cast<Index>(m_start.size()) - 1; }
   /// First position in entries() of latent i's bucket; the bucket ends at begin(i + 1).
   Index begin(Index i) const { return m_start[static_cast<std::size_t>(i)]; }

@@ -60,7 +60,8 @@ struct JumpReLUArch {
     /// threshold's rectangle window, or under the pre-activation loss), decode and gradients
     /// use sparse kernels (the encoder product stays dense); 0 forces dense, 1 forces sparse.
     double sparse_threshold = kSparseThreshold;
-    bool used_sparse = false;     ///< Whether the last forward took the sparse path.
+    bool used_sparse = false;  ///< Whether the last forward took the sparse path.
+    // Built on the sparse path only (stale after a dense step):
     kernels::CsrPattern pattern;  // active (b, i): h > t
     kernels::CsrPattern extra;    // inactive (b, i) in the window or under the pre-act loss
     std::vector<S> coef;          // per active entry: f
@@ -187,6 +188,35 @@ struct JumpReLUArch {
     }
   }
 
+  /// Number of entries (b, i) of a `[rows, cols]` grid with `keep(b, i)`.
+  template <typename Keep>
+  static Index countWhere(Index rows, Index cols, const Keep& keep) {
+    Index count = 0;
+    SAE_PRAGMA_OMP(parallel for schedule(static) reduction(+ : count))
+    for (Index b = 0; b < rows; ++b)
+      for (Index i = 0; i < cols; ++i) count += keep(b, i) ? 1 : 0;
+    return count;
+  }
+
+  /// Room for `active` and `extra` entries in every per-entry buffer, with headroom (twice the
+  /// need, at most `cap`) so that sizes that drift from step to step stop reallocating.
+  template <typename S>
+  static void reserveEntries(Workspace<S>& ws, Index active, Index extra, Index cap) {
+    auto room = [cap](Index need) { return static_cast<std::size_t>(std::min(cap, 2 * need)); };
+    if (static_cast<std::size_t>(active) > ws.coef.capacity()) {
+      const std::size_t r = room(active);
+      for (auto* v : {&ws.pattern.latent, &ws.pattern.row}) v->reserve(r);
+      for (auto* v : {&ws.coef, &ws.act_gh, &ws.act_gt, &ws.act_dn}) v->reserve(r);
+      ws.buckets.reserve(Index(r));
+    }
+    if (static_cast<std::size_t>(extra) > ws.ext_gh.capacity()) {
+      const std::size_t r = room(extra);
+      for (auto* v : {&ws.extra.latent, &ws.extra.row}) v->reserve(r);
+      for (auto* v : {&ws.ext_gh, &ws.ext_gt, &ws.ext_dn}) v->reserve(r);
+      ws.extra_buckets.reserve(Index(r));
+    }
+  }
+
   template <typename S>
   static void forward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
                       const TrainOptions& opts, Workspace<S>& ws, LossTerms<S>& terms) {
@@ -200,33 +230,42 @@ struct JumpReLUArch {
     ws.norms.resize(n);
     kernels::rowNorms<S>(W_dec, ws.norms);
 
+    ws.dead.reserve(static_cast<std::size_t>(n));
     ws.dead.clear();
     const bool pre_on = cfg.pre_act_loss_coefficient > 0;
     if (pre_on && opts.dead_mask)
       for (Index i = 0; i < n; ++i)
         if ((*opts.dead_mask)[i]) ws.dead.push_back(static_cast<std::int32_t>(i));
 
-    ws.pattern.template buildPositive<S>(f);
+    // The sparse path needs the active entries and the inactive ones that still carry
+    // gradient: inside the window of a positive threshold (d f / d t, d l0 / d t) or under the
+    // pre-activation loss. Counted first; the patterns are built only for the sparse path.
+    const auto& t = ws.t;
+    const auto& h = ws.pre;
+    const EntryRule<S> rule = entryRule<S>(cfg, opts, B);
+    const LatentMask* dead = pre_on ? opts.dead_mask : nullptr;
+    auto carries = [&](Index b, Index i) {
+      const S hv = h(b, i);
+      if (hv > t[i]) return false;
+      return (theta[i] > S(0) && rule.inWindow(hv, t[i])) || (dead && (*dead)[i] && t[i] > hv);
+    };
+    auto active = [&](Index b, Index i) { return f(b, i) > S(0); };
     const double cells = double(B) * double(n);
-    ws.used_sparse = double(ws.pattern.nnz()) / cells < ws.sparse_threshold;
+    const Index nnz = countWhere(B, n, active);
+    ws.used_sparse = double(nnz) / cells < ws.sparse_threshold;
     if (ws.used_sparse) {
-      // Inactive entries that still carry gradient: inside the window of a positive threshold
-      // (d f / d t, d l0 / d t) or under the pre-activation loss.
-      const auto& t = ws.t;
-      const auto& h = ws.pre;
-      const EntryRule<S> rule = entryRule<S>(cfg, opts, B);
-      const LatentMask* dead = pre_on ? opts.dead_mask : nullptr;
-      ws.extra.buildWhere(B, n, [&](Index b, Index i) {
-        const S hv = h(b, i);
-        if (hv > t[i]) return false;
-        return (theta[i] > S(0) && rule.inWindow(hv, t[i])) || (dead && (*dead)[i] && t[i] > hv);
-      });
-      ws.used_sparse = double(ws.pattern.nnz() + ws.extra.nnz()) / cells < ws.sparse_threshold;
+      const Index nnz_extra = countWhere(B, n, carries);
+      ws.used_sparse = double(nnz + nnz_extra) / cells < ws.sparse_threshold;
+      if (ws.used_sparse) {
+        reserveEntries(ws, nnz, nnz_extra,
+                       Index(std::min(cells, std::ceil(ws.sparse_threshold * cells))));
+        ws.pattern.template buildPositive<S>(f);
+        ws.extra.buildWhere(B, n, carries);
+      }
     }
     if (ws.used_sparse) {
-      ws.coef.resize(static_cast<std::size_t>(ws.pattern.nnz()));
-      for (Index e = 0; e < ws.pattern.nnz(); ++e)
-        ws.coef[e] = f(ws.pattern.row[e], ws.pattern.latent[e]);
+      ws.coef.resize(static_cast<std::size_t>(nnz));
+      for (Index e = 0; e < nnz; ++e) ws.coef[e] = f(ws.pattern.row[e], ws.pattern.latent[e]);
       ws.reconstruction.resize(B, cfg.d_in);
       kernels::csrDecode<S>(ws.pattern, ws.coef.data(), W_dec, p.flat("b_dec"), ws.reconstruction);
     } else {
@@ -238,17 +277,16 @@ struct JumpReLUArch {
     const double c = cfg.l0_coefficient * opts.sparsity_scale;
     double l0 = 0;
     if (cfg.sparsity_loss_mode == SaeConfig::SparsityLossMode::Step) {
-      l0 = double(ws.pattern.nnz());
+      l0 = double(nnz);
     } else {
       const S scale = S(cfg.jumprelu_tanh_scale);
       ws.row_l0.resize(B);
       SAE_PRAGMA_OMP(parallel for schedule(static))
       for (Index b = 0; b < B; ++b) {
         double s = 0;
-        for (Index e = ws.pattern.row_start[b]; e < ws.pattern.row_start[b + 1]; ++e) {
-          const Index i = ws.pattern.latent[e];
-          s += double(std::tanh(scale * f(b, i) * ws.norms[i]));
-        }
+        const S* fb = f.row(b).data();
+        for (Index i = 0; i < n; ++i)
+          if (fb[i] > S(0)) s += double(std::tanh(scale * fb[i] * ws.norms[i]));
         ws.row_l0[b] = s;
       }
       l0 = ws.row_l0.sum();

@@ -57,6 +57,8 @@ namespace sae::train {
   X(architecture) X(d_sae) X(expansion_factor) X(k) \
   X(rescale_acts_by_decoder_norm) X(apply_b_dec_to_input) X(l1_coefficient) X(lp_norm) \
   X(aux_loss_coefficient) X(batch_size) X(total_steps) X(seed) \
+  X(l0_coefficient) X(jumprelu_bandwidth) X(jumprelu_sparsity_loss_mode) X(jumprelu_tanh_scale) \
+  X(jumprelu_init_threshold) X(pre_act_loss_coefficient) \
   X(lr) X(adam_beta1) X(adam_beta2) X(adam_eps) \
   X(lr_scheduler) X(lr_warmup_steps) X(lr_decay_steps) X(l1_warmup_steps) \
   X(max_grad_norm) X(dead_feature_window) X(feature_sampling_window) X(b_dec_init) \
@@ -68,7 +70,7 @@ namespace sae::train {
 
 /// @brief Settings of a training run (serialised into every checkpoint and train_config.json).
 struct TrainerConfig {
-  std::string architecture = "topk";         ///< "standard", "gated" or "topk".
+  std::string architecture = "topk";         ///< "standard", "gated", "topk", "jumprelu".
   Index d_sae = 0;                           ///< Latents (0: expansion_factor * d_in).
   double expansion_factor = 8.0;             ///< d_sae / d_in when d_sae is 0.
   Index k = 32;                              ///< TopK: latents per token.
@@ -77,6 +79,14 @@ struct TrainerConfig {
   double l1_coefficient = 5.0;               ///< Standard, gated: sparsity coefficient.
   double lp_norm = 1.0;                      ///< Standard: p of the penalty.
   double aux_loss_coefficient = 1.0 / 32;    ///< TopK: AuxK coefficient.
+
+  // JumpReLU (SAELens names and defaults); l1_warmup_steps warms up l0_coefficient.
+  double l0_coefficient = 1.0;                       ///< Weight of the L0 term.
+  double jumprelu_bandwidth = 0.05;                  ///< Rectangle-kernel width.
+  std::string jumprelu_sparsity_loss_mode = "step";  ///< "step" or "tanh".
+  double jumprelu_tanh_scale = 4.0;                  ///< Scale inside tanh (tanh mode).
+  double jumprelu_init_threshold = 0.01;             ///< Initial threshold.
+  double pre_act_loss_coefficient = 0.0;             ///< Pre-activation loss (0: off).
 
   Index batch_size = 4096;          ///< Tokens per step.
   std::int64_t total_steps = 1000;  ///< Training steps.
@@ -111,8 +121,9 @@ struct TrainerConfig {
 
   /// @brief Throws ConfigError naming the first invalid field.
   void validate() const {
-    require(architecture == "standard" || architecture == "gated" || architecture == "topk",
-            "architecture must be standard, gated or topk, found '", architecture, "'");
+    require(architecture == "standard" || architecture == "gated" || architecture == "topk" ||
+                architecture == "jumprelu",
+            "architecture must be standard, gated, topk or jumprelu, found '", architecture, "'");
     require(batch_size > 0, "batch size must be positive, found ", batch_size);
     require(total_steps > 0, "steps must be positive, found ", total_steps);
     require(d_sae >= 0, "d_sae must be >= 0, found ", d_sae);
@@ -140,6 +151,17 @@ struct TrainerConfig {
     require(!out_dir.empty(), "an output directory is required");
     schedule().validate();
     if (architecture == "topk") require(k > 0, "k must be positive, found ", k);
+    require(jumprelu_sparsity_loss_mode == "step" || jumprelu_sparsity_loss_mode == "tanh",
+            "jumprelu_sparsity_loss_mode must be step or tanh, found '",
+            jumprelu_sparsity_loss_mode, "'");
+    SaeConfig::checkCoefficient("l0_coefficient", l0_coefficient);
+    SaeConfig::checkCoefficient("pre_act_loss_coefficient", pre_act_loss_coefficient);
+    require(std::isfinite(jumprelu_bandwidth) && jumprelu_bandwidth > 0,
+            "jumprelu_bandwidth must be positive, found ", jumprelu_bandwidth);
+    require(std::isfinite(jumprelu_tanh_scale) && jumprelu_tanh_scale > 0,
+            "jumprelu_tanh_scale must be positive, found ", jumprelu_tanh_scale);
+    require(std::isfinite(jumprelu_init_threshold),
+            "jumprelu_init_threshold must be finite, found ", jumprelu_init_threshold);
     require(precision == "fp32" || precision == "bf16", "precision must be fp32 or bf16, found '",
             precision, "'");
     require(precision == "fp32" || architecture == "topk",
@@ -158,6 +180,14 @@ struct TrainerConfig {
     c.l1_coefficient = l1_coefficient;
     c.lp_norm = lp_norm;
     c.aux_loss_coefficient = aux_loss_coefficient;
+    c.l0_coefficient = l0_coefficient;
+    c.jumprelu_bandwidth = jumprelu_bandwidth;
+    c.sparsity_loss_mode = jumprelu_sparsity_loss_mode == "tanh"
+                               ? SaeConfig::SparsityLossMode::Tanh
+                               : SaeConfig::SparsityLossMode::Step;
+    c.jumprelu_tanh_scale = jumprelu_tanh_scale;
+    c.jumprelu_init_threshold = jumprelu_init_threshold;
+    c.pre_act_loss_coefficient = pre_act_loss_coefficient;
     return c;
   }
 
@@ -360,7 +390,7 @@ struct TrainResult {
 /// @brief Trains a SparseAutoencoder<Scalar, Arch> on a batch source (see batch_source.hpp).
 ///
 /// @tparam Scalar float (or double).
-/// @tparam Arch   StandardArch, GatedArch or TopKArch.
+/// @tparam Arch   StandardArch, GatedArch, TopKArch or JumpReLUArch.
 /// @tparam Source a BatchSource over Scalar.
 template <typename Scalar, typename Arch, typename Source>
 class Trainer {
@@ -696,6 +726,9 @@ class Trainer {
     const SaeConfig& c = m_model.config();
     if (std::string(Arch::kName) == "topk")
       return {{"aux_loss_coefficient", c.aux_loss_coefficient}};
+    if (std::string(Arch::kName) == "jumprelu")
+      return {{"l0_coefficient", c.l0_coefficient * scale},
+              {"pre_act_loss_coefficient", c.pre_act_loss_coefficient}};
     return {{"l1_coefficient", c.l1_coefficient * scale}};
   }
 
