@@ -4,6 +4,7 @@
 // gradients in double (with AuxK), determinism across thread counts, and validation.
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -12,7 +13,15 @@
 
 #include <catch2/catch.hpp>
 
+#include <nlohmann/json.hpp>
+
+#include <support/test_support.hpp>
+
+#include <sae/io/saelens.hpp>
+#include <sae/io/safetensors.hpp>
 #include <sae/sae.hpp>
+#include <sae/train/batch_source.hpp>
+#include <sae/train/trainer.hpp>
 
 namespace {
 
@@ -685,4 +694,111 @@ TEMPLATE_TEST_CASE("toJumpReLU: the JumpReLU SAE encodes and decodes as the Batc
             tol * std::max<S>(1, y_want.cwiseAbs().maxCoeff()));
     }
   }
+}
+
+// ------------------------------------------------------------------ trainer
+
+TEMPLATE_TEST_CASE(
+    "BatchTopK-family training: the loss falls, L0 is k, the run is saved as "
+    "JumpReLU with the EMA threshold",
+    "[batchtopk][Trainer]", sae::BatchTopKArch, sae::MatryoshkaBatchTopKArch) {
+  using Source = sae::train::SyntheticSource<float>;
+  const std::string arch = TestType::kName;
+  sae::eval::SyntheticOptions o;
+  o.d_in = 32;
+  o.n_features = 64;
+  o.expected_active = 3;
+  sae::train::TrainerConfig cfg;
+  cfg.architecture = arch;
+  cfg.d_sae = 128;
+  cfg.k = 4;
+  if (arch == "matryoshka_batchtopk") cfg.matryoshka_widths = {16, 48, 128};
+  cfg.batch_size = 256;
+  cfg.total_steps = 300;
+  cfg.lr = 3e-3;
+  cfg.lr_decay_steps = 60;
+  cfg.dead_feature_window = 50;
+  cfg.log_every = 10;
+  cfg.eval_rows = 2000;
+  cfg.seed = 3;
+  cfg.out_dir = sae::test::scratchDir("batchtopk", arch + "_train", false);
+  Source src(o, 1, cfg.batch_size);
+  sae::train::Trainer<float, TestType, Source> t(cfg, src);
+  t.setProgress(false);
+  t.initialize();
+  const auto r = t.train();
+  REQUIRE(r.completed);
+  const nlohmann::json fm = r.final_metrics;
+  std::ifstream in(cfg.out_dir + "/metrics.jsonl");
+  std::vector<nlohmann::json> lines;
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("losses")) lines.push_back(j);
+  }
+  REQUIRE(lines.size() == 30);
+  const auto& first = lines.front();
+  const auto& last = lines.back();
+  INFO("first " << first.dump() << "\nlast " << last.dump() << "\nfinal " << fm.dump());
+  CHECK(last.at("mse").get<double>() < 0.3 * first.at("mse").get<double>());
+  // Training selects k * B entries per batch: L0 is k on average.
+  CHECK(first.at("l0").get<double>() == Approx(4.0));
+  CHECK(last.at("l0").get<double>() == Approx(4.0));
+  CHECK(last.at("losses").contains("auxiliary_reconstruction_loss"));
+  if (arch == "matryoshka_batchtopk") {
+    CHECK(last.at("losses").contains("inner_mse_loss_16"));
+    CHECK(last.at("losses").contains("inner_mse_loss_48"));
+  }
+  const double theta = t.model().buffers().flat("topk_threshold")[0];
+  CHECK(last.at("topk_threshold").get<double>() == theta);
+  CHECK(theta > 0.05);
+  // Held-out evaluation runs the inference encoder (threshold): about k per token too.
+  CHECK(fm.at("l0").get<double>() > 2.0);
+  CHECK(fm.at("l0").get<double>() < 8.0);
+  CHECK(fm.at("explained_variance").get<double>() > 0.7);
+  CHECK(sae::eval::meanMaxCosineSimilarity(src.directions(),
+                                           t.model().parameters().rowMajor("W_dec")) > 0.7);
+
+  // The SAELens folder holds the JumpReLU SAE of toJumpReLU().
+  const auto cfg_json = nlohmann::json::parse(sae::test::readFile(cfg.out_dir + "/cfg.json"));
+  CHECK(cfg_json.at("architecture") == "jumprelu");
+  CHECK(cfg_json.at("metadata").at("training_architecture") == arch);
+  CHECK_FALSE(cfg_json.contains("k"));
+  const sae::io::SafetensorsFile w(cfg.out_dir + "/sae_weights.safetensors");
+  const auto jr = sae::toJumpReLU(t.model());
+  for (const char* name : {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"}) {
+    INFO(name);
+    const sae::RowMatrix<float> got = w.read<float>(name);
+    const sae::RowMatrix<float> want = jr.parameters().rowMajorCopy(name);
+    REQUIRE(got.size() == want.size());
+    CHECK(std::equal(got.data(), got.data() + got.size(), want.data()));
+  }
+  CHECK(w.read<float>("threshold").cwiseEqual(float(theta)).all());
+}
+
+TEST_CASE("TrainerConfig: BatchTopK-family fields", "[batchtopk][Trainer]") {
+  sae::train::TrainerConfig c;
+  c.out_dir = "x";
+  c.architecture = "batchtopk";
+  c.validate();
+  c.topk_threshold_lr = 0;
+  CHECK_THROWS_WITH(c.validate(), "topk_threshold_lr must be in (0, 1], found 0");
+  c.topk_threshold_lr = 0.2;
+  c.matryoshka_widths = {8, 64};
+  CHECK_THROWS_WITH(c.validate(),
+                    "matryoshka_widths is for matryoshka_batchtopk only, not batchtopk");
+  c.architecture = "matryoshka_batchtopk";
+  c.validate();
+  c.k = 0;
+  CHECK_THROWS_WITH(c.validate(), "k must be positive, found 0");
+  c.k = 6;
+  const sae::SaeConfig sc = c.saeConfig(16);
+  CHECK(sc.k == 6);
+  CHECK(sc.rescale_acts_by_decoder_norm);
+  CHECK(sc.topk_threshold_lr == 0.2);
+  CHECK(sc.matryoshka_widths == std::vector<Index>{8, 64});
+  sae::train::TrainerConfig e;
+  e.updateFromJson(c.toJson(), "test");
+  CHECK(e.toJson() == c.toJson());
+  c.matryoshka_widths.clear();
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("matryoshka_batchtopk needs matryoshka_widths"));
 }

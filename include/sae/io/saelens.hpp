@@ -14,6 +14,9 @@
 ///   stored in name order;
 /// - a TopK SAE with rescale_acts_by_decoder_norm is saved with the decoder norms folded in
 ///   (`W_enc * n`, `b_enc * n`, `W_dec / n`), which leaves its function unchanged;
+/// - a BatchTopK or Matryoshka BatchTopK SAE is saved as the JumpReLU SAE of toJumpReLU()
+///   (`architecture` "jumprelu", `threshold` = its `topk_threshold`), with
+///   `metadata.training_architecture` naming what was trained;
 /// - `sparsity.safetensors` holds one tensor `sparsity [d_sae]`: log10 of each latent's firing
 ///   frequency plus 1e-10.
 #pragma once
@@ -25,6 +28,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -35,7 +39,9 @@
 #include <sae/core/types.hpp>
 #include <sae/io/atomic_write.hpp>
 #include <sae/io/safetensors.hpp>
+#include <sae/models/batchtopk.hpp>
 #include <sae/models/gated.hpp>
+#include <sae/models/matryoshka.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
 #include <sae/models/standard.hpp>
 #include <sae/models/topk.hpp>
@@ -271,6 +277,13 @@ struct SaeLensSaveOptions {
 template <typename Scalar, typename Arch>
 void saveSaeLens(const SparseAutoencoder<Scalar, Arch>& model, const std::string& dir,
                  const SaeLensSaveOptions& options = {}) {
+  if constexpr (std::is_base_of_v<sae::detail::BatchTopKFamily, Arch>) {
+    SaeLensSaveOptions o = options;
+    if (!o.metadata.contains("training_architecture"))
+      o.metadata["training_architecture"] = Arch::kName;
+    saveSaeLens(toJumpReLU(model), dir, o);
+    return;
+  }
   if (!detail::isDirectory(dir) && ::mkdir(dir.c_str(), 0777) != 0 && !detail::isDirectory(dir))
     throw IoError(
         sae::detail::concat(dir, ": cannot create the directory: ", detail::errnoText(errno)));
