@@ -166,3 +166,34 @@ TEST_CASE("BatchTopK and Matryoshka training steps do not allocate",
   cfg.matryoshka_widths = {32, 96, 256};
   CHECK(allocationsPerStep<sae::MatryoshkaBatchTopKSAE<float>>(cfg, [](auto&) {}) == 0);
 }
+
+TEMPLATE_TEST_CASE("Feature steering allocates nothing beyond the model's encode",
+                   "[allocations][steering]", sae::StandardSAE<float>, sae::GatedSAE<float>,
+                   sae::TopKSAE<float>, sae::JumpReLUSAE<float>) {
+  const TestType model(config(), 1);
+  sae::eval::SyntheticOptions data_opts;
+  data_opts.d_in = config().d_in;
+  sae::eval::SyntheticFeatures<float> data(data_opts, 3);
+  sae::RowMatrix<float> x = data.sample(16);
+  const std::vector<Index> ids = {0, 5, 6, 15};
+  const sae::RowMatrix<float> x_sel = x(ids, Eigen::all);
+  typename TestType::Codes codes;
+  auto count = [](auto&& fn) {
+    fn();
+    fn();
+    g_allocations = 0;
+    g_counting = true;
+    for (int i = 0; i < 3; ++i) fn();
+    g_counting = false;
+    return g_allocations.load();
+  };
+  const long encode_all = count([&] { model.encode(x, codes); });
+  const long encode_sel = count([&] { model.encode(x_sel, codes); });
+  sae::steer::FeatureEditor<TestType> editor(
+      model, {sae::steer::FeatureEdit::zero(3), sae::steer::FeatureEdit::multiply(7, 2.0),
+              sae::steer::FeatureEdit::set(100, 0.5)});
+  CHECK(count([&] { editor.apply(x); }) == encode_all);
+  CHECK(count([&] { editor.apply(x.data(), x.rows(), x.cols()); }) == encode_all);
+  CHECK(count([&] { editor.apply(x, sae::steer::RowSelection::indices(ids)); }) == encode_sel);
+  CHECK(count([&] { editor.addDirection(x, 9, 0.5f); }) == 0);
+}

@@ -25,4 +25,5 @@
 #include <sae/optim/adam.hpp>
 #include <sae/optim/clip.hpp>
 #include <sae/optim/schedule.hpp>
+#include <sae/steer/steering.hpp>
 #include <sae/train/dead_latents.hpp>

@@ -128,15 +128,15 @@ struct JumpReLUArch {
   /// Constants of the per-entry gradient of one step.
   template <typename S>
   struct EntryRule {
-    S inv_eps;     // 1 / ε
+    S eps;         // ε, the bandwidth
     S step_t;      // step mode: d l0 / d 1[h > t] per entry, c / B; else 0
     S tanh_scale;  // tanh mode: jumprelu_tanh_scale; else 0
     S tanh_coef;   // tanh mode: c / B * jumprelu_tanh_scale; else 0
     S pre_coef;    // pre_act_loss_coefficient / B (0: no pre-activation loss)
 
-    /// Whether (h - t) / ε lies strictly inside (-1/2, 1/2).
+    /// Whether (h - t) / ε lies strictly inside (-1/2, 1/2) (computed as SAELens does).
     bool inWindow(S h, S t) const {
-      const S u = (h - t) * inv_eps;
+      const S u = (h - t) / eps;
       return u > S(-0.5) && u < S(0.5);
     }
   };
@@ -146,7 +146,7 @@ struct JumpReLUArch {
     const double c = cfg.l0_coefficient * opts.sparsity_scale / double(B);
     const bool tanh = cfg.sparsity_loss_mode == SaeConfig::SparsityLossMode::Tanh;
     EntryRule<S> r;
-    r.inv_eps = S(1.0 / cfg.jumprelu_bandwidth);
+    r.eps = S(cfg.jumprelu_bandwidth);
     r.step_t = tanh ? S(0) : S(c);
     r.tanh_scale = tanh ? S(cfg.jumprelu_tanh_scale) : S(0);
     r.tanh_coef = tanh ? S(c * cfg.jumprelu_tanh_scale) : S(0);
@@ -179,7 +179,7 @@ struct JumpReLUArch {
         dn += r.tanh_coef * f * sech2;
       }
       if (active) gh = gf;
-      if (window) gt = -(t * r.inv_eps) * gf - r.step_t * r.inv_eps;
+      if (window) gt = -(t / r.eps) * gf - r.step_t / r.eps;
     }
     if (pre_act && t > h) {
       gh -= r.pre_coef * n;
