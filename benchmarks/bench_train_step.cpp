@@ -3,7 +3,8 @@
 //   bench_train_step --arch topk --d-in 768 --d-sae 24576 --batch 4096 --k 32 --threads 2
 //
 // Prints ms/step, tokens/s and GFLOP/s counting useful FLOPs as DESIGN.md section 5 does
-// (2 per multiply-add): dense step 12 B d n; TopK step 2 B d n + 8 B k d.
+// (2 per multiply-add): dense step 12 B d n; TopK step 2 B d n + 8 B k d (also BatchTopK's and
+// Matryoshka's: k per token on average; Matryoshka uses 4 levels, d_sae / 8, / 4, / 2, d_sae).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -29,6 +30,7 @@ int run(const Options& o) {
   cfg.d_sae = o.d_sae;
   cfg.k = o.k;
   cfg.rescale_acts_by_decoder_norm = true;
+  cfg.matryoshka_widths = {o.d_sae / 8, o.d_sae / 4, o.d_sae / 2, o.d_sae};
   Model model(cfg, 1);
   sae::Rng rng(2);
   sae::RowMatrix<float> x(o.batch, o.d_in);
@@ -45,13 +47,15 @@ int run(const Options& o) {
     model.backward(x, grads, opts, ws);
     sae::clipGradNorm(grads, 1.0);
     adam.step(model.parameters(), grads);
+    model.updateBuffers(ws);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (s >= o.warmup) times.push_back(dt);
   }
   std::sort(times.begin(), times.end());
   const double median = times[times.size() / 2];
   const double B = double(o.batch), d = double(o.d_in), n = double(o.d_sae), k = double(o.k);
-  const double flops = o.arch == "topk" ? 2 * B * d * n + 8 * B * k * d : 12 * B * d * n;
+  const bool sparse = o.arch == "topk" || o.arch == "batchtopk" || o.arch == "matryoshka_batchtopk";
+  const double flops = sparse ? 2 * B * d * n + 8 * B * k * d : 12 * B * d * n;
   std::printf(
       "arch %s d_in %ld d_sae %ld batch %ld k %ld threads %d: %.1f ms/step, %.0f tokens/s, "
       "%.1f GFLOP/s (median of %d)\n",
@@ -65,8 +69,8 @@ int run(const Options& o) {
 int main(int argc, char** argv) {
   Options o;
   CLI::App app{"Time SAE training steps."};
-  app.add_option("--arch", o.arch, "standard, gated or topk")
-      ->check(CLI::IsMember({"standard", "gated", "topk"}))
+  app.add_option("--arch", o.arch, "standard, gated, topk, batchtopk or matryoshka_batchtopk")
+      ->check(CLI::IsMember({"standard", "gated", "topk", "batchtopk", "matryoshka_batchtopk"}))
       ->capture_default_str();
   app.add_option("--d-in", o.d_in)->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--d-sae", o.d_sae)->capture_default_str()->check(CLI::PositiveNumber);
@@ -81,6 +85,8 @@ int main(int argc, char** argv) {
   if (o.threads > 0) sae::setThreads(o.threads);
   try {
     if (o.arch == "topk") return run<sae::TopKSAE<float>>(o);
+    if (o.arch == "batchtopk") return run<sae::BatchTopKSAE<float>>(o);
+    if (o.arch == "matryoshka_batchtopk") return run<sae::MatryoshkaBatchTopKSAE<float>>(o);
     if (o.arch == "gated") return run<sae::GatedSAE<float>>(o);
     return run<sae::StandardSAE<float>>(o);
   } catch (const std::exception& e) {

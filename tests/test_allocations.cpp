@@ -95,6 +95,7 @@ long allocationsPerStep(const sae::SaeConfig& cfg, Setup setup) {
     const auto terms = model.backward(x, grads, opts, ws);
     sae::clipGradNorm(grads, 1.0);
     adam.step(model.parameters(), grads);
+    model.updateBuffers(ws);
     return terms.total();
   };
   step();
@@ -156,6 +157,14 @@ TEST_CASE("JumpReLU training steps do not allocate, dense or sparse", "[allocati
     CHECK(allocationsPerStep<sae::JumpReLUSAE<float>>(
               cfg, [](auto& m) { m.parameters().flat("threshold").array() += 0.1f; }) == 0);
   }
+}
+
+TEST_CASE("BatchTopK and Matryoshka training steps do not allocate",
+          "[allocations][BatchTopKSAE]") {
+  CHECK(allocationsPerStep<sae::BatchTopKSAE<float>>(config(), [](auto&) {}) == 0);
+  sae::SaeConfig cfg = config();
+  cfg.matryoshka_widths = {32, 96, 256};
+  CHECK(allocationsPerStep<sae::MatryoshkaBatchTopKSAE<float>>(cfg, [](auto&) {}) == 0);
 }
 
 TEMPLATE_TEST_CASE("Feature steering allocates nothing beyond the model's encode",

@@ -670,3 +670,72 @@ TEST_CASE("sae eval --features: statistics match a brute-force count over the en
   checkBadInput(cat({"eval", "--sae", dir + "/topk", "--features", dir + "/nodir/f.json"}, data),
                 dir + "/nodir/f.json");
 }
+
+TEST_CASE("sae train --arch matryoshka_batchtopk: its flags reach the run; saved as jumprelu",
+          "[cli]") {
+  const std::string dir = tempDir("matryoshka");
+  std::vector<std::string> args = {"train",
+                                   "--out",
+                                   dir + "/run",
+                                   "--arch",
+                                   "matryoshka_batchtopk",
+                                   "--d-sae",
+                                   "64",
+                                   "--k",
+                                   "3",
+                                   "--matryoshka-widths",
+                                   "8,24,64",
+                                   "--topk-threshold-lr",
+                                   "0.05",
+                                   "--batch",
+                                   "128",
+                                   "--steps",
+                                   "40",
+                                   "--lr",
+                                   "0.003",
+                                   "--synthetic-d-in",
+                                   "16",
+                                   "--synthetic-features",
+                                   "32",
+                                   "--log-every",
+                                   "40",
+                                   "--threads",
+                                   "1",
+                                   "--quiet"};
+  const Result r = run(args);
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const auto tc = nlohmann::json::parse(readFile(dir + "/run/train_config.json"));
+  CHECK(tc.at("architecture") == "matryoshka_batchtopk");
+  CHECK(tc.at("k") == 3);
+  CHECK(tc.at("matryoshka_widths") == nlohmann::json::array({8, 24, 64}));
+  CHECK(tc.at("topk_threshold_lr") == 0.05);
+  const auto cfg = nlohmann::json::parse(readFile(dir + "/run/cfg.json"));
+  CHECK(cfg.at("architecture") == "jumprelu");
+  CHECK(cfg.at("metadata").at("training_architecture") == "matryoshka_batchtopk");
+  // The saved threshold is the run's last EMA value, the same for every latent.
+  std::ifstream in(dir + "/run/metrics.jsonl");
+  nlohmann::json last;
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("losses")) last = j;
+  }
+  REQUIRE(last.contains("topk_threshold"));
+  CHECK(last.at("losses").contains("inner_mse_loss_8"));
+  CHECK(last.at("losses").contains("inner_mse_loss_24"));
+  CHECK(last.at("l0").get<double>() == Approx(3.0));
+  const sae::io::SafetensorsFile w(dir + "/run/sae_weights.safetensors");
+  CHECK(w.names() == std::vector<std::string>{"W_dec", "W_enc", "b_dec", "b_enc", "threshold"});
+  const auto threshold = w.read<float>("threshold");
+  CHECK(threshold.size() == 64);
+  CHECK(threshold.minCoeff() > 0.0f);
+  CHECK(threshold.cwiseEqual(float(last.at("topk_threshold").get<double>())).all());
+
+  // Widths that do not end at d_sae are refused with SAELens's rule in the message.
+  args[2] = dir + "/bad";
+  args[10] = "8,24";
+  const Result bad = run(args);
+  CHECK(bad.status == 1);
+  CHECK(bad.err.find("the last of matryoshka_widths must equal d_sae = 64, found 24") !=
+        std::string::npos);
+}

@@ -98,6 +98,12 @@ void checkResumeIdentical(sae::train::TrainerConfig cfg, const std::string& name
   const auto& mc = c.optimizer().firstMoment().flat();
   CHECK(std::memcmp(ma.data(), mc.data(), sizeof(float) * std::size_t(ma.size())) == 0);
   CHECK(a.deadLatents().stepsSinceFired() == c.deadLatents().stepsSinceFired());
+  // Non-trainable buffers (BatchTopK's topk_threshold) continue bit for bit as well.
+  const auto& ba = a.model().buffers().flat();
+  const auto& bc = c.model().buffers().flat();
+  REQUIRE(ba.size() == bc.size());
+  CHECK(std::memcmp(ba.data(), bc.data(), sizeof(double) * std::size_t(ba.size())) == 0);
+  for (Index i = 0; i < ba.size(); ++i) CHECK(ba[i] > 0);  // they moved from their start
   CHECK(readFile(full_dir + "/sae_weights.safetensors") ==
         readFile(cfg.out_dir + "/sae_weights.safetensors"));
   CHECK(readFile(full_dir + "/sparsity.safetensors") ==
@@ -124,6 +130,16 @@ TEST_CASE("Resumed training is bitwise identical to an uninterrupted run", "[Tra
     cfg.l0_coefficient = 0.05;
     cfg.jumprelu_sparsity_loss_mode = "tanh";
     checkResumeIdentical<sae::JumpReLUArch>(cfg, "jumprelu_tanh");
+  }
+  SECTION("batchtopk: the EMA threshold is checkpointed") {
+    auto cfg = smallConfig("batchtopk", "");
+    cfg.topk_threshold_lr = 0.05;
+    checkResumeIdentical<sae::BatchTopKArch>(cfg, "batchtopk");
+  }
+  SECTION("matryoshka_batchtopk") {
+    auto cfg = smallConfig("matryoshka_batchtopk", "");
+    cfg.matryoshka_widths = {8, 24, 64};
+    checkResumeIdentical<sae::MatryoshkaBatchTopKArch>(cfg, "matryoshka");
   }
   SECTION("topk with every option: geometric median, unit norm, input normalisation") {
     auto cfg = smallConfig("topk", "");

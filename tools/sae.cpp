@@ -3,6 +3,8 @@
 //   sae train --out DIR                         # TopK SAE on built-in synthetic data
 //   sae train --data acts.npy --arch topk --k 32 --expansion 8 --steps 2000 --out DIR
 //   sae train --data acts.npy --arch jumprelu --l0-coefficient 2 --jumprelu-mode tanh --out DIR
+//   sae train --data acts.npy --arch matryoshka_batchtopk --matryoshka-widths 256,1024,4096
+//             --k 32 --d-sae 4096 --out DIR       # saved as jumprelu
 //   sae train --out DIR --resume                # continue an interrupted run
 //   sae encode --sae DIR --data acts.npy --out codes.safetensors [--dense]
 //   sae eval --sae DIR --data acts.npy [--features stats.json [--top-n 20] [--token-ids ids.npy]]
@@ -85,7 +87,8 @@ struct TrainArgs {
   Index k = 0, d_sae = 0, batch = 0, synth_d_in = 64, synth_features = 256;
   double expansion = 0, lr = 0, l1 = 0, aux = 0, holdout = 0, synth_active = 5, synth_noise = 0.01;
   double l0 = 0, jumprelu_bandwidth = 0, jumprelu_tanh_scale = 0, jumprelu_init_threshold = 0,
-         pre_act = 0;
+         pre_act = 0, topk_threshold_lr = 0;
+  std::vector<Index> matryoshka_widths;
   std::int64_t steps = 0, tokens = 0, lr_warmup = 0, lr_decay = 0, l1_warmup = 0, dead_window = 0,
                log_every = 0, eval_every = 0, checkpoint_every = 0;
   std::uint64_t seed = 0;
@@ -144,6 +147,10 @@ int dispatchArch(const sae::train::TrainerConfig& cfg, Source& source, bool resu
     return runTrainer<sae::GatedArch>(cfg, source, resume, quiet, mmcs);
   if (cfg.architecture == "jumprelu")
     return runTrainer<sae::JumpReLUArch>(cfg, source, resume, quiet, mmcs);
+  if (cfg.architecture == "batchtopk")
+    return runTrainer<sae::BatchTopKArch>(cfg, source, resume, quiet, mmcs);
+  if (cfg.architecture == "matryoshka_batchtopk")
+    return runTrainer<sae::MatryoshkaBatchTopKArch>(cfg, source, resume, quiet, mmcs);
   return runTrainer<sae::TopKArch>(cfg, source, resume, quiet, mmcs);
 }
 
@@ -157,11 +164,26 @@ int cmdTrain(const TrainArgs& a, CLI::App& app) {
     const sae::train::Checkpoint ck(*latest);
     if (!ck.state().contains("config")) ck.fail("state has no 'config'");
     cfg.updateFromJson(ck.state().at("config"), *latest);
-    for (const char* flag :
-         {"--config", "--arch", "--k", "--d-sae", "--expansion", "--batch", "--steps", "--tokens",
-          "--lr", "--l1", "--seed", "--data", "--l0-coefficient", "--jumprelu-bandwidth",
-          "--jumprelu-mode", "--jumprelu-tanh-scale", "--jumprelu-init-threshold",
-          "--pre-act-loss-coefficient"})
+    for (const char* flag : {"--config",
+                             "--arch",
+                             "--k",
+                             "--d-sae",
+                             "--expansion",
+                             "--batch",
+                             "--steps",
+                             "--tokens",
+                             "--lr",
+                             "--l1",
+                             "--seed",
+                             "--data",
+                             "--l0-coefficient",
+                             "--jumprelu-bandwidth",
+                             "--jumprelu-mode",
+                             "--jumprelu-tanh-scale",
+                             "--jumprelu-init-threshold",
+                             "--pre-act-loss-coefficient",
+                             "--topk-threshold-lr",
+                             "--matryoshka-widths"})
       if (app.count(flag) > 0)
         throw sae::ConfigError(std::string(flag) +
                                " cannot be changed when resuming (the run's configuration is "
@@ -196,6 +218,8 @@ int cmdTrain(const TrainArgs& a, CLI::App& app) {
     if (app.count("--jumprelu-init-threshold"))
       cfg.jumprelu_init_threshold = a.jumprelu_init_threshold;
     if (app.count("--pre-act-loss-coefficient")) cfg.pre_act_loss_coefficient = a.pre_act;
+    if (app.count("--topk-threshold-lr")) cfg.topk_threshold_lr = a.topk_threshold_lr;
+    if (app.count("--matryoshka-widths")) cfg.matryoshka_widths = a.matryoshka_widths;
     if (app.count("--seed")) cfg.seed = a.seed;
     if (app.count("--lr-scheduler")) cfg.lr_scheduler = a.lr_scheduler;
     if (app.count("--lr-warmup")) cfg.lr_warmup_steps = a.lr_warmup;
@@ -744,8 +768,13 @@ int main(int argc, char** argv) {
                     "activation shards [tokens, d_in]: .npy, .npz, .safetensors files, "
                     "directories or glob patterns (streamed, shuffled)");
   train->add_option("--arch", t.arch, "architecture")
-      ->check(CLI::IsMember({"standard", "gated", "topk", "jumprelu"}));
-  train->add_option("--k", t.k, "TopK: latents per token (default 32)")->check(CLI::PositiveNumber);
+      ->check(CLI::IsMember(
+          {"standard", "gated", "topk", "jumprelu", "batchtopk", "matryoshka_batchtopk"}));
+  train
+      ->add_option("--k", t.k,
+                   "topk: latents per token; batchtopk, matryoshka_batchtopk: per token on "
+                   "average over the batch (default 32)")
+      ->check(CLI::PositiveNumber);
   auto* dsae =
       train->add_option("--d-sae", t.d_sae, "number of latents")->check(CLI::PositiveNumber);
   train->add_option("--expansion", t.expansion, "d_sae = expansion * d_in (default 8)")
@@ -761,7 +790,7 @@ int main(int argc, char** argv) {
   train->add_option("--lr", t.lr, "peak learning rate (default 3e-4)")->check(CLI::PositiveNumber);
   train->add_option("--l1", t.l1, "standard / gated: L1 coefficient (default 5)")
       ->check(CLI::NonNegativeNumber);
-  train->add_option("--aux", t.aux, "topk: AuxK coefficient (default 1/32)")
+  train->add_option("--aux", t.aux, "topk, batchtopk, matryoshka: AuxK coefficient (default 1/32)")
       ->check(CLI::NonNegativeNumber);
   train
       ->add_option("--l0-coefficient", t.l0,
@@ -787,12 +816,24 @@ int main(int argc, char** argv) {
                    "jumprelu: coefficient of the pre-activation loss pulling dead latents "
                    "towards their threshold (default 0: off)")
       ->check(CLI::NonNegativeNumber);
+  train
+      ->add_option("--topk-threshold-lr", t.topk_threshold_lr,
+                   "batchtopk, matryoshka_batchtopk: rate of the moving average that becomes the "
+                   "saved JumpReLU threshold (default 0.01)")
+      ->check(CLI::Range(1e-12, 1.0));
+  train
+      ->add_option("--matryoshka-widths", t.matryoshka_widths,
+                   "matryoshka_batchtopk: nested prefix widths, comma-separated, strictly "
+                   "increasing, the last equal to d_sae (e.g. 256,1024,4096)")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
   train->add_option("--seed", t.seed, "random seed (default 0)");
   train->add_option("--threads", t.threads, "threads (0: all; same threads = same bits)")
       ->check(CLI::NonNegativeNumber);
   train
       ->add_option("--precision", t.precision,
-                   "topk encoder GEMM: fp32 (default) or bf16 (mixed precision, needs oneDNN)")
+                   "encoder GEMM of topk, batchtopk, matryoshka_batchtopk: fp32 (default) or "
+                   "bf16 (mixed precision, needs oneDNN)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
   train->add_option("--out", t.out, "run folder")->required();
   train->add_flag("--resume", t.resume, "continue the run in --out from its latest checkpoint");

@@ -15,9 +15,11 @@
 #include <sae/io/sae_formats.hpp>
 #include <sae/kernels/sparse.hpp>
 #include <sae/kernels/topk.hpp>
+#include <sae/models/batchtopk.hpp>
 #include <sae/models/config.hpp>
 #include <sae/models/gated.hpp>
 #include <sae/models/jumprelu.hpp>
+#include <sae/models/matryoshka.hpp>
 #include <sae/models/normalization.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
 #include <sae/models/standard.hpp>

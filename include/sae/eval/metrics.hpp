@@ -67,7 +67,14 @@ class FiringStats {
  public:
   explicit FiringStats(Index d_sae = 0) : m_counts(Eigen::VectorXd::Zero(d_sae)) {}
 
-  /// @brief Adds the codes of a batch (DenseCodes or SparseCodes).
+  /// @brief Adds the codes of a batch (DenseCodes, SparseCodes or CsrCodes).
+  template <typename Scalar>
+  void add(const CsrCodes<Scalar>& codes) {
+    checkWidth(codes.d_sae);
+    for (Index e = 0; e < codes.nnz(); ++e)
+      if (codes.values[e] != Scalar(0)) m_counts[codes.pattern.latent[e]] += 1;
+    m_tokens += codes.rows();
+  }
   template <typename Scalar>
   void add(const SparseCodes<Scalar>& codes) {
     checkWidth(codes.d_sae);

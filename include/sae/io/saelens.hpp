@@ -20,6 +20,9 @@
 ///   a BatchTopK / Matryoshka SAE is saved for inference as a jumprelu SAE;
 /// - a TopK SAE with rescale_acts_by_decoder_norm is saved with the decoder norms folded in
 ///   (`W_enc * n`, `b_enc * n`, `W_dec / n`), which leaves its function unchanged;
+/// - a BatchTopK or Matryoshka BatchTopK SAE is saved as the JumpReLU SAE of toJumpReLU()
+///   (`architecture` "jumprelu", `threshold` = its `topk_threshold`), with
+///   `metadata.training_architecture` naming what was trained;
 /// - `sparsity.safetensors` holds one tensor `sparsity [d_sae]`: log10 of each latent's firing
 ///   frequency plus 1e-10.
 ///
@@ -42,6 +45,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -54,6 +58,8 @@
 #include <sae/io/dtype.hpp>
 #include <sae/io/loaded_sae.hpp>
 #include <sae/io/safetensors.hpp>
+#include <sae/models/batchtopk.hpp>
+#include <sae/models/matryoshka.hpp>
 #include <sae/models/normalization.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
 
@@ -429,6 +435,13 @@ inline void writeTensors(std::vector<std::pair<std::string, RowMatrix<double>>>&
 template <typename Scalar, typename Arch>
 void saveSaeLens(const SparseAutoencoder<Scalar, Arch>& model, const std::string& dir,
                  const SaeLensSaveOptions& options = {}) {
+  if constexpr (std::is_base_of_v<sae::detail::BatchTopKFamily, Arch>) {
+    SaeLensSaveOptions o = options;
+    if (!o.metadata.contains("training_architecture"))
+      o.metadata["training_architecture"] = Arch::kName;
+    saveSaeLens(toJumpReLU(model), dir, o);
+    return;
+  }
   const double s = options.input_scale;
   require(std::isfinite(s) && s > 0, "saveSaeLens: input_scale must be finite and > 0, found ", s);
   const DType dtype = options.dtype;

@@ -1,11 +1,16 @@
 /// @file topk.hpp
-/// @brief Per-row top-k selection, plain and fused with the encoder's bias and rescale.
+/// @brief Per-row top-k selection, plain and fused with the encoder's bias and rescale; exact
+/// top-K over a whole batch (BatchTopK), streamed from several threads.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include <sae/core/config.hpp>
+#include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
+#include <sae/kernels/sparse.hpp>
 
 namespace sae {
 namespace kernels {
@@ -113,6 +118,178 @@ void rowTopK(const Eigen::Ref<const RowMatrix<Scalar>>& scores, Index k,
                indices.row(r).data(), values.row(r).data());
   }
 }
+
+/// @brief The `K` largest positive scores of a whole batch (BatchTopK), exactly, without
+/// holding the batch's `[B, n]` scores: rows are offered one at a time, from any number of
+/// threads, and each thread keeps only the candidates that can still be among the K best.
+///
+/// Scores are `(pre[i] + bias[i]) * scale[i]` (no scale when null), as in selectTopKFused(),
+/// and only scores > 0 are candidates. The order is total: a higher score first, and equal
+/// scores by lower position `b * n + i` (row-major), so the selection is deterministic and
+/// independent of the thread count and of how rows are tiled.
+///
+/// Each thread owns a buffer of up to 2K candidates and a cutoff, its K-th best so far: a
+/// score enters only when it beats the cutoff; a full buffer is cut back to its K best with
+/// std::nth_element. Blocks of 16 scores whose maximum is below the cutoff are skipped after
+/// one vectorised pass. finish() merges the buffers (dropping what is worse than the best of
+/// the threads' K-th bests, a lower bound of the batch's K-th best) and returns the selection
+/// in row-compressed form, by increasing latent within a row. Storage is reused across
+/// batches: once it has grown, a selection allocates nothing.
+///
+/// @tparam Scalar float or double.
+template <typename Scalar>
+class BatchTopKSelector {
+ public:
+  /// A candidate: its score, the pre-activation `pre + bias` (carried along) and its position.
+  struct Candidate {
+    Scalar score;
+    Scalar value;
+    std::int64_t pos;
+  };
+
+  /// @brief Starts a selection of the `k_total` best over `threads` streams (thread indices
+  /// 0 .. threads - 1 may then call offerRow() concurrently, each with its own index).
+  void start(Index k_total, int threads) {
+    require(k_total >= 1, "BatchTopKSelector: k_total must be >= 1, found ", k_total);
+    require(threads >= 1, "BatchTopKSelector: threads must be >= 1, found ", threads);
+    m_k = k_total;
+    if (m_streams.size() < static_cast<std::size_t>(threads))
+      m_streams.resize(static_cast<std::size_t>(threads));
+    m_active = threads;
+    const std::size_t cap = capacity();
+    for (int t = 0; t < threads; ++t) {
+      Stream& s = m_streams[static_cast<std::size_t>(t)];
+      s.buffer.clear();
+      s.buffer.reserve(cap);
+      s.cutoff = Candidate{Scalar(0), Scalar(0), -1};  // admits exactly the scores > 0
+    }
+    // Merging sees at most K per stream; reserved here so that finish() does not allocate.
+    m_merged.reserve(static_cast<std::size_t>(threads) * static_cast<std::size_t>(k_total));
+    m_sorted.reserve(static_cast<std::size_t>(k_total));
+  }
+
+  /// @brief Offers the `n` scores of one row, whose first entry has position `first_pos`
+  /// (`b * n`), from stream `thread`.
+  void offerRow(int thread, const Scalar* pre, const Scalar* bias, const Scalar* scale, Index n,
+                std::int64_t first_pos) {
+    Stream& s = m_streams[static_cast<std::size_t>(thread)];
+    constexpr Index kBlock = 16;
+    using Block = Eigen::Array<Scalar, kBlock, 1>;
+    const Index full = n - n % kBlock;
+    Block score;
+    for (Index i = 0; i < full; i += kBlock) {
+      const Eigen::Map<const Block> p(pre + i), b(bias + i);
+      if (scale) {
+        score = (p + b) * Eigen::Map<const Block>(scale + i);
+      } else {
+        score = p + b;
+      }
+      if (score.maxCoeff() < s.cutoff.score) continue;
+      for (Index j = 0; j < kBlock; ++j) consider(s, score[j], pre, bias, i + j, first_pos);
+    }
+    for (Index i = full; i < n; ++i) {
+      const Scalar v = scale ? (pre[i] + bias[i]) * scale[i] : pre[i] + bias[i];
+      consider(s, v, pre, bias, i, first_pos);
+    }
+  }
+
+  /// @brief Merges the streams into the selection: the min(K, number of positive scores)
+  /// best, as `pattern` (rows and latents of a `[rows, n]` batch, by increasing latent within
+  /// a row) with their scores and values in the same order.
+  void finish(Index rows, Index n, CsrPattern& pattern, std::vector<Scalar>& scores,
+              std::vector<Scalar>& values) {
+    const std::size_t K = static_cast<std::size_t>(m_k);
+    // Every stream down to its K best; the best of the streams' K-th bests is a lower bound
+    // of the batch's K-th best.
+    bool have_bound = false;
+    Candidate bound{};
+    for (int t = 0; t < m_active; ++t) {
+      std::vector<Candidate>& buf = m_streams[static_cast<std::size_t>(t)].buffer;
+      if (buf.size() < K) continue;
+      keepBest(buf, K);
+      const Candidate worst = *std::max_element(buf.begin(), buf.end(), better);
+      if (!have_bound || better(worst, bound)) bound = worst;
+      have_bound = true;
+    }
+    m_merged.clear();
+    for (int t = 0; t < m_active; ++t)
+      for (const Candidate& c : m_streams[static_cast<std::size_t>(t)].buffer)
+        if (!have_bound || !better(bound, c)) m_merged.push_back(c);
+    if (m_merged.size() > K) keepBest(m_merged, K);
+    m_min_score = m_merged.empty() ? Scalar(0) : m_merged.front().score;
+    for (const Candidate& c : m_merged) m_min_score = std::min(m_min_score, c.score);
+
+    // Counting sort by row, then by latent within each row.
+    const std::size_t nnz = m_merged.size();
+    pattern.row_start.assign(static_cast<std::size_t>(rows) + 1, 0);
+    for (const Candidate& c : m_merged)
+      ++pattern.row_start[static_cast<std::size_t>(c.pos / n) + 1];
+    for (Index b = 0; b < rows; ++b) pattern.row_start[b + 1] += pattern.row_start[b];
+    m_fill.assign(pattern.row_start.begin(), pattern.row_start.end() - 1);
+    m_sorted.resize(nnz);
+    for (const Candidate& c : m_merged) m_sorted[m_fill[c.pos / n]++] = c;
+    pattern.latent.resize(nnz);
+    pattern.row.resize(nnz);
+    scores.resize(nnz);
+    values.resize(nnz);
+    SAE_PRAGMA_OMP(parallel for schedule(static))
+    for (Index b = 0; b < rows; ++b) {
+      const auto first = m_sorted.begin() + pattern.row_start[b];
+      const auto last = m_sorted.begin() + pattern.row_start[b + 1];
+      std::sort(first, last, [](const Candidate& x, const Candidate& y) { return x.pos < y.pos; });
+      for (Index e = pattern.row_start[b]; e < pattern.row_start[b + 1]; ++e) {
+        const Candidate& c = m_sorted[static_cast<std::size_t>(e)];
+        pattern.latent[e] = static_cast<std::int32_t>(c.pos - std::int64_t(b) * n);
+        pattern.row[e] = static_cast<std::int32_t>(b);
+        scores[e] = c.score;
+        values[e] = c.value;
+      }
+    }
+  }
+
+  /// @brief Number of entries selected by the last finish().
+  Index selected() const { return static_cast<Index>(m_merged.size()); }
+  /// @brief Smallest selected score of the last finish() (0 when nothing was selected).
+  Scalar minScore() const { return m_min_score; }
+
+  /// @brief `a` comes before `b`: a higher score, or an equal score at a lower position.
+  static bool better(const Candidate& a, const Candidate& b) {
+    return a.score > b.score || (a.score == b.score && a.pos < b.pos);
+  }
+
+ private:
+  struct alignas(64) Stream {
+    std::vector<Candidate> buffer;
+    Candidate cutoff{};
+  };
+
+  std::size_t capacity() const { return 2 * static_cast<std::size_t>(m_k); }
+
+  void consider(Stream& s, Scalar v, const Scalar* pre, const Scalar* bias, Index i,
+                std::int64_t first_pos) {
+    const Candidate c{v, pre[i] + bias[i], first_pos + i};
+    if (!better(c, s.cutoff)) return;
+    s.buffer.push_back(c);
+    if (s.buffer.size() < capacity()) return;
+    keepBest(s.buffer, static_cast<std::size_t>(m_k));
+    s.cutoff = s.buffer.back();  // nth_element put the K-th best last
+  }
+
+  /// Keeps the `keep` best of `buf` (in no particular order).
+  static void keepBest(std::vector<Candidate>& buf, std::size_t keep) {
+    if (buf.size() <= keep) return;
+    std::nth_element(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(keep - 1), buf.end(),
+                     better);
+    buf.resize(keep);
+  }
+
+  Index m_k = 1;
+  int m_active = 0;
+  std::vector<Stream> m_streams;
+  std::vector<Candidate> m_merged, m_sorted;
+  std::vector<Index> m_fill;
+  Scalar m_min_score = 0;
+};
 
 }  // namespace kernels
 }  // namespace sae

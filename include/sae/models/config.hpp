@@ -5,6 +5,9 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <functional>
+#include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -12,6 +15,7 @@
 
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
+#include <sae/kernels/sparse.hpp>
 
 namespace sae {
 
@@ -80,15 +84,28 @@ struct TrainOptions {
   double sparsity_scale = 1.0;
 };
 
+/// @brief A copy of `name` with static storage duration, the same pointer for equal names:
+/// for loss-term names made at run time (Matryoshka's `inner_mse_loss_<width>`). Thread-safe;
+/// each distinct name is stored once for the life of the program.
+inline const char* internLossName(std::string_view name) {
+  static std::mutex mutex;
+  static std::set<std::string, std::less<>> names;
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = names.find(name);
+  if (it == names.end()) it = names.emplace(name).first;
+  return it->c_str();
+}
+
 /// @brief The terms of a loss by their SAELens names, in SAELens order, and their total.
 ///
-/// Fixed capacity, no heap allocation: names are string literals (static storage).
+/// Fixed capacity, no heap allocation: names have static storage (string literals, or
+/// internLossName() for names made at run time).
 template <typename Scalar>
 class LossTerms {
  public:
   /// One term: its SAELens name and value.
   using Term = std::pair<const char*, Scalar>;
-  static constexpr std::size_t kCapacity = 8;
+  static constexpr std::size_t kCapacity = 32;
 
   /// @brief A read-only range over the terms, in order.
   class View {
@@ -104,7 +121,7 @@ class LossTerms {
     const Term* m_end;
   };
 
-  /// @brief Appends a term; `name` must have static storage (a string literal).
+  /// @brief Appends a term; `name` must have static storage (see internLossName()).
   void add(const char* name, Scalar value) {
     require(m_size < kCapacity, "LossTerms: more than ", kCapacity, " terms");
     m_terms[m_size++] = Term(name, value);
@@ -179,6 +196,36 @@ struct SparseCodes {
   double l0() const {
     return values.rows() ? double((values.array() != Scalar(0)).count()) / double(values.rows())
                          : 0.0;
+  }
+};
+
+/// @brief Feature activations kept sparse with a variable number per token, row-compressed
+/// (BatchTopK, Matryoshka BatchTopK).
+///
+/// The entries of row b are the positions [pattern.row_start[b], pattern.row_start[b + 1]) of
+/// `pattern.latent`, `pattern.row` and `values`, by increasing latent. Values are SAELens's
+/// feature activations (with rescale_acts_by_decoder_norm, in units scaled by the decoder row
+/// norms, as for TopK).
+template <typename Scalar>
+struct CsrCodes {
+  kernels::CsrPattern pattern;  ///< Rows and latents of the entries.
+  std::vector<Scalar> values;   ///< One activation per entry.
+  Index d_sae = 0;              ///< Number of latents.
+
+  Index rows() const { return pattern.row_start.empty() ? 0 : pattern.rows(); }
+  Index latents() const { return d_sae; }
+  /// @brief Number of stored entries.
+  Index nnz() const { return pattern.nnz(); }
+  /// @brief The dense `[tokens, d_sae]` matrix (allocates; for inspection and export).
+  RowMatrix<Scalar> toDense() const {
+    RowMatrix<Scalar> out = RowMatrix<Scalar>::Zero(rows(), d_sae);
+    for (Index e = 0; e < nnz(); ++e) out(pattern.row[e], pattern.latent[e]) = values[e];
+    return out;
+  }
+  double l0() const {
+    Index count = 0;
+    for (const Scalar v : values) count += v != Scalar(0);
+    return rows() ? double(count) / double(rows()) : 0.0;
   }
 };
 

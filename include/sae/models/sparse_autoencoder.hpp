@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include <sae/core/config.hpp>
 #include <sae/core/error.hpp>
@@ -81,6 +82,14 @@ void denseDecode(const ParameterSet<Scalar>& params, const RowMatrix<Scalar>& f,
   out.rowwise() += params.flat("b_dec").transpose();
 }
 
+/// True when the architecture policy declares non-trainable buffers (`addBuffers`).
+template <typename Arch, typename = void>
+struct HasBuffers : std::false_type {};
+template <typename Arch>
+struct HasBuffers<Arch, std::void_t<decltype(Arch::addBuffers(std::declval<ParameterSet<double>&>(),
+                                                              std::declval<const SaeConfig&>()))>>
+    : std::true_type {};
+
 /// Mean over rows of the squared error, summed over columns; accumulated in double.
 template <typename Scalar>
 double meanSquaredError(const Eigen::Ref<const RowMatrix<Scalar>>& a,
@@ -118,6 +127,14 @@ double meanSquaredError(const Eigen::Ref<const RowMatrix<Scalar>>& a,
 ///   - `template <typename S> static void backward(const ParameterSet<S>&, const SaeConfig&,
 ///      const ConstBatchRef<S>&, const TrainOptions&, Workspace<S>&, ParameterSet<S>&)`:
 ///      gradients of the total loss after forward(), written (not added) to the set.
+///
+/// A policy with non-trainable state (torch's buffers, such as BatchTopK's EMA threshold)
+/// also provides:
+///   - `static void addBuffers(ParameterSet<double>&, const SaeConfig&)`: declares them;
+///   - `template <typename S> static void updateBuffers(ParameterSet<double>&, const SaeConfig&,
+///      const Workspace<S>&)`: advances them from the last training forward pass;
+/// and its `encode` takes the buffers after the parameters: `encode(const ParameterSet<S>&,
+/// const ParameterSet<double>&, const SaeConfig&, const ConstBatchRef<S>&, Codes<S>&)`.
 template <typename Scalar_, typename Arch_>
 class SparseAutoencoder {
   static_assert(std::is_floating_point<Scalar_>::value,
@@ -131,6 +148,8 @@ class SparseAutoencoder {
   using Matrix = RowMatrix<Scalar>;
   using Codes = typename Arch::template Codes<Scalar>;
   using Workspace = typename Arch::template Workspace<Scalar>;
+  /// True when the architecture has non-trainable buffers (see buffers()).
+  static constexpr bool kHasBuffers = detail::HasBuffers<Arch>::value;
 
   /// @brief A model with every parameter zero (to be filled, e.g. from a file).
   explicit SparseAutoencoder(const SaeConfig& cfg) : m_cfg(cfg) {
@@ -138,6 +157,7 @@ class SparseAutoencoder {
     Arch::validate(m_cfg);
     m_params.add("W_enc", {m_cfg.d_in, m_cfg.d_sae}, Layout::ColMajor);
     Arch::addParameters(m_params, m_cfg);
+    if constexpr (kHasBuffers) Arch::addBuffers(m_buffers, m_cfg);
   }
 
   /// @brief A model with SAELens's initialisation drawn from `seed`.
@@ -158,6 +178,22 @@ class SparseAutoencoder {
   ParameterSet<Scalar>& parameters() { return m_params; }
   const ParameterSet<Scalar>& parameters() const { return m_params; }
 
+  /// @brief Non-trainable state by SAELens name (torch's buffers; BatchTopK's
+  /// `topk_threshold`), in double precision; empty for most architectures.
+  ///
+  /// Buffers are not parameters: backward() gives them no gradient, and gradient clipping and
+  /// the optimizer never see them. They change only through updateBuffers(), and the Trainer
+  /// saves and restores them with each checkpoint.
+  ParameterSet<double>& buffers() { return m_buffers; }
+  const ParameterSet<double>& buffers() const { return m_buffers; }
+
+  /// @brief Advances the buffers from the training forward pass whose results `ws` holds
+  /// (after loss() or backward()); does nothing for an architecture without buffers. The
+  /// Trainer calls it once per step, as SAELens updates its buffers in every training forward.
+  void updateBuffers(const Workspace& ws) {
+    if constexpr (kHasBuffers) Arch::updateBuffers(m_buffers, m_cfg, ws);
+  }
+
   /// @brief A zero set shaped like the parameters, for backward().
   ParameterSet<Scalar> makeGradients() const { return m_params.zerosLike(); }
 
@@ -170,7 +206,11 @@ class SparseAutoencoder {
   /// @brief Feature activations of a batch into `codes` (reusing its storage).
   void encode(const ConstBatchRef<Scalar>& x, Codes& codes) const {
     detail::checkBatch(x, m_cfg.d_in);
-    Arch::encode(m_params, m_cfg, x, codes);
+    if constexpr (kHasBuffers) {
+      Arch::encode(m_params, m_buffers, m_cfg, x, codes);
+    } else {
+      Arch::encode(m_params, m_cfg, x, codes);
+    }
   }
 
   /// @brief Reconstruction `[tokens, d_in]` from feature activations.
@@ -238,6 +278,7 @@ class SparseAutoencoder {
 
   SaeConfig m_cfg;
   ParameterSet<Scalar> m_params;
+  ParameterSet<double> m_buffers;
 };
 
 }  // namespace sae

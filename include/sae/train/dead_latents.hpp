@@ -62,6 +62,11 @@ class DeadLatentTracker {
         if (codes.values(b, j) != Scalar(0)) m_steps_since[codes.indices(b, j)] = 0;
   }
   template <typename Scalar>
+  void markFired(const CsrCodes<Scalar>& codes) {
+    for (Index e = 0; e < codes.nnz(); ++e)
+      if (codes.values[e] != Scalar(0)) m_steps_since[codes.pattern.latent[e]] = 0;
+  }
+  template <typename Scalar>
   void markFired(const DenseCodes<Scalar>& codes) {
     for (Index i = 0; i < codes.values.cols(); ++i)
       if ((codes.values.col(i).array() != Scalar(0)).any()) m_steps_since[i] = 0;

@@ -6,14 +6,16 @@
 ///
 /// Run folder `out_dir`:
 /// - `cfg.json`, `sae_weights.safetensors`, `sparsity.safetensors`: the final SAE
-///   (`sae_lens.SAE.load_from_disk(out_dir)` loads it);
+///   (`sae_lens.SAE.load_from_disk(out_dir)` loads it; BatchTopK and Matryoshka BatchTopK are
+///   saved as JumpReLU, as SAELens does);
 /// - `train_config.json`: the TrainerConfig of the run;
 /// - `metrics.jsonl`: one JSON object per logged step (and per evaluation);
 /// - `checkpoints/step_*.safetensors` + `checkpoints/latest`: see checkpoint.hpp.
 ///
 /// Determinism: every piece of state that influences training (parameters, Adam m, v and t,
 /// the step, the data-source position, the dead-latent counters, the feature-density window,
-/// the input scale and the RNG) is saved in each checkpoint, so a run resumed from a
+/// the input scale, the RNG and the model's buffers such as BatchTopK's `topk_threshold`, as
+/// `buffers.<name>`) is saved in each checkpoint, so a run resumed from a
 /// checkpoint ends bitwise identical to an uninterrupted run with the same seed and threads.
 #pragma once
 
@@ -40,6 +42,8 @@
 #include <sae/eval/metrics.hpp>
 #include <sae/io/atomic_write.hpp>
 #include <sae/io/saelens.hpp>
+#include <sae/models/batchtopk.hpp>
+#include <sae/models/matryoshka.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
 #include <sae/models/topk.hpp>
 #include <sae/optim/adam.hpp>
@@ -59,6 +63,7 @@ namespace sae::train {
   X(aux_loss_coefficient) X(batch_size) X(total_steps) X(seed) \
   X(l0_coefficient) X(jumprelu_bandwidth) X(jumprelu_sparsity_loss_mode) X(jumprelu_tanh_scale) \
   X(jumprelu_init_threshold) X(pre_act_loss_coefficient) \
+  X(topk_threshold_lr) X(matryoshka_widths) \
   X(lr) X(adam_beta1) X(adam_beta2) X(adam_eps) \
   X(lr_scheduler) X(lr_warmup_steps) X(lr_decay_steps) X(l1_warmup_steps) \
   X(max_grad_norm) X(dead_feature_window) X(feature_sampling_window) X(b_dec_init) \
@@ -70,15 +75,16 @@ namespace sae::train {
 
 /// @brief Settings of a training run (serialised into every checkpoint and train_config.json).
 struct TrainerConfig {
-  std::string architecture = "topk";         ///< "standard", "gated", "topk", "jumprelu".
+  /// "standard", "gated", "topk", "jumprelu", "batchtopk" or "matryoshka_batchtopk".
+  std::string architecture = "topk";
   Index d_sae = 0;                           ///< Latents (0: expansion_factor * d_in).
   double expansion_factor = 8.0;             ///< d_sae / d_in when d_sae is 0.
-  Index k = 32;                              ///< TopK: latents per token.
-  bool rescale_acts_by_decoder_norm = true;  ///< TopK: SAELens flag.
+  Index k = 32;                              ///< TopK family: latents per token (on average).
+  bool rescale_acts_by_decoder_norm = true;  ///< TopK family: SAELens flag.
   bool apply_b_dec_to_input = true;          ///< SAELens flag.
   double l1_coefficient = 5.0;               ///< Standard, gated: sparsity coefficient.
   double lp_norm = 1.0;                      ///< Standard: p of the penalty.
-  double aux_loss_coefficient = 1.0 / 32;    ///< TopK: AuxK coefficient.
+  double aux_loss_coefficient = 1.0 / 32;    ///< TopK family: AuxK coefficient.
 
   // JumpReLU (SAELens names and defaults); l1_warmup_steps warms up l0_coefficient.
   double l0_coefficient = 1.0;                       ///< Weight of the L0 term.
@@ -87,6 +93,11 @@ struct TrainerConfig {
   double jumprelu_tanh_scale = 4.0;                  ///< Scale inside tanh (tanh mode).
   double jumprelu_init_threshold = 0.01;             ///< Initial threshold.
   double pre_act_loss_coefficient = 0.0;             ///< Pre-activation loss (0: off).
+
+  // BatchTopK and Matryoshka BatchTopK (SAELens names and defaults).
+  double topk_threshold_lr = 0.01;  ///< Rate of the EMA of the inference threshold.
+  /// Matryoshka: nested prefix widths, strictly increasing, the last equal to d_sae.
+  std::vector<Index> matryoshka_widths;
 
   Index batch_size = 4096;          ///< Tokens per step.
   std::int64_t total_steps = 1000;  ///< Training steps.
@@ -117,13 +128,22 @@ struct TrainerConfig {
   std::string out_dir;                ///< Run folder.
   nlohmann::json data = nlohmann::json::object();  ///< Description of the data (for resume).
   int threads = 0;  ///< Threads of the run (0: default); same threads = same bits on resume.
-  std::string precision = "fp32";  ///< "fp32" or "bf16" (TopK encoder GEMM; needs oneDNN).
+  /// "fp32" or "bf16" (encoder GEMM of the TopK family; needs oneDNN).
+  std::string precision = "fp32";
+
+  /// @brief True for topk, batchtopk and matryoshka_batchtopk (k, rescale, AuxK apply).
+  bool topkFamily() const {
+    return architecture == "topk" || architecture == "batchtopk" ||
+           architecture == "matryoshka_batchtopk";
+  }
 
   /// @brief Throws ConfigError naming the first invalid field.
   void validate() const {
-    require(architecture == "standard" || architecture == "gated" || architecture == "topk" ||
-                architecture == "jumprelu",
-            "architecture must be standard, gated, topk or jumprelu, found '", architecture, "'");
+    require(architecture == "standard" || architecture == "gated" || architecture == "jumprelu" ||
+                topkFamily(),
+            "architecture must be standard, gated, topk, jumprelu, batchtopk or "
+            "matryoshka_batchtopk, found '",
+            architecture, "'");
     require(batch_size > 0, "batch size must be positive, found ", batch_size);
     require(total_steps > 0, "steps must be positive, found ", total_steps);
     require(d_sae >= 0, "d_sae must be >= 0, found ", d_sae);
@@ -150,7 +170,18 @@ struct TrainerConfig {
     require(keep_checkpoints >= 1, "keep_checkpoints must be >= 1, found ", keep_checkpoints);
     require(!out_dir.empty(), "an output directory is required");
     schedule().validate();
-    if (architecture == "topk") require(k > 0, "k must be positive, found ", k);
+    if (topkFamily()) require(k > 0, "k must be positive, found ", k);
+    require(std::isfinite(topk_threshold_lr) && topk_threshold_lr > 0 && topk_threshold_lr <= 1,
+            "topk_threshold_lr must be in (0, 1], found ", topk_threshold_lr);
+    if (architecture == "matryoshka_batchtopk")
+      require(!matryoshka_widths.empty(),
+              "matryoshka_batchtopk needs matryoshka_widths (e.g. --matryoshka-widths "
+              "128,512,2048 ending at d_sae)");
+    else
+      require(matryoshka_widths.empty(),
+              "matryoshka_widths is for matryoshka_batchtopk only, "
+              "not ",
+              architecture);
     require(jumprelu_sparsity_loss_mode == "step" || jumprelu_sparsity_loss_mode == "tanh",
             "jumprelu_sparsity_loss_mode must be step or tanh, found '",
             jumprelu_sparsity_loss_mode, "'");
@@ -164,8 +195,9 @@ struct TrainerConfig {
             "jumprelu_init_threshold must be finite, found ", jumprelu_init_threshold);
     require(precision == "fp32" || precision == "bf16", "precision must be fp32 or bf16, found '",
             precision, "'");
-    require(precision == "fp32" || architecture == "topk",
-            "precision bf16 is available for the topk architecture only");
+    require(precision == "fp32" || topkFamily(),
+            "precision bf16 is available for the topk, batchtopk and matryoshka_batchtopk "
+            "architectures only");
     if (precision == "bf16") require(kernels::bf16Available(), kernels::kBf16Unavailable);
   }
 
@@ -174,8 +206,8 @@ struct TrainerConfig {
     SaeConfig c;
     c.d_in = d_in;
     c.d_sae = d_sae > 0 ? d_sae : Index(std::llround(expansion_factor * double(d_in)));
-    c.k = architecture == "topk" ? k : 0;
-    c.rescale_acts_by_decoder_norm = architecture == "topk" && rescale_acts_by_decoder_norm;
+    c.k = topkFamily() ? k : 0;
+    c.rescale_acts_by_decoder_norm = topkFamily() && rescale_acts_by_decoder_norm;
     c.apply_b_dec_to_input = apply_b_dec_to_input;
     c.l1_coefficient = l1_coefficient;
     c.lp_norm = lp_norm;
@@ -188,6 +220,8 @@ struct TrainerConfig {
     c.jumprelu_tanh_scale = jumprelu_tanh_scale;
     c.jumprelu_init_threshold = jumprelu_init_threshold;
     c.pre_act_loss_coefficient = pre_act_loss_coefficient;
+    c.topk_threshold_lr = topk_threshold_lr;
+    c.matryoshka_widths = matryoshka_widths;
     return c;
   }
 
@@ -264,6 +298,12 @@ class FeatureDensityWindow {
     for (Index b = 0; b < codes.indices.rows(); ++b)
       for (Index j = 0; j < codes.indices.cols(); ++j)
         if (codes.values(b, j) != S(0)) m_counts[codes.indices(b, j)] += 1;
+    finishStep(codes.rows());
+  }
+  template <typename S>
+  void update(const CsrCodes<S>& codes) {
+    for (Index e = 0; e < codes.nnz(); ++e)
+      if (codes.values[e] != S(0)) m_counts[codes.pattern.latent[e]] += 1;
     finishStep(codes.rows());
   }
   template <typename S>
@@ -390,7 +430,8 @@ struct TrainResult {
 /// @brief Trains a SparseAutoencoder<Scalar, Arch> on a batch source (see batch_source.hpp).
 ///
 /// @tparam Scalar float (or double).
-/// @tparam Arch   StandardArch, GatedArch, TopKArch or JumpReLUArch.
+/// @tparam Arch   StandardArch, GatedArch, TopKArch, JumpReLUArch, BatchTopKArch or
+///                MatryoshkaBatchTopKArch.
 /// @tparam Source a BatchSource over Scalar.
 template <typename Scalar, typename Arch, typename Source>
 class Trainer {
@@ -489,6 +530,8 @@ class Trainer {
       auto m = m_model.parameters().zerosLike(), v = m;
       ck.readParameters("adam.m.", m);
       ck.readParameters("adam.v.", v);
+      auto buffers = m_model.buffers();
+      ck.readParameters("buffers.", buffers);
       const Eigen::VectorXd dead = ck.readVector("dead.steps_since_fired", d_sae);
       const Eigen::VectorXd counts = ck.readVector("density.counts", d_sae);
       const Eigen::VectorXd last = ck.readVector("density.last", d_sae);
@@ -503,6 +546,7 @@ class Trainer {
       // Everything read and checked: apply.
       m_source.seek(position);
       m_model.parameters().flat() = params.flat();
+      m_model.buffers().flat() = buffers.flat();
       m_adam.setState(adam_step, m, v);
       m_dead.setStepsSinceFired(dead.cast<std::int64_t>());
       m_density.restore(counts, last, density);
@@ -536,7 +580,9 @@ class Trainer {
     std::int64_t tokens_since_log = 0;
     TrainResult result;
     typename Model::Workspace ws;
-    if constexpr (std::is_same_v<Arch, TopKArch>) ws.bf16_encoder = m_cfg.precision == "bf16";
+    if constexpr (std::is_base_of_v<sae::detail::TopKFamilyScratch<Scalar>,
+                                    typename Model::Workspace>)
+      ws.bf16_encoder = m_cfg.precision == "bf16";
     eval::ReconstructionMetrics recon;
     eval::FiringStats firing(m_model.dSae());
     LossTerms<Scalar> terms;
@@ -573,6 +619,7 @@ class Trainer {
       }
       m_adam.step(m_model.parameters(), m_grads, lr);
       if (m_cfg.decoder_unit_norm) normalizeDecoder();
+      m_model.updateBuffers(ws);  // BatchTopK: the EMA threshold, from this step's selection
       m_dead.update(ws.codes);
       m_density.update(ws.codes);
       ++m_step;
@@ -594,6 +641,8 @@ class Trainer {
         for (const auto& [name, value] : terms.terms()) losses[name] = double(value);
         line["losses"] = losses;
         line["coefficients"] = coefficients(opts.sparsity_scale);
+        for (const auto& e : m_model.buffers().entries())  // BatchTopK: topk_threshold
+          if (e.size == 1) line[e.name] = m_model.buffers().flat(e.name)[0];
         appendMetrics(line);
         m_last_line = line;
         if (m_verbose && !tty) std::fprintf(stderr, "%s\n", summary(line).c_str());
@@ -640,6 +689,7 @@ class Trainer {
     w.addParameters("params.", m_model.parameters());
     w.addParameters("adam.m.", m_adam.firstMoment());
     w.addParameters("adam.v.", m_adam.secondMoment());
+    w.addParameters("buffers.", m_model.buffers());
     w.addVector("dead.steps_since_fired", m_dead.stepsSinceFired().template cast<double>());
     w.addVector("density.counts", m_density.counts());
     w.addVector("density.last", m_density.last());
@@ -724,8 +774,7 @@ class Trainer {
 
   nlohmann::json coefficients(double scale) const {
     const SaeConfig& c = m_model.config();
-    if (std::string(Arch::kName) == "topk")
-      return {{"aux_loss_coefficient", c.aux_loss_coefficient}};
+    if (m_cfg.topkFamily()) return {{"aux_loss_coefficient", c.aux_loss_coefficient}};
     if (std::string(Arch::kName) == "jumprelu")
       return {{"l0_coefficient", c.l0_coefficient * scale},
               {"pre_act_loss_coefficient", c.pre_act_loss_coefficient}};
