@@ -9,6 +9,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <variant>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -630,6 +631,69 @@ TEST_CASE("CsrCodes: dense form, L0, firing statistics and dead latents", "[batc
 
 // ------------------------------------------------------------------ export as JumpReLU
 
+namespace {
+
+// A model with decoder norms far from 1 (so that folding them matters), a batch, and an EMA
+// threshold in the widest gap of the middle half of the batch's positive scores p (so that
+// rounding cannot move an entry across it).
+template <typename Model>
+Model exportModel(bool rescale, bool apply, sae::RowMatrix<typename Model::Scalar>& x) {
+  using S = typename Model::Scalar;
+  sae::SaeConfig cfg;
+  cfg.d_in = 8;
+  cfg.d_sae = 24;
+  cfg.k = 3;
+  cfg.rescale_acts_by_decoder_norm = rescale;
+  cfg.apply_b_dec_to_input = apply;
+  cfg.matryoshka_widths = {6, 24};
+  Model m(cfg, 7);
+  perturb(m, 8, 0.2);
+  auto W_dec = m.parameters().rowMajor("W_dec");
+  for (Index i = 0; i < cfg.d_sae; ++i) W_dec.row(i) *= S(0.5 + 0.1 * double(i));
+  x = randomBatch(40, 8, 9).cast<S>();
+  const auto& p = m.parameters();
+  const Mat W_dec_d = p.rowMajor("W_dec").template cast<double>();
+  Mat h = x.template cast<double>();
+  if (apply) h.rowwise() -= p.flat("b_dec").transpose().template cast<double>();
+  h = (h * p.colMajor("W_enc").template cast<double>()).eval();
+  h.rowwise() += p.flat("b_enc").transpose().template cast<double>();
+  std::vector<double> positive;
+  for (Index b = 0; b < h.rows(); ++b)
+    for (Index i = 0; i < h.cols(); ++i) {
+      const double v = rescale ? h(b, i) * W_dec_d.row(i).norm() : h(b, i);
+      if (v > 0) positive.push_back(v);
+    }
+  std::sort(positive.begin(), positive.end());
+  double theta = 0, gap = 0;
+  for (std::size_t j = positive.size() / 4; j < 3 * positive.size() / 4; ++j)
+    if (positive[j + 1] - positive[j] > gap) {
+      gap = positive[j + 1] - positive[j];
+      theta = 0.5 * (positive[j] + positive[j + 1]);
+    }
+  REQUIRE(gap > 1e-3);
+  m.buffers().flat("topk_threshold")[0] = theta;
+  return m;
+}
+
+// `jr` (a JumpReLU SAE) encodes and decodes `x` as `m` does, to `tol` relative.
+template <typename Model, typename JumpReLU>
+void checkSameFunction(const Model& m, const JumpReLU& jr,
+                       const sae::RowMatrix<typename Model::Scalar>& x, double tol) {
+  using S = typename Model::Scalar;
+  const sae::RowMatrix<S> want = m.encode(x).toDense();
+  const sae::RowMatrix<S> got = jr.encode(x).values;
+  CHECK(((want.array() != S(0)) == (got.array() != S(0))).all());
+  CHECK((want.array() != S(0)).count() > 20);
+  CHECK((want.array() == S(0)).count() > 20);
+  CHECK((got - want).cwiseAbs().maxCoeff() < tol * std::max<S>(1, want.cwiseAbs().maxCoeff()));
+  const sae::RowMatrix<S> y_want = m.decode(m.encode(x));
+  const sae::RowMatrix<S> y_got = jr.decode(jr.encode(x));
+  CHECK((y_got - y_want).cwiseAbs().maxCoeff() <
+        tol * std::max<S>(1, y_want.cwiseAbs().maxCoeff()));
+}
+
+}  // namespace
+
 TEMPLATE_TEST_CASE("toJumpReLU: the JumpReLU SAE encodes and decodes as the BatchTopK model",
                    "[batchtopk][export]", sae::BatchTopKSAE<double>,
                    sae::MatryoshkaBatchTopKSAE<double>, sae::BatchTopKSAE<float>) {
@@ -637,41 +701,9 @@ TEMPLATE_TEST_CASE("toJumpReLU: the JumpReLU SAE encodes and decodes as the Batc
   const double tol = std::is_same<S, double>::value ? 1e-12 : 2e-5;
   for (bool rescale : {true, false}) {
     for (bool apply : {true, false}) {
-      sae::SaeConfig cfg;
-      cfg.d_in = 8;
-      cfg.d_sae = 24;
-      cfg.k = 3;
-      cfg.rescale_acts_by_decoder_norm = rescale;
-      cfg.apply_b_dec_to_input = apply;
-      cfg.matryoshka_widths = {6, 24};
-      TestType m(cfg, 7);
-      perturb(m, 8, 0.2);
-      // Decoder norms far from 1, so that folding them matters.
-      auto W_dec = m.parameters().rowMajor("W_dec");
-      for (Index i = 0; i < cfg.d_sae; ++i) W_dec.row(i) *= S(0.5 + 0.1 * double(i));
-      const sae::RowMatrix<S> x = randomBatch(40, 8, 9).cast<S>();
-      // The threshold: in the widest gap between the middle half of the positive scores p.
-      const auto& p = m.parameters();
-      const Mat W_dec_d = p.rowMajor("W_dec").template cast<double>();
-      Mat h = x.template cast<double>();
-      if (apply) h.rowwise() -= p.flat("b_dec").transpose().template cast<double>();
-      h = (h * p.colMajor("W_enc").template cast<double>()).eval();
-      h.rowwise() += p.flat("b_enc").transpose().template cast<double>();
-      std::vector<double> positive;
-      for (Index b = 0; b < h.rows(); ++b)
-        for (Index i = 0; i < h.cols(); ++i) {
-          const double v = rescale ? h(b, i) * W_dec_d.row(i).norm() : h(b, i);
-          if (v > 0) positive.push_back(v);
-        }
-      std::sort(positive.begin(), positive.end());
-      double theta = 0, gap = 0;
-      for (std::size_t j = positive.size() / 4; j < 3 * positive.size() / 4; ++j)
-        if (positive[j + 1] - positive[j] > gap) {
-          gap = positive[j + 1] - positive[j];
-          theta = 0.5 * (positive[j] + positive[j + 1]);
-        }
-      REQUIRE(gap > 1e-3);
-      m.buffers().flat("topk_threshold")[0] = theta;
+      sae::RowMatrix<S> x;
+      const TestType m = exportModel<TestType>(rescale, apply, x);
+      const double theta = m.buffers().flat("topk_threshold")[0];
       const auto jr = sae::toJumpReLU(m);
       INFO("rescale " << rescale << " apply_b_dec " << apply);
       CHECK(std::string(jr.architecture()) == "jumprelu");
@@ -682,17 +714,32 @@ TEMPLATE_TEST_CASE("toJumpReLU: the JumpReLU SAE encodes and decodes as the Batc
       } else {
         CHECK(jr.parameters().rowMajor("W_dec") == m.parameters().rowMajor("W_dec"));
       }
-      const sae::RowMatrix<S> want = m.encode(x).toDense();
-      const sae::RowMatrix<S> got = jr.encode(x).values;
-      CHECK(((want.array() != S(0)) == (got.array() != S(0))).all());
-      CHECK((want.array() != S(0)).count() > 20);
-      CHECK((want.array() == S(0)).count() > 20);
-      CHECK((got - want).cwiseAbs().maxCoeff() < tol * std::max<S>(1, want.cwiseAbs().maxCoeff()));
-      const sae::RowMatrix<S> y_want = m.decode(m.encode(x));
-      const sae::RowMatrix<S> y_got = jr.decode(jr.encode(x));
-      CHECK((y_got - y_want).cwiseAbs().maxCoeff() <
-            tol * std::max<S>(1, y_want.cwiseAbs().maxCoeff()));
+      checkSameFunction(m, jr, x, tol);
     }
+  }
+}
+
+TEMPLATE_TEST_CASE("A BatchTopK-family SAE round-trips through SAELens's folder as jumprelu",
+                   "[batchtopk][export][saelens]", sae::BatchTopKSAE<float>,
+                   sae::MatryoshkaBatchTopKSAE<float>) {
+  for (bool rescale : {true, false}) {
+    sae::RowMatrix<float> x;
+    const TestType m = exportModel<TestType>(rescale, true, x);
+    const std::string dir = sae::test::scratchDir(
+        "batchtopk", std::string(TestType::architecture()) + (rescale ? "_rescale" : "_plain"));
+    sae::io::saveSaeLens(m, dir);
+    const auto cfg = nlohmann::json::parse(sae::test::readFile(dir + "/cfg.json"));
+    CHECK(cfg.at("architecture") == "jumprelu");
+    CHECK(cfg.at("metadata").at("training_architecture") == TestType::architecture());
+    const auto loaded = sae::io::loadSaeLens<float>(dir);
+    INFO("rescale " << rescale);
+    REQUIRE(std::holds_alternative<sae::JumpReLUSAE<float>>(loaded.model));
+    const auto& jr = std::get<sae::JumpReLUSAE<float>>(loaded.model);
+    CHECK(jr.parameters()
+              .flat("threshold")
+              .cwiseEqual(float(m.buffers().flat("topk_threshold")[0]))
+              .all());
+    checkSameFunction(m, jr, x, 2e-5);
   }
 }
 
