@@ -102,8 +102,10 @@ void checkResumeIdentical(sae::train::TrainerConfig cfg, const std::string& name
   const auto& ba = a.model().buffers().flat();
   const auto& bc = c.model().buffers().flat();
   REQUIRE(ba.size() == bc.size());
-  CHECK(std::memcmp(ba.data(), bc.data(), sizeof(double) * std::size_t(ba.size())) == 0);
-  for (Index i = 0; i < ba.size(); ++i) CHECK(ba[i] > 0);  // they moved from their start
+  for (Index i = 0; i < ba.size(); ++i) {
+    CHECK(std::memcmp(&ba[i], &bc[i], sizeof(double)) == 0);
+    CHECK(ba[i] > 0);  // it moved from its start
+  }
   CHECK(readFile(full_dir + "/sae_weights.safetensors") ==
         readFile(cfg.out_dir + "/sae_weights.safetensors"));
   CHECK(readFile(full_dir + "/sparsity.safetensors") ==
