@@ -585,6 +585,37 @@ TEST_CASE("BatchTopK-family configuration errors", "[batchtopk][validation]") {
                      "topk_threshold_lr must be in (0, 1], found 0");
 }
 
+TEMPLATE_TEST_CASE("BatchTopK-family bf16 encoder: a step close to fp32, or a clear error",
+                   "[batchtopk][bf16]", sae::BatchTopKSAE<float>,
+                   sae::MatryoshkaBatchTopKSAE<float>) {
+  sae::SaeConfig cfg;
+  cfg.d_in = 32;
+  cfg.d_sae = 256;
+  cfg.k = 6;
+  cfg.rescale_acts_by_decoder_norm = true;
+  cfg.matryoshka_widths = {32, 256};
+  TestType m(cfg, 5);
+  perturb(m, 6, 0.02);
+  const sae::RowMatrix<float> x = randomBatch(300, 32, 7).cast<float>();
+  typename TestType::Workspace ws32, ws16;
+  ws32.tile_rows = ws16.tile_rows = 128;
+  ws16.bf16_encoder = true;
+  auto g32 = m.makeGradients(), g16 = m.makeGradients();
+  if (!sae::kernels::bf16Available()) {
+    CHECK_THROWS_WITH(m.backward(x, g16, {}, ws16),
+                      "bf16 precision needs oneDNN: rebuild with libdnnl-dev installed");
+    return;
+  }
+  const double t32 = m.backward(x, g32, {}, ws32).total();
+  const double t16 = m.backward(x, g16, {}, ws16).total();
+  CHECK(t16 == Approx(t32).epsilon(1e-2));
+  REQUIRE(ws16.selected == ws32.selected);
+  // Most selected entries are the same (bf16 rounding moves only near-ties).
+  const sae::RowMatrix<float> d32 = ws32.codes.toDense(), d16 = ws16.codes.toDense();
+  const Index both = ((d32.array() != 0.0f) && (d16.array() != 0.0f)).count();
+  CHECK(double(both) > 0.95 * double(ws32.selected));
+}
+
 // ------------------------------------------------------------------ codes consumers
 
 namespace {
