@@ -1,11 +1,15 @@
 // Kernels against plain dense reference computations.
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
 #include <sae/core/rng.hpp>
+#include <sae/kernels/gemm.hpp>
 #include <sae/kernels/sparse.hpp>
 #include <sae/kernels/topk.hpp>
 
@@ -147,6 +151,158 @@ TEST_CASE("accumulateByLatent equals the dense transposed product, for any threa
   CHECK((one.second - want_bias).cwiseAbs().maxCoeff() < 1e-12);
   CHECK(one.first == two.first);  // one writer per latent, fixed order: bitwise equal
   CHECK(one.second == two.second);
+}
+
+TEST_CASE("sumByLatent equals zeroing then accumulateByLatent, bitwise", "[kernels][sparse]") {
+  const Index B = 40, k = 4, n = 90, d = 13;  // n > B * k / 2: some buckets stay empty
+  const auto idx = randomIndices(B, k, n, 21);
+  const Mat coef = randomMatrix(B, k, 22), source = randomMatrix(B, d, 23);
+  sae::kernels::LatentBuckets buckets;
+  buckets.build(n, {&idx});
+  std::vector<std::int32_t> row(std::size_t(B * k));
+  for (Index e = 0; e < B * k; ++e) row[std::size_t(e)] = std::int32_t(e / k);
+  Mat want = Mat::Zero(n, d);
+  sae::Vector<double> want_bias = sae::Vector<double>::Zero(n);
+  sae::kernels::accumulateByLatent<double>(buckets, row.data(), coef.data(), source, want,
+                                           want_bias.data());
+  Mat out = Mat::Constant(n, d, 7.0);  // overwritten, empty buckets included
+  sae::Vector<double> bias = sae::Vector<double>::Constant(n, 7.0);
+  sae::kernels::sumByLatent<double>(buckets, row.data(), coef.data(), source, out, bias.data());
+  CHECK(out == want);
+  CHECK(bias == want_bias);
+  Index empty = 0;
+  for (Index i = 0; i < n; ++i) empty += buckets.begin(i) == buckets.end(i);
+  CHECK(empty > 0);
+}
+
+TEST_CASE("selectTopKFused (float) equals selectTopK on the materialised scores",
+          "[kernels][topk]") {
+  // Lengths around the 64-wide vector blocks and the 16-wide tail; values drawn from a small
+  // set so that ties are frequent (ties keep the lower position).
+  sae::Rng rng(31);
+  for (const Index n : {Index(5), Index(63), Index(64), Index(200), Index(1000), Index(4099)}) {
+    for (const Index k : {Index(1), Index(3), Index(32), n}) {
+      if (k > n) continue;
+      for (const bool scaled : {false, true}) {
+        std::vector<float> pre(n), bias(n), scale(n), score(n);
+        for (Index i = 0; i < n; ++i) {
+          pre[i] = float(rng.below(9)) - 4.0f;
+          bias[i] = float(rng.below(3)) * 0.5f;
+          scale[i] = 0.5f + float(rng.below(3));
+          score[i] = scaled ? (pre[i] + bias[i]) * scale[i] : pre[i] + bias[i];
+        }
+        std::vector<std::int32_t> want_idx(k), idx(k);
+        std::vector<float> want_val(k), val(k);
+        sae::kernels::selectTopK(score.data(), static_cast<const std::int32_t*>(nullptr), n, k,
+                                 want_idx.data(), want_val.data());
+        sae::kernels::selectTopKFused(pre.data(), bias.data(), scaled ? scale.data() : nullptr, n,
+                                      k, idx.data(), val.data());
+        INFO("n " << n << " k " << k << " scaled " << scaled);
+        CHECK(idx == want_idx);
+        CHECK(val == want_val);
+      }
+    }
+  }
+  // Increasing scores: every block has candidates, and the k-th value rises on every one.
+  const Index n = 777, k = 40;
+  std::vector<float> pre(n), bias(n, 0.0f);
+  for (Index i = 0; i < n; ++i) pre[i] = float(i);
+  std::vector<std::int32_t> idx(k);
+  std::vector<float> val(k);
+  sae::kernels::selectTopKFused(pre.data(), bias.data(), static_cast<const float*>(nullptr), n, k,
+                                idx.data(), val.data());
+  for (Index j = 0; j < k; ++j) CHECK(idx[j] == std::int32_t(n - 1 - j));
+}
+
+namespace {
+
+template <typename M>
+void fillRandom(M& m, std::uint64_t seed) {
+  sae::Rng rng(seed);
+  for (Index c = 0; c < m.cols(); ++c)
+    for (Index r = 0; r < m.rows(); ++r) m(r, c) = float(rng.normal());
+}
+
+// |got - want| <= tol * (|a| |b|)(i, j): the float rounding bound of a dot product of length K,
+// with K * 2^-24 <= tol for any summation order.
+template <typename Got, typename A, typename B>
+double worstRelativeError(const Got& got, const sae::RowMatrix<double>& want, const A& a,
+                          const B& b) {
+  const sae::RowMatrix<double> bound =
+      a.template cast<double>().cwiseAbs() * b.template cast<double>().cwiseAbs();
+  double worst = 0;
+  for (Index r = 0; r < want.rows(); ++r)
+    for (Index c = 0; c < want.cols(); ++c)
+      worst = std::max(worst, std::abs(double(got(r, c)) - want(r, c)) / bound(r, c));
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("gemm equals the double-precision product for every operand layout", "[kernels][gemm]") {
+  using RowF = sae::RowMatrix<float>;
+  using ColF = sae::ColMatrix<float>;
+  // Large enough for oneDNN (when the build has it), with odd sizes; and a small product that
+  // always stays on Eigen.
+  for (const auto& dims : {std::array<Index, 3>{300, 257, 130}, std::array<Index, 3>{7, 5, 9}}) {
+    const Index M = dims[0], N = dims[1], K = dims[2];
+    RowF a_row(M, K);
+    ColF a_col(M, K);
+    RowF b_row(K, N);
+    ColF b_col(K, N);
+    fillRandom(a_row, 41);
+    a_col = a_row;
+    fillRandom(b_row, 42);
+    b_col = b_row;
+    const sae::RowMatrix<double> want = a_row.cast<double>() * b_row.cast<double>();
+    const double tol = double(K) * 6e-8;
+    INFO("M " << M << " N " << N << " K " << K);
+
+    // Row- and column-major operands, transposes, outputs of either order and a block.
+    RowF c1;
+    sae::kernels::gemm(c1, a_row, b_row);
+    CHECK(worstRelativeError(c1, want, a_row, b_row) <= tol);
+    ColF c2;
+    sae::kernels::gemm(c2, a_col, b_col);
+    CHECK(worstRelativeError(c2, want, a_row, b_row) <= tol);
+    RowF c3;
+    const RowF a_t = a_row.transpose(), b_t = b_row.transpose();
+    sae::kernels::gemm(c3, a_t.transpose(), b_t.transpose());
+    CHECK(worstRelativeError(c3, want, a_row, b_row) <= tol);
+    // Column-major output from a column-major and a row-major input, the layout of the
+    // encoder gradient xc^T grad_h (oneDNN runs it as the transposed problem).
+    ColF c4(M, N);
+    sae::kernels::gemm(c4, a_col, b_row);
+    CHECK(worstRelativeError(c4, want, a_row, b_row) <= tol);
+    RowF big = RowF::Constant(M + 3, N + 5, 9.0f);
+    sae::kernels::gemm(big.block(1, 2, M, N), a_row, b_col);
+    CHECK(worstRelativeError(big.block(1, 2, M, N), want, a_row, b_row) <= tol);
+    CHECK(big(0, 0) == 9.0f);  // outside the block: untouched
+    CHECK(big(M + 2, N + 4) == 9.0f);
+
+    // Accumulate: c += a b.
+    RowF acc = RowF::Constant(M, N, 1.0f);
+    sae::kernels::gemm(acc, a_row, b_row, /*accumulate=*/true);
+    const sae::RowMatrix<double> want_acc = (want.array() + 1.0).matrix();
+    CHECK((acc.cast<double>() - want_acc).cwiseAbs().maxCoeff() <=
+          tol * (a_row.cwiseAbs() * b_row.cwiseAbs()).maxCoeff() + 1e-6);
+
+    // The same call twice: the same bits (a cached primitive, fixed summation order).
+    RowF again;
+    sae::kernels::gemm(again, a_row, b_row);
+    CHECK(again == c1);
+  }
+  // Where the product goes: oneDNN only for large float products of a oneDNN build.
+  RowF a(300, 130), b(130, 257), c(300, 257);
+  const std::string impl = sae::kernels::gemmImplementation(c, a, b);
+  if (sae::kernels::onednnGemmAvailable()) {
+    CHECK(impl.rfind("brg:", 0) == 0);
+  } else {
+    CHECK(impl == "eigen");
+  }
+  RowF sa(7, 9), sb(9, 5), sc(7, 5);
+  CHECK(sae::kernels::gemmImplementation(sc, sa, sb) == "eigen");
+  CHECK_THROWS_WITH(sae::kernels::gemm(c.topRows(10), a, b), Catch::Contains("do not fit"));
 }
 
 TEST_CASE("rowNorms and addBiasRelu", "[kernels]") {

@@ -122,6 +122,33 @@ class LatentBuckets {
   std::vector<std::int32_t> m_entries;
 };
 
+namespace detail {
+
+/// accumulateByLatent() (kOverwrite false) and sumByLatent() (true).
+template <bool kOverwrite, typename Scalar>
+void byLatent(const LatentBuckets& buckets, const std::int32_t* row, const Scalar* coef,
+              const Eigen::Ref<const RowMatrix<Scalar>>& source, Eigen::Ref<RowMatrix<Scalar>> out,
+              Scalar* bias_out) {
+  const Index n = buckets.numLatents();
+  const std::int32_t* ids = buckets.entries().data();
+  SAE_PRAGMA_OMP(parallel for schedule(dynamic, 64))
+  for (Index i = 0; i < n; ++i) {
+    const Index e0 = buckets.begin(i);
+    const Index e1 = buckets.end(i);
+    auto o = out.row(i);
+    if (kOverwrite) o.setZero();
+    Scalar bias_sum = 0;
+    for (Index p = e0; p < e1; ++p) {
+      const std::int32_t e = ids[p];
+      o.noalias() += coef[e] * source.row(row[e]);
+      bias_sum += coef[e];
+    }
+    if (bias_out) bias_out[i] = kOverwrite ? bias_sum : bias_out[i] + bias_sum;
+  }
+}
+
+}  // namespace detail
+
 /// @brief out[i, :] += sum over entries e in bucket i of coef[e] * source[row[e], :].
 ///
 /// Also, when `bias_out` is non-null, bias_out[i] += sum of coef[e] over the bucket.
@@ -137,22 +164,17 @@ template <typename Scalar>
 void accumulateByLatent(const LatentBuckets& buckets, const std::int32_t* row, const Scalar* coef,
                         const Eigen::Ref<const RowMatrix<Scalar>>& source,
                         Eigen::Ref<RowMatrix<Scalar>> out, Scalar* bias_out = nullptr) {
-  const Index n = buckets.numLatents();
-  const std::int32_t* ids = buckets.entries().data();
-  SAE_PRAGMA_OMP(parallel for schedule(dynamic, 64))
-  for (Index i = 0; i < n; ++i) {
-    const Index e0 = buckets.begin(i);
-    const Index e1 = buckets.end(i);
-    if (e0 == e1) continue;
-    auto o = out.row(i);
-    Scalar bias_sum = 0;
-    for (Index p = e0; p < e1; ++p) {
-      const std::int32_t e = ids[p];
-      o.noalias() += coef[e] * source.row(row[e]);
-      bias_sum += coef[e];
-    }
-    if (bias_out) bias_out[i] += bias_sum;
-  }
+  detail::byLatent<false, Scalar>(buckets, row, coef, source, out, bias_out);
+}
+
+/// @brief accumulateByLatent() into a fresh output: out[i, :] = the sum (0 for an empty
+/// bucket), bias_out[i] = the coefficient sum; bitwise equal to zeroing out and bias_out first,
+/// without the separate pass over `out`.
+template <typename Scalar>
+void sumByLatent(const LatentBuckets& buckets, const std::int32_t* row, const Scalar* coef,
+                 const Eigen::Ref<const RowMatrix<Scalar>>& source,
+                 Eigen::Ref<RowMatrix<Scalar>> out, Scalar* bias_out = nullptr) {
+  detail::byLatent<true, Scalar>(buckets, row, coef, source, out, bias_out);
 }
 
 /// @brief The non-zero pattern of a dense `[B, n]` matrix in row-compressed form: the
