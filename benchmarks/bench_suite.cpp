@@ -6,8 +6,9 @@
 //   bench_suite --configs big --modes train --archs topk --threads 2 --json out.json
 //
 // What it does, in order:
-//   1. Measures the fp32 GEMM peak: the encoder's product M=4096, K=768, N=24576 (row-major
-//      batch times column-major W_enc, the Eigen path the models use), at each thread count.
+//   1. Measures the fp32 GEMM peak at each thread count: the encoder's product M=4096, K=768,
+//      N=24576 (row-major batch times column-major W_enc), the larger of Eigen's GEMM and
+//      kernels::gemm (what the models call: oneDNN's fp32 matmul when built with it).
 //   2. For each row (config x mode x architecture x threads): runs our model in a forked child
 //      process (so the peak RSS is that configuration's own, and a crash or a timeout in one
 //      row does not end the table), then the PyTorch peer for the same row via popen.
@@ -239,16 +240,23 @@ json gemmChild(int threads, int reps) {
   for (float& v : w_store) v = float(rng.uniform(-0.05, 0.05));
   Eigen::Map<const sae::ColMatrix<float>> w(w_store.data(), K, N);  // as ParameterSet::colMajor
   sae::RowMatrix<float> c(M, N);
-  std::vector<double> t;
-  for (int r = 0; r < reps + 1; ++r) {
-    const auto t0 = Clock::now();
-    c.noalias() = a * w;
-    if (r > 0) t.push_back(secondsSince(t0));
-  }
-  const double med = median(t);
+  auto time = [&](auto&& product) {
+    std::vector<double> t;
+    for (int r = 0; r < reps + 1; ++r) {
+      const auto t0 = Clock::now();
+      product();
+      if (r > 0) t.push_back(secondsSince(t0));
+    }
+    return 2.0 * double(M) * double(K) * double(N) / median(t) * 1e-9;
+  };
+  // Eigen's own GEMM, and kernels::gemm (what the models call: oneDNN fp32 when built with it).
+  const double eigen = time([&] { c.noalias() = a * w; });
+  const double routed = time([&] { sae::kernels::gemm(c, a, w); });
   return {{"threads", sae::maxThreads()},
-          {"ms", med * 1e3},
-          {"gflops", 2.0 * double(M) * double(K) * double(N) / med * 1e-9},
+          {"gflops", std::max(eigen, routed)},
+          {"gflops_eigen", eigen},
+          {"gflops_models", routed},
+          {"models_impl", sae::kernels::gemmImplementation(c, a, w)},
           {"reps", reps}};
 }
 
@@ -533,6 +541,10 @@ struct Row {
 
 double num(const json& j, const char* key) {
   return j.contains(key) && j[key].is_number() ? j[key].get<double>() : 0.0;
+}
+
+std::string str(const json& j, const char* key) {
+  return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : std::string();
 }
 
 std::string loadAvg() {
@@ -824,11 +836,15 @@ int run(Options o) {
   std::printf("sae benchmark suite: %s, %d cores online; load average %s at start, %s at end\n",
               cpuModel().c_str(), int(sysconf(_SC_NPROCESSORS_ONLN)), load_start.c_str(),
               loadAvg().c_str());
-  std::printf("fp32 GEMM peak (Eigen, M=4096 K=768 N=24576, median of %d%s), GFLOP/s:", gemm_reps,
-              o.quick ? "" : ", at start / end");
+  std::printf(
+      "fp32 GEMM peak (M=4096 K=768 N=24576, median of %d%s; the larger of Eigen and the models' "
+      "kernels::gemm, %s), GFLOP/s:",
+      gemm_reps, o.quick ? "" : ", at start / end",
+      gemm.empty() ? "" : str(gemm.begin()->second["start"], "models_impl").c_str());
   for (auto& [t, g] : gemm) {
     std::printf("  %d thread%s %.1f", t, t > 1 ? "s" : "", num(g["start"], "gflops"));
     if (g.contains("end")) std::printf(" / %.1f", num(g["end"], "gflops"));
+    std::printf(" (Eigen %.1f)", num(g["start"], "gflops_eigen"));
   }
   std::printf("\n\n");
   printTable(rows);

@@ -22,13 +22,19 @@
 namespace {
 std::atomic<bool> g_counting{false};
 std::atomic<long> g_allocations{0};
+std::atomic<std::size_t> g_largest{0};  // largest counted allocation, bytes
 }  // namespace
 
 // Every replaceable form is replaced, so that whatever form allocates, the matching delete
 // here frees it (AddressSanitizer checks the pairing).
 namespace {
 void* countedAlloc(std::size_t size, std::size_t align) {
-  if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1);
+  if (g_counting.load(std::memory_order_relaxed)) {
+    g_allocations.fetch_add(1);
+    std::size_t seen = g_largest.load();
+    while (size > seen && !g_largest.compare_exchange_weak(seen, size)) {
+    }
+  }
   if (size == 0) size = 1;
   if (align <= alignof(std::max_align_t)) return std::malloc(size);
   return std::aligned_alloc(align, (size + align - 1) / align * align);
@@ -76,14 +82,14 @@ using sae::Index;
 
 // Allocations made by `steps` training steps after two warm-up steps.
 template <typename Model, typename Setup>
-long allocationsPerStep(const sae::SaeConfig& cfg, Setup setup) {
+long allocationsPerStep(const sae::SaeConfig& cfg, Setup setup, Index batch = 64) {
   Model model(cfg, 1);
   setup(model);
   sae::eval::SyntheticOptions data_opts;
   data_opts.d_in = cfg.d_in;
   data_opts.n_features = 2 * cfg.d_in;
   sae::eval::SyntheticFeatures<float> data(data_opts, 2);
-  const sae::RowMatrix<float> x = data.sample(64);
+  const sae::RowMatrix<float> x = data.sample(batch);
   auto grads = model.makeGradients();
   sae::Adam<float> adam(model.parameters());
   typename Model::Workspace ws;
@@ -101,6 +107,7 @@ long allocationsPerStep(const sae::SaeConfig& cfg, Setup setup) {
   step();
   step();
   g_allocations = 0;
+  g_largest = 0;
   g_counting = true;
   float sum = 0;
   for (int i = 0; i < 3; ++i) sum += step();
@@ -157,6 +164,44 @@ TEST_CASE("JumpReLU training steps do not allocate, dense or sparse", "[allocati
     CHECK(allocationsPerStep<sae::JumpReLUSAE<float>>(
               cfg, [](auto& m) { m.parameters().flat("threshold").array() += 0.1f; }) == 0);
   }
+}
+
+// Products routed to oneDNN: its primitive execution builds a small argument map on every
+// call (kernels::kOnednnExecuteAllocations small blocks; no way around it through its
+// API), and nothing else allocates: no buffer of ours, no scratchpad (ours, kept).
+template <typename Model>
+void checkOnednnStepAllocations(const sae::SaeConfig& cfg, Index batch) {
+  const std::size_t before = sae::kernels::gemmExecutions();
+  const long allocations = allocationsPerStep<Model>(
+      cfg, [](auto&) {}, batch);
+  // Three counted steps after two warm-up steps.
+  const std::size_t executions = (sae::kernels::gemmExecutions() - before) * 3 / 5;
+  INFO(Model::Arch::kName << ": " << allocations << " allocations, largest " << g_largest.load()
+                          << " bytes, " << executions << " oneDNN products");
+  if (!sae::kernels::onednnGemmAvailable()) {
+    CHECK(allocations == 0);
+    return;
+  }
+  CHECK(executions > 0);
+  CHECK(allocations <= long(executions) * sae::kernels::kOnednnExecuteAllocations);
+  CHECK(g_largest.load() <= 1024);
+}
+
+TEST_CASE("Training steps whose products run on oneDNN allocate only oneDNN's argument maps",
+          "[allocations][gemm]") {
+  // Shapes above kernels::gemm's threshold: the encoder product (and, dense, the backward
+  // products) go through cached oneDNN primitives in a oneDNN build.
+  sae::SaeConfig cfg = config();
+  cfg.d_in = 64;
+  cfg.d_sae = 1024;
+  cfg.k = 16;
+  const Index batch = 256;
+  CHECK(sae::kernels::gemmUsesOnednn<float>(batch, cfg.d_sae, cfg.d_in) ==
+        sae::kernels::onednnGemmAvailable());
+  checkOnednnStepAllocations<sae::TopKSAE<float>>(cfg, batch);
+  checkOnednnStepAllocations<sae::StandardSAE<float>>(cfg, batch);
+  checkOnednnStepAllocations<sae::GatedSAE<float>>(cfg, batch);
+  checkOnednnStepAllocations<sae::JumpReLUSAE<float>>(cfg, batch);
 }
 
 TEST_CASE("BatchTopK and Matryoshka training steps do not allocate",

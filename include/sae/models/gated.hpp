@@ -90,7 +90,7 @@ struct GatedArch {
                      Codes<S>& codes) {
     RowMatrix<S> xc, pre;
     detail::centerInput(x, p, cfg, xc);
-    pre.noalias() = xc * p.colMajor("W_enc");
+    kernels::gemm(pre, xc, p.colMajor("W_enc"));
     const Vector<S> e = p.flat("r_mag").array().exp();
     activate<S>(p, pre, e, codes.values, nullptr);
   }
@@ -107,7 +107,7 @@ struct GatedArch {
     const auto W_dec = p.rowMajor("W_dec");
     const auto b_dec = p.flat("b_dec");
     detail::centerInput(x, p, cfg, ws.xc);
-    ws.pre.noalias() = ws.xc * p.colMajor("W_enc");
+    kernels::gemm(ws.pre, ws.xc, p.colMajor("W_enc"));
     ws.exp_r_mag = p.flat("r_mag").array().exp();
     activate<S>(p, ws.pre, ws.exp_r_mag, ws.codes.values, &ws.gate);
     const Index B = x.rows();
@@ -157,8 +157,8 @@ struct GatedArch {
       backwardSparse(p, cfg, coef, ws, g);
       return;
     }
-    ws.grad_f.noalias() = ws.grad_y * W_dec.transpose();
-    ws.grad_gate.noalias() = ws.grad_aux * W_dec.transpose();
+    kernels::gemm(ws.grad_f, ws.grad_y, W_dec.transpose());
+    kernels::gemm(ws.grad_gate, ws.grad_aux, W_dec.transpose());
 
     // grad_f becomes d/d pi_mag, grad_gate d/d pi_gate.
     const auto b_gate = p.flat("b_gate");
@@ -187,13 +187,13 @@ struct GatedArch {
       ws.grad_gate.row(b) += ws.grad_f.row(b).cwiseProduct(ws.exp_r_mag.transpose());
 
     auto gW_dec = g.rowMajor("W_dec");
-    gW_dec.noalias() = ws.codes.values.transpose() * ws.grad_y;
-    gW_dec.noalias() += ws.gate.transpose() * ws.grad_aux;
+    kernels::gemm(gW_dec, ws.codes.values.transpose(), ws.grad_y);
+    kernels::gemm(gW_dec, ws.gate.transpose(), ws.grad_aux, /*accumulate=*/true);
     const Vector<S> d_norms = coef * ws.gate.colwise().sum().transpose();
     detail::addDecoderNormGradient<S>(W_dec, ws.norms, d_norms, gW_dec);
 
     auto gW_enc = g.colMajor("W_enc");
-    gW_enc.noalias() = ws.xc.transpose() * ws.grad_gate;
+    kernels::gemm(gW_enc, ws.xc.transpose(), ws.grad_gate);
     auto gb_dec = g.flat("b_dec");
     gb_dec = (ws.grad_y.colwise().sum() + ws.grad_aux.colwise().sum()).transpose();
     if (cfg.apply_b_dec_to_input) {
@@ -246,18 +246,16 @@ struct GatedArch {
     for (Index e = 0; e < nnz; ++e) ws.grad_pre[e] += ws.grad_mag[e] * ws.exp_r_mag[pat.latent[e]];
 
     auto gW_dec = g.rowMajor("W_dec");
-    gW_dec.setZero();
-    kernels::accumulateByLatent<S>(ws.buckets, pat.row.data(), ws.coef_f.data(), ws.grad_y, gW_dec);
+    kernels::sumByLatent<S>(ws.buckets, pat.row.data(), ws.coef_f.data(), ws.grad_y, gW_dec);
     kernels::accumulateByLatent<S>(ws.buckets, pat.row.data(), ws.coef_gate.data(), ws.grad_aux,
                                    gW_dec);
     detail::addDecoderNormGradient<S>(W_dec, ws.norms, d_norms, gW_dec);
 
     auto gW_enc_flat = g.flat("W_enc");
-    gW_enc_flat.setZero();
     Eigen::Map<RowMatrix<S>> gW_enc_t(gW_enc_flat.data(), n, cfg.d_in);
     Vector<S> g_pre_sum = Vector<S>::Zero(n);
-    kernels::accumulateByLatent<S>(ws.buckets, pat.row.data(), ws.grad_pre.data(), ws.xc, gW_enc_t,
-                                   g_pre_sum.data());
+    kernels::sumByLatent<S>(ws.buckets, pat.row.data(), ws.grad_pre.data(), ws.xc, gW_enc_t,
+                            g_pre_sum.data());
     auto gb_dec = g.flat("b_dec");
     gb_dec = (ws.grad_y.colwise().sum() + ws.grad_aux.colwise().sum()).transpose();
     if (cfg.apply_b_dec_to_input) gb_dec.noalias() -= p.colMajor("W_enc") * g_pre_sum;

@@ -97,7 +97,7 @@ struct JumpReLUArch {
     const auto b_enc = p.flat("b_enc");
     const Index n = b_enc.size();
     t = p.flat("threshold").cwiseMax(S(0));
-    pre.noalias() = xc * p.colMajor("W_enc");
+    kernels::gemm(pre, xc, p.colMajor("W_enc"));
     f.resize(B, n);
     SAE_PRAGMA_OMP(parallel for schedule(static))
     for (Index b = 0; b < B; ++b) {
@@ -331,7 +331,7 @@ struct JumpReLUArch {
     if (ws.used_sparse) {
       backwardSparse(p, cfg, rule, dead, ws, g);
     } else {
-      ws.grad_f.noalias() = ws.grad_y * W_dec.transpose();
+      kernels::gemm(ws.grad_f, ws.grad_y, W_dec.transpose());
       // Blocks of latents in parallel: each latent's sums run over the rows in order, so the
       // result does not depend on the thread count. grad_f becomes d loss / d h.
       constexpr Index kBlock = 64;
@@ -370,8 +370,8 @@ struct JumpReLUArch {
           ws.grad_h_sum[i0 + j] = gs[j];
         }
       }
-      gW_dec.noalias() = f.transpose() * ws.grad_y;
-      g.colMajor("W_enc").noalias() = ws.xc.transpose() * ws.grad_f;
+      kernels::gemm(gW_dec, f.transpose(), ws.grad_y);
+      kernels::gemm(g.colMajor("W_enc"), ws.xc.transpose(), ws.grad_f);
     }
     detail::addDecoderNormGradient<S>(W_dec, ws.norms, ws.d_norms, gW_dec);
     g.flat("b_enc") = ws.grad_h_sum;
@@ -446,12 +446,10 @@ struct JumpReLUArch {
     }
 
     auto gW_dec = g.rowMajor("W_dec");
-    gW_dec.setZero();
-    kernels::accumulateByLatent<S>(ws.buckets, act.row.data(), ws.coef.data(), ws.grad_y, gW_dec);
+    kernels::sumByLatent<S>(ws.buckets, act.row.data(), ws.coef.data(), ws.grad_y, gW_dec);
     auto gW_enc_flat = g.flat("W_enc");
-    gW_enc_flat.setZero();
     Eigen::Map<RowMatrix<S>> gW_enc_t(gW_enc_flat.data(), n, cfg.d_in);
-    kernels::accumulateByLatent<S>(ws.buckets, act.row.data(), ws.act_gh.data(), ws.xc, gW_enc_t);
+    kernels::sumByLatent<S>(ws.buckets, act.row.data(), ws.act_gh.data(), ws.xc, gW_enc_t);
     kernels::accumulateByLatent<S>(ws.extra_buckets, ext.row.data(), ws.ext_gh.data(), ws.xc,
                                    gW_enc_t);
   }

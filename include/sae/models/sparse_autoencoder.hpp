@@ -13,6 +13,7 @@
 #include <sae/core/parameters.hpp>
 #include <sae/core/rng.hpp>
 #include <sae/core/types.hpp>
+#include <sae/kernels/gemm.hpp>
 #include <sae/kernels/sparse.hpp>
 #include <sae/models/config.hpp>
 
@@ -24,7 +25,15 @@ template <typename Scalar>
 void checkBatch(const ConstBatchRef<Scalar>& x, Index d_in) {
   require(x.rows() > 0, "input batch has no rows");
   require(x.cols() == d_in, "input batch has ", x.cols(), " columns, expected d_in = ", d_in);
-  if (!x.allFinite()) {
+  // x - x is 0 for finite x and NaN otherwise: a sum that vectorises, parallel over rows.
+  bool finite = true;
+  SAE_PRAGMA_OMP(parallel for schedule(static) reduction(&& : finite))
+  for (Index r = 0; r < x.rows(); ++r) {
+    Scalar acc = 0;
+    for (Index c = 0; c < x.cols(); ++c) acc += x(r, c) - x(r, c);
+    finite = finite && acc == Scalar(0);
+  }
+  if (!finite) {
     for (Index r = 0; r < x.rows(); ++r)
       for (Index c = 0; c < x.cols(); ++c)
         if (!std::isfinite(x(r, c)))
@@ -78,7 +87,7 @@ void addDecoderNormGradient(const Eigen::Ref<const RowMatrix<Scalar>>& W_dec,
 template <typename Scalar>
 void denseDecode(const ParameterSet<Scalar>& params, const RowMatrix<Scalar>& f,
                  RowMatrix<Scalar>& out) {
-  out.noalias() = f * params.rowMajor("W_dec");
+  kernels::gemm(out, f, params.rowMajor("W_dec"));
   out.rowwise() += params.flat("b_dec").transpose();
 }
 

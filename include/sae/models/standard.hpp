@@ -65,7 +65,7 @@ struct StandardArch {
     RowMatrix<S> xc;
     detail::centerInput(x, p, cfg, xc);
     RowMatrix<S> pre;
-    pre.noalias() = xc * p.colMajor("W_enc");
+    kernels::gemm(pre, xc, p.colMajor("W_enc"));
     codes.values.resize(x.rows(), cfg.d_sae);
     kernels::addBiasRelu<S>(pre, p.flat("b_enc"), codes.values);
   }
@@ -82,7 +82,7 @@ struct StandardArch {
     const auto W_dec = p.rowMajor("W_dec");
     const Index B = x.rows();
     detail::centerInput(x, p, cfg, ws.xc);
-    ws.pre.noalias() = ws.xc * p.colMajor("W_enc");
+    kernels::gemm(ws.pre, ws.xc, p.colMajor("W_enc"));
     ws.codes.values.resize(B, cfg.d_sae);
     kernels::addBiasRelu<S>(ws.pre, p.flat("b_enc"), ws.codes.values);
     const auto& f = ws.codes.values;
@@ -148,8 +148,7 @@ struct StandardArch {
       const kernels::CsrPattern& pat = ws.pattern;
       const Index nnz = pat.nnz();
       ws.buckets.build(cfg.d_sae, pat.latent.data(), nnz);
-      gW_dec.setZero();
-      kernels::accumulateByLatent<S>(ws.buckets, pat.row.data(), ws.coef.data(), ws.grad_y, gW_dec);
+      kernels::sumByLatent<S>(ws.buckets, pat.row.data(), ws.coef.data(), ws.grad_y, gW_dec);
       for (Index e = 0; e < nnz; ++e) {
         const Index b = pat.row[e], i = pat.latent[e];
         d_norms[i] += coef * dv(b, i) * f(b, i);
@@ -160,14 +159,12 @@ struct StandardArch {
       for (Index e = 0; e < nnz; ++e)
         ws.coef[e] += coef * dv(pat.row[e], pat.latent[e]) * ws.norms[pat.latent[e]];
       auto gW_enc_flat = g.flat("W_enc");
-      gW_enc_flat.setZero();
       Eigen::Map<RowMatrix<S>> gW_enc_t(gW_enc_flat.data(), cfg.d_sae, cfg.d_in);
-      gb_enc.setZero();
-      kernels::accumulateByLatent<S>(ws.buckets, pat.row.data(), ws.coef.data(), ws.xc, gW_enc_t,
-                                     gb_enc.data());
+      kernels::sumByLatent<S>(ws.buckets, pat.row.data(), ws.coef.data(), ws.xc, gW_enc_t,
+                              gb_enc.data());
     } else {
       RowMatrix<S>& grad_h = ws.pre;  // h is only needed for its sign, which f also gives
-      grad_h.noalias() = ws.grad_y * W_dec.transpose();
+      kernels::gemm(grad_h, ws.grad_y, W_dec.transpose());
       SAE_PRAGMA_OMP(parallel for schedule(static))
       for (Index b = 0; b < B; ++b) {
         for (Index i = 0; i < cfg.d_sae; ++i) {
@@ -185,8 +182,8 @@ struct StandardArch {
           for (Index i = 0; i < cfg.d_sae; ++i)
             if (f(b, i) > S(0)) d_norms[i] += coef * dv(b, i) * f(b, i);
       }
-      gW_dec.noalias() = f.transpose() * ws.grad_y;
-      g.colMajor("W_enc").noalias() = ws.xc.transpose() * grad_h;
+      kernels::gemm(gW_dec, f.transpose(), ws.grad_y);
+      kernels::gemm(g.colMajor("W_enc"), ws.xc.transpose(), grad_h);
       gb_enc = grad_h.colwise().sum().transpose();
     }
     detail::addDecoderNormGradient<S>(W_dec, ws.norms, d_norms, gW_dec);

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include <sae/kernels/bf16_matmul.hpp>
+#include <sae/kernels/gemm.hpp>
 #include <sae/kernels/sparse.hpp>
 #include <sae/kernels/topk.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
@@ -102,7 +103,7 @@ void encoderTile(const ParameterSet<S>& p, Index r0, Index rows, TopKFamilyScrat
   if (ws.bf16_encoder)
     ws.bf16.multiply(ws.xc.middleRows(r0, rows), ws.tile.topRows(rows));
   else
-    ws.tile.topRows(rows).noalias() = ws.xc.middleRows(r0, rows) * p.colMajor("W_enc");
+    kernels::gemm(ws.tile.topRows(rows), ws.xc.middleRows(r0, rows), p.colMajor("W_enc"));
 }
 
 /// AuxK selection of batch row b from its pre-activations `pre` (without b_enc): the k_aux
@@ -182,17 +183,13 @@ template <typename S>
 void scatterTopKFamilyGradients(const ParameterSet<S>& p, const SaeConfig& cfg, Index B,
                                 TopKFamilyScratch<S>& ws, ParameterSet<S>& g) {
   auto gW_dec = g.rowMajor("W_dec");
-  gW_dec.setZero();
-  kernels::accumulateByLatent<S>(ws.buckets, ws.dec_row.data(), ws.dec_coef.data(), ws.stacked,
-                                 gW_dec);
+  kernels::sumByLatent<S>(ws.buckets, ws.dec_row.data(), ws.dec_coef.data(), ws.stacked, gW_dec);
   // The column-major gradient of W_enc [d_in, d_sae] is a row-major [d_sae, d_in] matrix.
   auto gW_enc_flat = g.flat("W_enc");
-  gW_enc_flat.setZero();
   Eigen::Map<RowMatrix<S>> gW_enc_t(gW_enc_flat.data(), cfg.d_sae, cfg.d_in);
   auto gb_enc = g.flat("b_enc");
-  gb_enc.setZero();
-  kernels::accumulateByLatent<S>(ws.buckets, ws.enc_row.data(), ws.enc_coef.data(), ws.xc, gW_enc_t,
-                                 gb_enc.data());
+  kernels::sumByLatent<S>(ws.buckets, ws.enc_row.data(), ws.enc_coef.data(), ws.xc, gW_enc_t,
+                          gb_enc.data());
   auto gb_dec = g.flat("b_dec");
   gb_dec = ws.stacked.topRows(B).colwise().sum().transpose();
   if (cfg.apply_b_dec_to_input) gb_dec.noalias() -= p.colMajor("W_enc") * gb_enc;
