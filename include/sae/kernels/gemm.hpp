@@ -32,14 +32,7 @@
 #include <sae/core/config.hpp>
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
-
-#ifndef SAE_HAS_ONEDNN
-#define SAE_HAS_ONEDNN 0
-#endif
-
-#if SAE_HAS_ONEDNN
-#include <dnnl.hpp>
-#endif
+#include <sae/kernels/onednn.hpp>
 
 namespace sae {
 namespace kernels {
