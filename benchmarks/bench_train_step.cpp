@@ -45,8 +45,7 @@ int run(const Options& o) {
   for (int s = 0; s < o.warmup + o.steps; ++s) {
     const auto t0 = std::chrono::steady_clock::now();
     model.backward(x, grads, opts, ws);
-    sae::clipGradNorm(grads, 1.0);
-    adam.step(model.parameters(), grads);
+    adam.step(model.parameters(), grads, adam.options().lr, sae::clipCoefficient(grads, 1.0));
     model.updateBuffers(ws);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (s >= o.warmup) times.push_back(dt);

@@ -405,6 +405,51 @@ TEMPLATE_TEST_CASE("Adam and the gradient norm are bitwise identical for 1, 2 an
 #endif
 }
 
+TEMPLATE_TEST_CASE("Adam with clipCoefficient folded in equals clipGradNorm then Adam",
+                   "[optim][Adam][clip]", float, double) {
+  using T = TestType;
+  const auto start = largeSet<T>();
+  sae::Rng rng(77);
+  auto params0 = start;
+  for (Index i = 0; i < params0.size(); ++i) params0.flat()[i] = static_cast<T>(rng.normal());
+  auto g = start.zerosLike();
+  for (Index i = 0; i < g.size(); ++i) g.flat()[i] = static_cast<T>(0.01 * rng.normal());
+  const double norm = sae::globalGradNorm(g);
+  for (const double max_norm : {0.5 * norm, 2.0 * norm}) {  // clipped, then not clipped
+    auto p_ref = params0, p_fused = params0;
+    sae::Adam<T> ref(p_ref), fused(p_fused);
+    for (int step = 0; step < 3; ++step) {
+      auto g_ref = g;
+      const double n_ref = sae::clipGradNorm(g_ref, max_norm);
+      ref.step(p_ref, g_ref, 1e-3);
+      double n_fused = 0;
+      const double coef = sae::clipCoefficient(g, max_norm, &n_fused);
+      fused.step(p_fused, g, 1e-3, coef);
+      CHECK(n_fused == n_ref);
+      CHECK(coef ==
+            (max_norm < norm ? Approx(max_norm / (norm + 1e-6)).epsilon(1e-12) : Approx(1.0)));
+    }
+    INFO("max_norm " << max_norm << " (norm " << norm << ")");
+    if (max_norm > norm) {
+      CHECK(bitwiseEqual(p_fused, p_ref));  // a scale of exactly 1
+    } else {
+      // The same update to rounding: each step moves a parameter by about lr.
+      const double tol = std::is_same_v<T, float> ? 1e-6 : 1e-14;
+      CHECK((p_fused.flat() - p_ref.flat()).cwiseAbs().maxCoeff() <= tol);
+      CHECK_FALSE(bitwiseEqual(p_fused, params0));
+    }
+  }
+  // The unscaled gradients are left as they were.
+  auto g_copy = g;
+  sae::clipCoefficient(g_copy, 1e-9);
+  CHECK(bitwiseEqual(g_copy, g));
+  sae::Adam<T> adam(params0);
+  auto p = params0;
+  CHECK_THROWS_WITH(adam.step(p, g, 1e-3, -1.0),
+                    "Adam::step: grad_scale must be finite and >= 0, found -1");
+  CHECK_THROWS_AS(sae::clipCoefficient(g, 0.0), sae::ConfigError);
+}
+
 // ------------------------------------------------------------------------------- clipping
 
 namespace {

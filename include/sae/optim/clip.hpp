@@ -91,6 +91,33 @@ double globalGradNorm(const ParameterSet<Scalar>& grads) {
   return std::sqrt(total);
 }
 
+/// @brief The factor clipGradNorm() scales the gradients by, without scaling them: with
+/// N = globalGradNorm(grads) and c = max_norm / (N + 1e-6), c when c < 1 and 1 otherwise.
+///
+/// For a fused update: `Adam::step(params, grads, lr, clipCoefficient(grads, 1.0))` computes
+/// `clipGradNorm(grads, 1.0)` then `Adam::step(params, grads, lr)` without the pass that writes
+/// the scaled gradients (one read and one write of every gradient fewer); the same values to
+/// rounding (the compiler may fuse the scaling into the next subtraction), the same bits when
+/// nothing is clipped.
+/// @param grads    the gradients (unchanged).
+/// @param max_norm largest allowed norm, finite and > 0; ConfigError otherwise.
+/// @param norm     when non-null, receives N.
+/// @throws NumericError when N is NaN or infinite (a non-finite gradient, or overflow).
+template <typename Scalar>
+double clipCoefficient(const ParameterSet<Scalar>& grads, double max_norm, double* norm = nullptr) {
+  require(std::isfinite(max_norm) && max_norm > 0.0,
+          "clipGradNorm: max_norm must be finite and > 0, found ", max_norm);
+  const double n = globalGradNorm(grads);
+  if (!std::isfinite(n)) {
+    throw NumericError(detail::concat("clipGradNorm: the global gradient norm is ",
+                                      std::isnan(n) ? "NaN" : "infinite", ": ",
+                                      detail::nonFiniteGradient(grads)));
+  }
+  if (norm) *norm = n;
+  const double coef = max_norm / (n + 1e-6);
+  return coef < 1.0 ? coef : 1.0;
+}
+
 /// @brief Clips the gradients to a global L2 norm, as `torch.nn.utils.clip_grad_norm_`.
 ///
 /// With N = globalGradNorm(grads) and c = max_norm / (N + 1e-6): when c < 1 every gradient is
@@ -104,15 +131,8 @@ double globalGradNorm(const ParameterSet<Scalar>& grads) {
 /// gradients are then left unchanged.
 template <typename Scalar>
 double clipGradNorm(ParameterSet<Scalar>& grads, double max_norm) {
-  require(std::isfinite(max_norm) && max_norm > 0.0,
-          "clipGradNorm: max_norm must be finite and > 0, found ", max_norm);
-  const double norm = globalGradNorm(grads);
-  if (!std::isfinite(norm)) {
-    throw NumericError(detail::concat("clipGradNorm: the global gradient norm is ",
-                                      std::isnan(norm) ? "NaN" : "infinite", ": ",
-                                      detail::nonFiniteGradient(grads)));
-  }
-  const double coef = max_norm / (norm + 1e-6);
+  double norm = 0;
+  const double coef = clipCoefficient(grads, max_norm, &norm);
   if (coef < 1.0) {
     const Scalar c = static_cast<Scalar>(coef);
     Scalar* const g = grads.flat().data();

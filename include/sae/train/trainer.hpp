@@ -599,6 +599,7 @@ class Trainer {
       opts.dead_mask = &m_dead.mask();
       opts.sparsity_scale = warmup.scaleAt(t);
       const double lr = schedule.lrAt(t);
+      double grad_scale = 1.0;
       try {
         terms = m_model.backward(m_x, m_grads, opts, ws);
         if (!std::isfinite(double(terms.total()))) {
@@ -609,7 +610,8 @@ class Trainer {
           throw NumericError(sae::detail::concat("the loss is not finite (", detail_terms, ")"));
         }
         if (m_cfg.decoder_unit_norm) removeParallelDecoderGradient();
-        if (m_cfg.max_grad_norm > 0) clipGradNorm(m_grads, m_cfg.max_grad_norm);
+        // Clipping folded into the Adam update (one pass over the gradients fewer).
+        if (m_cfg.max_grad_norm > 0) grad_scale = clipCoefficient(m_grads, m_cfg.max_grad_norm);
       } catch (const NumericError& e) {
         throw NumericError(sae::detail::concat(
             "training diverged at step ", t, ": ", e.what(), "; stopped without saving",
@@ -617,7 +619,7 @@ class Trainer {
                 ? std::string()
                 : "; the last good checkpoint " + m_last_checkpoint + " is intact"));
       }
-      m_adam.step(m_model.parameters(), m_grads, lr);
+      m_adam.step(m_model.parameters(), m_grads, lr, grad_scale);
       if (m_cfg.decoder_unit_norm) normalizeDecoder();
       m_model.updateBuffers(ws);  // BatchTopK: the EMA threshold, from this step's selection
       m_dead.update(ws.codes);
