@@ -30,9 +30,10 @@ done
 jobs="$(nproc 2>/dev/null || echo 2)"
 if ((sanitize)); then
   build_dir="${SAE_ASAN_BUILD_DIR:-$root/build-asan}"
-  # -O1 -g1 (line tables for the stack traces, no full debug info): about a third less build
-  # time than -O2 -g, which dominates CI.
-  configure=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG"
+  # -Og -g1 (line tables for the stack traces, no full debug info): the build dominates CI, and
+  # with the sanitizers GCC 12 compiles -Og in about half the time of -O1 (test_trainer.cpp:
+  # 73 s vs 138 s) for tests that run about 20% longer (7.1 s vs 6.0 s).
+  configure=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-Og -g1 -DNDEBUG"
     "-DSAE_SANITIZE=address,undefined" -DSAE_WARNINGS_AS_ERRORS=OFF -DSAE_BUILD_BENCHMARKS=OFF)
   ctest_args=(-LE '^cmake$' "${ctest_args[@]}")
   # Stop at the first report, with a stack trace; options already set by the caller win.
