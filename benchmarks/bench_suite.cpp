@@ -17,7 +17,8 @@
 // Modes: `train` = a full step (backward() = forward + loss + gradients, clipGradNorm, Adam)
 // from SAELens's initialisation; `sparse` = the same step for standard / gated with the encoder
 // bias (b_enc / b_gate) set by bisection so the mean L0 is about --sparse-l0 (what a trained
-// standard or gated SAE looks like); `encode` = inference, encode() alone.
+// standard or gated SAE looks like); `encode` = inference, encode() alone; `encode-bf16` = the
+// same with the encoder product in bf16 (oneDNN builds only; the peer row is torch's fp32).
 //
 // Useful FLOPs (DESIGN.md section 5, 2 FLOPs per multiply-add; B batch, d d_in, n d_sae):
 // dense step (standard, gated) 12 B d n; TopK step 2 B d n + 8 B k d; sparse-state step
@@ -89,7 +90,7 @@ struct Shape {
 struct Options {
   bool quick = false;
   std::vector<std::string> configs;
-  std::vector<std::string> modes{"train", "sparse", "encode"};
+  std::vector<std::string> modes{"train", "sparse", "encode", "encode-bf16"};
   std::vector<std::string> archs{"topk", "standard", "gated"};
   std::vector<int> threads;
   int steps = 0;    // 0: defaults per row
@@ -133,10 +134,13 @@ Shape parseShape(const std::string& s) {
   return sh;
 }
 
+// encode (fp32) and encode-bf16 (the encoder product in bf16 on oneDNN): inference rows.
+bool isEncode(const std::string& mode) { return mode == "encode" || mode == "encode-bf16"; }
+
 // Useful FLOPs of one step (or one encode call) per DESIGN.md section 5.
 double usefulFlops(const Job& j, double l0) {
   const double B = double(j.shape.batch), d = double(j.shape.d_in), n = double(j.shape.d_sae);
-  if (j.mode == "encode") return 2 * B * d * n;
+  if (isEncode(j.mode)) return 2 * B * d * n;
   if (j.mode == "sparse") return 2 * B * d * n + 8 * B * l0 * d;
   if (j.arch == "topk") return 2 * B * d * n + 8 * B * double(j.shape.k) * d;
   return 12 * B * d * n;
@@ -333,9 +337,9 @@ json trainChild(const Job& j, const Options& o) {
     const auto t0 = Clock::now();
     model.backward(x, grads, opts, ws);
     const auto t1 = Clock::now();
-    sae::clipGradNorm(grads, 1.0);
+    const double clip = sae::clipCoefficient(grads, 1.0);
     const auto t2 = Clock::now();
-    adam.step(model.parameters(), grads);
+    adam.step(model.parameters(), grads, adam.options().lr, clip);  // clipping folded in
     const auto t3 = Clock::now();
     if (s < j.warmup) continue;
     t_bwd.push_back(std::chrono::duration<double>(t1 - t0).count());
@@ -369,10 +373,12 @@ json encodeChild(const Job& j) {
   sae::RowMatrix<float> x(j.shape.batch, j.shape.d_in);
   fillNormal(x, 11);
   typename Model::Codes codes;
+  typename Model::Workspace ws;  // kept across calls, as an inference engine would
+  ws.bf16_encoder = j.mode == "encode-bf16";
   std::vector<double> t;
   for (int s = 0; s < j.warmup + j.steps; ++s) {
     const auto t0 = Clock::now();
-    model.encode(x, codes);
+    model.encode(x, codes, ws);
     if (s >= j.warmup) t.push_back(secondsSince(t0));
   }
   const double med = median(t);
@@ -385,7 +391,7 @@ json encodeChild(const Job& j) {
 }
 
 json oursChild(const Job& j, const Options& o) {
-  if (j.mode == "encode") {
+  if (isEncode(j.mode)) {
     if (j.arch == "topk") return encodeChild<sae::TopKSAE<float>>(j);
     if (j.arch == "gated") return encodeChild<sae::GatedSAE<float>>(j);
     return encodeChild<sae::StandardSAE<float>>(j);
@@ -579,7 +585,7 @@ void printTable(const std::vector<Row>& rows) {
       c[2] = r.job.arch;
       c[3] = std::to_string(r.job.threads);
     }
-    c[4] = r.impl + (r.reused ? " (dense run)" : "");
+    c[4] = r.impl + (r.reused ? (r.job.mode == "sparse" ? " (dense run)" : " (fp32 run)") : "");
     if (r.res.contains("error")) {
       c[5] = "FAILED: " + r.res["error"].get<std::string>();
       cells.push_back(c);
@@ -670,8 +676,10 @@ int run(Options o) {
   std::vector<Job> jobs;
   for (const std::string& name : o.configs) {
     const Shape sh = parseShape(name);
-    for (const std::string& mode : std::vector<std::string>{"train", "sparse", "encode"}) {
+    for (const std::string& mode :
+         std::vector<std::string>{"train", "sparse", "encode", "encode-bf16"}) {
       if (std::find(o.modes.begin(), o.modes.end(), mode) == o.modes.end()) continue;
+      if (mode == "encode-bf16" && !sae::kernels::bf16Available()) continue;
       for (const std::string& arch : o.archs) {
         if (mode == "sparse" && arch == "topk") continue;  // TopK is sparse anyway
         if (o.quick && sh.big() && arch != "topk") continue;
@@ -682,7 +690,7 @@ int run(Options o) {
           j.mode = mode;
           j.arch = arch;
           j.threads = t;
-          const bool enc = j.mode == "encode";
+          const bool enc = isEncode(j.mode);
           if (o.quick) {
             j.warmup = 1;
             j.steps = sh.big() ? 2 : (enc ? 5 : 3);
@@ -740,8 +748,8 @@ int run(Options o) {
     rows.push_back(ours);
     if (peer) {
       std::vector<std::string> peer_archs;
-      if (j.mode == "encode")
-        peer_archs = {"encode"};
+      if (isEncode(j.mode))
+        peer_archs = {"encode"};  // the fp32 peer for bf16 rows too: what a user runs today
       else if (j.arch == "topk")
         // --quick keeps only the stronger (sparsify) peer at the big config.
         peer_archs = o.quick && j.shape.big() ? std::vector<std::string>{"topk_sparse"}
@@ -752,7 +760,7 @@ int run(Options o) {
         // The peer is slower: fewer steps by default (--steps / --warmup apply to both).
         int pw = o.quick || j.shape.big() ? 1 : 2;
         int ps =
-            o.quick ? (j.shape.big() ? 1 : 3) : (j.shape.big() ? (j.mode == "encode" ? 5 : 2) : 5);
+            o.quick ? (j.shape.big() ? 1 : 3) : (j.shape.big() ? (isEncode(j.mode) ? 5 : 2) : 5);
         if (o.warmup >= 0) pw = o.warmup;
         if (o.steps > 0) ps = o.steps;
         if (o.peer_warmup >= 0) pw = o.peer_warmup;
@@ -763,8 +771,9 @@ int run(Options o) {
         pr.job.steps = ps;
         pr.peer_arch = pa;
         pr.impl = pa == "encode" ? "torch encode*" : "torch " + pa;
-        const std::string key = j.config + "|" + pa + "|" + std::to_string(j.threads);
-        if (j.mode == "sparse" && peer_cache.count(key)) {
+        const std::string key =
+            j.config + "|" + pa + "|" + j.arch + "|" + std::to_string(j.threads);
+        if ((j.mode == "sparse" || j.mode == "encode-bf16") && peer_cache.count(key)) {
           pr.res = peer_cache[key];
           pr.reused = true;
         } else {
@@ -788,7 +797,7 @@ int run(Options o) {
             std::fprintf(stderr, "FAILED (%s)", pr.res["error"].get<std::string>().c_str());
           else
             std::fprintf(stderr, "%.1f ms", num(pr.res, "ms_per_step"));
-          if (j.mode == "train") peer_cache[key] = pr.res;
+          if (j.mode == "train" || j.mode == "encode") peer_cache[key] = pr.res;
         }
         rows.push_back(pr);
       }
@@ -862,7 +871,9 @@ int run(Options o) {
       "train: full step from SAELens initialisation (L0 of standard/gated is then dense). sparse:"
       " b_enc (standard) / b_gate\n(gated) bisected so L0 ~ %.0f, Adam lr %.0e to keep it there;"
       " torch's time does not depend on sparsity, its dense run\nis the peer. torch gated runs"
-      " with --gated-aux-nodetach (W_dec trained through the aux term, as ours).\n",
+      " with --gated-aux-nodetach (W_dec trained through the aux term, as ours). encode-bf16:"
+      " encode() with\nthe encoder product in bf16 (oneDNN, AMX where present), against the"
+      " same fp32 torch row; %%peak still of the fp32 peak.\n",
       o.sparse_l0, o.sparse_lr);
   if (peer)
     std::printf(
@@ -925,9 +936,9 @@ int main(int argc, char** argv) {
                  "big (768/24576/4096/32), small (512/4096/1024/32) or d_in/d_sae/batch/k; "
                  "default: big,small")
       ->delimiter(',');
-  app.add_option("--modes", o.modes, "train, sparse, encode")
+  app.add_option("--modes", o.modes, "train, sparse, encode, encode-bf16")
       ->delimiter(',')
-      ->check(CLI::IsMember({"train", "sparse", "encode"}))
+      ->check(CLI::IsMember({"train", "sparse", "encode", "encode-bf16"}))
       ->capture_default_str();
   app.add_option("--archs", o.archs, "topk, standard, gated")
       ->delimiter(',')

@@ -16,7 +16,7 @@
 #include <sae/core/rng.hpp>
 #include <sae/io/dtype.hpp>
 #include <sae/kernels/bf16_matmul.hpp>
-#include <sae/models/topk.hpp>
+#include <sae/sae.hpp>
 
 namespace {
 
@@ -45,7 +45,31 @@ sae::SaeConfig topkConfig(Index d_in, Index d_sae, Index k) {
   return cfg;
 }
 
+// A float model of each architecture with SAELens's initialisation; BatchTopK with a threshold
+// that keeps a few percent of the latents.
+template <typename Model>
+Model encodeTestModel() {
+  sae::SaeConfig cfg = topkConfig(64, 512, 16);
+  Model model(cfg, 5);
+  if constexpr (Model::kHasBuffers)
+    model.buffers().flat()[0] = 0.02;  // scores ~ N(0, 0.01): ~2% fire
+  return model;
+}
+
 }  // namespace
+
+TEMPLATE_TEST_CASE("encode with a workspace equals encode, and reuses its storage",
+                   "[bf16][encode]", sae::StandardSAE<float>, sae::GatedSAE<float>,
+                   sae::TopKSAE<float>, sae::JumpReLUSAE<float>, sae::BatchTopKSAE<float>) {
+  const auto model = encodeTestModel<TestType>();
+  const sae::RowMatrix<float> x = randomRows(200, 64, 6), x2 = randomRows(200, 64, 7);
+  typename TestType::Workspace ws;
+  typename TestType::Codes codes;
+  model.encode(x, codes, ws);
+  CHECK(codes.toDense() == model.encode(x).toDense());
+  model.encode(x2, codes, ws);  // a second batch through the same workspace
+  CHECK(codes.toDense() == model.encode(x2).toDense());
+}
 
 TEST_CASE("floatToBf16 rounds like floatToBfloat16 on special values", "[bf16]") {
   std::vector<float> v = {0.0f,
@@ -205,6 +229,42 @@ TEST_CASE("A bf16 TopK training step matches fp32", "[bf16][TopKSAE]") {
   CHECK(t_default.total() == t32.total());
 }
 
+TEMPLATE_TEST_CASE("bf16 encode matches fp32 encode", "[bf16][encode]", sae::StandardSAE<float>,
+                   sae::GatedSAE<float>, sae::TopKSAE<float>, sae::JumpReLUSAE<float>,
+                   sae::BatchTopKSAE<float>) {
+  const auto model = encodeTestModel<TestType>();
+  const sae::RowMatrix<float> x = randomRows(300, 64, 8);
+  const sae::RowMatrix<float> want = model.encode(x).toDense();
+  typename TestType::Workspace ws;
+  ws.bf16_encoder = true;
+  typename TestType::Codes codes;
+  model.encode(x, codes, ws);
+  const sae::RowMatrix<float> got = codes.toDense();
+  REQUIRE(got.rows() == want.rows());
+  REQUIRE(got.cols() == want.cols());
+  // bf16 keeps 8 bits of mantissa: where both precisions fire, values within about 1% of
+  // fp32; a few latents near the threshold (TopK: the k-th value) fire in one only.
+  double diff2 = 0, want2 = 0;
+  Index both = 0, either = 0;
+  for (Index i = 0; i < got.size(); ++i) {
+    const float a = got.data()[i], b = want.data()[i];
+    both += a != 0.0f && b != 0.0f;
+    either += a != 0.0f || b != 0.0f;
+    if (a != 0.0f && b != 0.0f) {
+      diff2 += double(a - b) * double(a - b);
+      want2 += double(b) * double(b);
+    }
+  }
+  const double rel = std::sqrt(diff2 / std::max(want2, 1e-300));
+  const double agreement = double(both) / double(std::max<Index>(either, 1));
+  INFO(TestType::architecture() << ": relative error " << rel << ", firing agreement " << agreement
+                                << " of " << either);
+  CHECK(both > 100);
+  CHECK(rel < 0.03);
+  CHECK(agreement >= 0.9);
+  CHECK(rel > 0);  // the bf16 product did run: fp32 would agree exactly
+}
+
 TEST_CASE("bf16 is refused for double models", "[bf16][TopKSAE]") {
   const auto cfg = topkConfig(8, 32, 4);
   sae::TopKSAE<double> model(cfg, 1);
@@ -229,6 +289,11 @@ TEST_CASE("bf16 without oneDNN throws ConfigError", "[bf16][TopKSAE]") {
   CHECK_THROWS_AS(model.backward(x, g, {}, ws), sae::ConfigError);
   CHECK_THROWS_WITH(model.backward(x, g, {}, ws),
                     "bf16 precision needs oneDNN: rebuild with libdnnl-dev installed");
+  sae::StandardSAE<float> standard(cfg, 1);
+  sae::StandardSAE<float>::Workspace sws;
+  sws.bf16_encoder = true;
+  sae::DenseCodes<float> codes;
+  CHECK_THROWS_AS(standard.encode(x, codes, sws), sae::ConfigError);
 }
 
 #endif

@@ -325,8 +325,25 @@ void appendBytes(std::vector<unsigned char>& out, const T& v) {
   out.insert(out.end(), p, p + sizeof(T));
 }
 
+// The codes of one chunk, the encoder product in bf16 when asked (--precision bf16).
+template <typename Model>
+typename Model::Codes encodeChunk(const Model& model, const RowMatrix<float>& x, bool bf16) {
+  typename Model::Workspace ws;
+  ws.bf16_encoder = bf16;
+  typename Model::Codes codes;
+  model.encode(x, codes, ws);
+  return codes;
+}
+
+// --precision of encode / eval: true for bf16; ConfigError when this build has no bf16 GEMM.
+bool wantsBf16(const std::string& precision) {
+  if (precision != "bf16") return false;
+  if (!sae::kernels::bf16Available()) throw sae::ConfigError(sae::kernels::kBf16Unavailable);
+  return true;
+}
+
 int cmdEncode(const std::string& sae_dir, const std::vector<std::string>& data,
-              const std::string& out, bool dense, Index batch) {
+              const std::string& out, bool dense, Index batch, bool bf16) {
   const auto loaded = sae::io::loadSae<float>(sae_dir);
   const sae::train::ActivationFiles files(data);
   checkWidth(loaded, files.cols(), sae_dir);
@@ -356,7 +373,7 @@ int cmdEncode(const std::string& sae_dir, const std::vector<std::string>& data,
     normalizer.normalize(x, stats);
     std::visit(
         [&](const auto& model) {
-          const auto codes = model.encode(x);
+          const auto codes = encodeChunk(model, x, bf16);
           if (dense) {
             const RowMatrix<float> d = codes.toDense();
             npy->writeElements(d.data(), d.size(), sae::io::DType::F32);
@@ -449,7 +466,7 @@ class TokenIdFiles {
 };
 
 int cmdEval(const std::string& sae_dir, const std::vector<std::string>& data, Index batch,
-            Index max_rows, const FeatureArgs& fa) {
+            Index max_rows, const FeatureArgs& fa, bool bf16) {
   const auto loaded = sae::io::loadSae<float>(sae_dir);
   const sae::train::ActivationFiles files(data);
   checkWidth(loaded, files.cols(), sae_dir);
@@ -488,7 +505,7 @@ int cmdEval(const std::string& sae_dir, const std::vector<std::string>& data, In
     normalizer.normalize(x, stats);
     std::visit(
         [&](const auto& model) {
-          const auto codes = model.encode(x);
+          const auto codes = encodeChunk(model, x, bf16);
           RowMatrix<float> y = model.decode(codes);
           normalizer.denormalize(y, stats);
           recon.add<float>(raw, y);
@@ -898,6 +915,13 @@ int main(int argc, char** argv) {
   encode->add_option("--batch", enc_batch, "rows per chunk")->check(CLI::PositiveNumber);
   int enc_threads = 0;
   encode->add_option("--threads", enc_threads, "threads (0: all)")->check(CLI::NonNegativeNumber);
+  std::string enc_precision = "fp32";
+  encode
+      ->add_option(
+          "--precision", enc_precision,
+          "fp32 (default) or bf16: the encoder product in bf16 with fp32 accumulation (oneDNN; AMX "
+          "where the CPU has it)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
 
   // ---- eval
   std::string ev_sae;
@@ -912,6 +936,13 @@ int main(int argc, char** argv) {
   evalc->add_option("--max-rows", ev_rows, "use at most this many rows (0: all)")
       ->check(CLI::NonNegativeNumber);
   evalc->add_option("--threads", ev_threads, "threads (0: all)")->check(CLI::NonNegativeNumber);
+  std::string ev_precision = "fp32";
+  evalc
+      ->add_option(
+          "--precision", ev_precision,
+          "fp32 (default) or bf16: the encoder product in bf16 with fp32 accumulation (oneDNN; AMX "
+          "where the CPU has it)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   FeatureArgs ev_features;
   auto* ev_feat_opt =
       evalc->add_option("--features", ev_features.out,
@@ -972,11 +1003,11 @@ int main(int argc, char** argv) {
     if (name == "train") return cmdTrain(t, *train);
     if (name == "encode") {
       if (enc_threads > 0) sae::setThreads(enc_threads);
-      return cmdEncode(enc_sae, enc_data, enc_out, enc_dense, enc_batch);
+      return cmdEncode(enc_sae, enc_data, enc_out, enc_dense, enc_batch, wantsBf16(enc_precision));
     }
     if (name == "eval") {
       if (ev_threads > 0) sae::setThreads(ev_threads);
-      return cmdEval(ev_sae, ev_data, ev_batch, ev_rows, ev_features);
+      return cmdEval(ev_sae, ev_data, ev_batch, ev_rows, ev_features, wantsBf16(ev_precision));
     }
     if (name == "convert") return cmdConvert(conv_src, conv_dst, conv_to, conv_dtype, conv_force);
     return cmdInfo(info_path);

@@ -114,8 +114,8 @@ struct BatchTopKFamily {
   /// Inference: f = p * 1[p > relu(topk_threshold)] per token, in row-compressed form.
   template <typename S>
   static void encode(const ParameterSet<S>& p, const ParameterSet<double>& buffers,
-                     const SaeConfig& cfg, const ConstBatchRef<S>& x, Codes<S>& codes) {
-    Workspace<S> ws;
+                     const SaeConfig& cfg, const ConstBatchRef<S>& x, Codes<S>& codes,
+                     Workspace<S>& ws) {
     const Index B = x.rows();
     const Index n = cfg.d_sae;
     centerInput(x, p, cfg, ws.xc);

@@ -45,6 +45,10 @@ struct GatedArch {
     kernels::CsrPattern pattern;  // open gates (b, i)
     std::vector<S> coef_f, coef_gate, grad_mag, grad_pre;
     kernels::LatentBuckets buckets;
+    /// Encoder product in bf16 with fp32 accumulation, on AMX where the CPU has it (float
+    /// only; ConfigError without oneDNN). The bf16 copy of W_enc is refreshed on every call.
+    bool bf16_encoder = false;
+    kernels::Bf16MatmulFor<S> bf16;  // bf16 copy of W_enc and the oneDNN GEMM
   };
 
   /// Fraction of open gates below which the sparse kernels are used by default.
@@ -87,12 +91,11 @@ struct GatedArch {
 
   template <typename S>
   static void encode(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
-                     Codes<S>& codes) {
-    RowMatrix<S> xc, pre;
-    detail::centerInput(x, p, cfg, xc);
-    kernels::gemm(pre, xc, p.colMajor("W_enc"));
-    const Vector<S> e = p.flat("r_mag").array().exp();
-    activate<S>(p, pre, e, codes.values, nullptr);
+                     Codes<S>& codes, Workspace<S>& ws) {
+    detail::centerInput(x, p, cfg, ws.xc);
+    detail::encoderProduct(p, ws.xc, ws.pre, ws.bf16_encoder, ws.bf16);
+    ws.exp_r_mag = p.flat("r_mag").array().exp();
+    activate<S>(p, ws.pre, ws.exp_r_mag, codes.values, nullptr);
   }
 
   template <typename S>
@@ -107,7 +110,7 @@ struct GatedArch {
     const auto W_dec = p.rowMajor("W_dec");
     const auto b_dec = p.flat("b_dec");
     detail::centerInput(x, p, cfg, ws.xc);
-    kernels::gemm(ws.pre, ws.xc, p.colMajor("W_enc"));
+    detail::encoderProduct(p, ws.xc, ws.pre, ws.bf16_encoder, ws.bf16);
     ws.exp_r_mag = p.flat("r_mag").array().exp();
     activate<S>(p, ws.pre, ws.exp_r_mag, ws.codes.values, &ws.gate);
     const Index B = x.rows();

@@ -68,6 +68,10 @@ struct JumpReLUArch {
     std::vector<S> act_gh, act_gt, act_dn;  // per active entry: d/dh, d/dt, d/dn
     std::vector<S> ext_gh, ext_gt, ext_dn;  // per extra entry: the same
     kernels::LatentBuckets buckets, extra_buckets;
+    /// Encoder product in bf16 with fp32 accumulation, on AMX where the CPU has it (float
+    /// only; ConfigError without oneDNN). The bf16 copy of W_enc is refreshed on every call.
+    bool bf16_encoder = false;
+    kernels::Bf16MatmulFor<S> bf16;  // bf16 copy of W_enc and the oneDNN GEMM
   };
 
   /// Density below which the sparse kernels are used by default (as standard and gated).
@@ -89,15 +93,18 @@ struct JumpReLUArch {
     p.flat("threshold").setConstant(S(cfg.jumprelu_init_threshold));
   }
 
-  /// h = xc W_enc + b_enc into `pre`, f = h 1[h > t] into `f`, t = relu(threshold) into `t`.
+  /// h = xc W_enc + b_enc into ws.pre, f = h 1[h > t] into `f`, t = relu(threshold) into
+  /// ws.t (xc from ws.xc).
   template <typename S>
-  static void activate(const ParameterSet<S>& p, const RowMatrix<S>& xc, RowMatrix<S>& pre,
-                       Vector<S>& t, RowMatrix<S>& f) {
+  static void activate(const ParameterSet<S>& p, Workspace<S>& ws, RowMatrix<S>& f) {
+    const RowMatrix<S>& xc = ws.xc;
+    RowMatrix<S>& pre = ws.pre;
     const Index B = xc.rows();
     const auto b_enc = p.flat("b_enc");
     const Index n = b_enc.size();
-    t = p.flat("threshold").cwiseMax(S(0));
-    kernels::gemm(pre, xc, p.colMajor("W_enc"));
+    ws.t = p.flat("threshold").cwiseMax(S(0));
+    const Vector<S>& t = ws.t;
+    detail::encoderProduct(p, xc, pre, ws.bf16_encoder, ws.bf16);
     f.resize(B, n);
     SAE_PRAGMA_OMP(parallel for schedule(static))
     for (Index b = 0; b < B; ++b) {
@@ -112,11 +119,9 @@ struct JumpReLUArch {
 
   template <typename S>
   static void encode(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
-                     Codes<S>& codes) {
-    RowMatrix<S> xc, pre;
-    Vector<S> t;
-    detail::centerInput(x, p, cfg, xc);
-    activate<S>(p, xc, pre, t, codes.values);
+                     Codes<S>& codes, Workspace<S>& ws) {
+    detail::centerInput(x, p, cfg, ws.xc);
+    activate<S>(p, ws, codes.values);
   }
 
   template <typename S>
@@ -225,7 +230,7 @@ struct JumpReLUArch {
     const Index B = x.rows();
     const Index n = cfg.d_sae;
     detail::centerInput(x, p, cfg, ws.xc);
-    activate<S>(p, ws.xc, ws.pre, ws.t, ws.codes.values);
+    activate<S>(p, ws, ws.codes.values);
     const auto& f = ws.codes.values;
     ws.norms.resize(n);
     kernels::rowNorms<S>(W_dec, ws.norms);

@@ -13,6 +13,7 @@
 #include <sae/core/parameters.hpp>
 #include <sae/core/rng.hpp>
 #include <sae/core/types.hpp>
+#include <sae/kernels/bf16_matmul.hpp>
 #include <sae/kernels/gemm.hpp>
 #include <sae/kernels/sparse.hpp>
 #include <sae/models/config.hpp>
@@ -83,6 +84,20 @@ void addDecoderNormGradient(const Eigen::Ref<const RowMatrix<Scalar>>& W_dec,
   }
 }
 
+/// The encoder product pre = xc W_enc of the dense architectures: in bf16 (fp32 accumulation)
+/// when `bf16` is set, refreshing the bf16 copy of W_enc first; otherwise kernels::gemm().
+template <typename Scalar, typename Bf16>
+void encoderProduct(const ParameterSet<Scalar>& params, const RowMatrix<Scalar>& xc,
+                    RowMatrix<Scalar>& pre, bool bf16, Bf16& bf16_matmul) {
+  if (bf16) {
+    pre.resize(xc.rows(), params.colMajor("W_enc").cols());
+    bf16_matmul.setWeights(params.colMajor("W_enc"));
+    bf16_matmul.multiply(xc, pre);
+  } else {
+    kernels::gemm(pre, xc, params.colMajor("W_enc"));
+  }
+}
+
 /// Dense decode: out = f W_dec + b_dec (standard and gated codes).
 template <typename Scalar>
 void denseDecode(const ParameterSet<Scalar>& params, const RowMatrix<Scalar>& f,
@@ -127,7 +142,8 @@ double meanSquaredError(const Eigen::Ref<const RowMatrix<Scalar>>& a,
 ///   - `template <typename S> static void addParameters(ParameterSet<S>&, const SaeConfig&)`;
 ///   - `template <typename S> static void initialize(ParameterSet<S>&, const SaeConfig&, Rng&)`;
 ///   - `template <typename S> static void encode(const ParameterSet<S>&, const SaeConfig&,
-///      const ConstBatchRef<S>&, Codes<S>&)`;
+///      const ConstBatchRef<S>&, Codes<S>&, Workspace<S>&)`: inference, with the workspace's
+///      buffers as scratch (and its `bf16_encoder` setting);
 ///   - `template <typename S> static void decode(const ParameterSet<S>&, const SaeConfig&,
 ///      const Codes<S>&, RowMatrix<S>&)`;
 ///   - `template <typename S> static void forward(const ParameterSet<S>&, const SaeConfig&,
@@ -214,11 +230,21 @@ class SparseAutoencoder {
   }
   /// @brief Feature activations of a batch into `codes` (reusing its storage).
   void encode(const ConstBatchRef<Scalar>& x, Codes& codes) const {
+    Workspace ws;
+    encode(x, codes, ws);
+  }
+  /// @brief Feature activations of a batch into `codes`, with `ws` as scratch: once `codes` and
+  /// `ws` have grown to the batch size, nothing is allocated (for an inference engine's
+  /// per-layer hook; kernels::gemm()'s oneDNN products aside, see README). With
+  /// `ws.bf16_encoder` set (float models, oneDNN builds), the encoder product runs in bf16
+  /// with fp32 accumulation, on AMX where the CPU has it; the bf16 copy of W_enc is made on
+  /// every call, so changed weights are always seen. The same codes as encode(x) in fp32.
+  void encode(const ConstBatchRef<Scalar>& x, Codes& codes, Workspace& ws) const {
     detail::checkBatch(x, m_cfg.d_in);
     if constexpr (kHasBuffers) {
-      Arch::encode(m_params, m_buffers, m_cfg, x, codes);
+      Arch::encode(m_params, m_buffers, m_cfg, x, codes, ws);
     } else {
-      Arch::encode(m_params, m_cfg, x, codes);
+      Arch::encode(m_params, m_cfg, x, codes, ws);
     }
   }
 

@@ -42,6 +42,10 @@ struct StandardArch {
     kernels::CsrPattern pattern;  // active (b, i) of f
     std::vector<S> coef;          // per active entry: f, then d loss / d h
     kernels::LatentBuckets buckets;
+    /// Encoder product in bf16 with fp32 accumulation, on AMX where the CPU has it (float
+    /// only; ConfigError without oneDNN). The bf16 copy of W_enc is refreshed on every call.
+    bool bf16_encoder = false;
+    kernels::Bf16MatmulFor<S> bf16;  // bf16 copy of W_enc and the oneDNN GEMM
   };
 
   /// Density of f below which the sparse kernels are used by default (see benchmarks/).
@@ -61,13 +65,11 @@ struct StandardArch {
 
   template <typename S>
   static void encode(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
-                     Codes<S>& codes) {
-    RowMatrix<S> xc;
-    detail::centerInput(x, p, cfg, xc);
-    RowMatrix<S> pre;
-    kernels::gemm(pre, xc, p.colMajor("W_enc"));
+                     Codes<S>& codes, Workspace<S>& ws) {
+    detail::centerInput(x, p, cfg, ws.xc);
+    detail::encoderProduct(p, ws.xc, ws.pre, ws.bf16_encoder, ws.bf16);
     codes.values.resize(x.rows(), cfg.d_sae);
-    kernels::addBiasRelu<S>(pre, p.flat("b_enc"), codes.values);
+    kernels::addBiasRelu<S>(ws.pre, p.flat("b_enc"), codes.values);
   }
 
   template <typename S>
@@ -82,7 +84,7 @@ struct StandardArch {
     const auto W_dec = p.rowMajor("W_dec");
     const Index B = x.rows();
     detail::centerInput(x, p, cfg, ws.xc);
-    kernels::gemm(ws.pre, ws.xc, p.colMajor("W_enc"));
+    detail::encoderProduct(p, ws.xc, ws.pre, ws.bf16_encoder, ws.bf16);
     ws.codes.values.resize(B, cfg.d_sae);
     kernels::addBiasRelu<S>(ws.pre, p.flat("b_enc"), ws.codes.values);
     const auto& f = ws.codes.values;

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include <sae/kernels/bf16_matmul.hpp>
@@ -279,13 +280,12 @@ struct TopKArch {
 
   template <typename S>
   static void encode(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
-                     Codes<S>& codes) {
-    Workspace<S> ws;
+                     Codes<S>& codes, Workspace<S>& ws) {
     detail::centerInput(x, p, cfg, ws.xc);
     ws.norms.resize(cfg.d_sae);
     if (cfg.rescale_acts_by_decoder_norm) kernels::rowNorms<S>(p.rowMajor("W_dec"), ws.norms);
     select(p, cfg, 0, ws, false);
-    codes = std::move(ws.codes);
+    std::swap(codes, ws.codes);  // both keep their storage for the next call
   }
 
   template <typename S>
