@@ -13,6 +13,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <support/test_support.hpp>
+
 #include <sae/core/rng.hpp>
 #include <sae/io/dtype.hpp>
 #include <sae/kernels/bf16_matmul.hpp>
@@ -244,24 +246,13 @@ TEMPLATE_TEST_CASE("bf16 encode matches fp32 encode", "[bf16][encode]", sae::Sta
   REQUIRE(got.cols() == want.cols());
   // bf16 keeps 8 bits of mantissa: where both precisions fire, values within about 1% of
   // fp32; a few latents near the threshold (TopK: the k-th value) fire in one only.
-  double diff2 = 0, want2 = 0;
-  Index both = 0, either = 0;
-  for (Index i = 0; i < got.size(); ++i) {
-    const float a = got.data()[i], b = want.data()[i];
-    both += a != 0.0f && b != 0.0f;
-    either += a != 0.0f || b != 0.0f;
-    if (a != 0.0f && b != 0.0f) {
-      diff2 += double(a - b) * double(a - b);
-      want2 += double(b) * double(b);
-    }
-  }
-  const double rel = std::sqrt(diff2 / std::max(want2, 1e-300));
-  const double agreement = double(both) / double(std::max<Index>(either, 1));
-  INFO(TestType::architecture() << ": relative error " << rel << ", firing agreement " << agreement
-                                << " of " << either);
-  CHECK(both > 100);
+  const auto cmp = sae::test::compareFiring(got, want);
+  const double rel = cmp.relative_error;
+  INFO(TestType::architecture() << ": relative error " << rel << ", firing agreement "
+                                << cmp.agreement() << " of " << cmp.either);
+  CHECK(cmp.both > 100);
   CHECK(rel < 0.03);
-  CHECK(agreement >= 0.9);
+  CHECK(cmp.agreement() >= 0.9);
   CHECK(rel > 0);  // the bf16 product did run: fp32 would agree exactly
 }
 

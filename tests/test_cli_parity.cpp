@@ -113,21 +113,11 @@ TEST_CASE("sae encode --precision bf16 stays close to SAELens's feature activati
   REQUIRE(got.cols() == want.cols());
   // bf16 inputs (8 mantissa bits), fp32 accumulation: where both fire, within a few percent;
   // a latent at the edge of the top k may swap.
-  double diff2 = 0, want2 = 0;
-  Index both = 0, either = 0;
-  for (Index i = 0; i < got.size(); ++i) {
-    const double a = got.data()[i], b = want.data()[i];
-    both += a != 0 && b != 0;
-    either += a != 0 || b != 0;
-    if (a != 0 && b != 0) {
-      diff2 += (a - b) * (a - b);
-      want2 += b * b;
-    }
-  }
-  INFO("firing in both " << both << " of " << either);
-  CHECK(both >= 0.9 * double(either));
-  CHECK(std::sqrt(diff2 / want2) < 0.03);
-  CHECK(std::sqrt(diff2 / want2) > 0);  // bf16 did run: the fp32 output matches to 1e-5
+  const auto cmp = sae::test::compareFiring(got, want);
+  INFO("firing in both " << cmp.both << " of " << cmp.either);
+  CHECK(cmp.agreement() >= 0.9);
+  CHECK(cmp.relative_error < 0.03);
+  CHECK(cmp.relative_error > 0);  // bf16 did run: the fp32 output matches to 1e-5
 
   // eval takes the same flag.
   const sae::test::CliResult r =

@@ -1,5 +1,6 @@
 // Helpers shared by the test programs: the files in tests/data/io and the formula of their
-// values, the SAELens fixture folder, whole-file reads and writes, and temporary directories.
+// values, the SAELens fixture folder, whole-file reads and writes, temporary directories, and
+// the comparison of feature activations computed in two precisions.
 //
 // Included as <support/test_support.hpp>; needs the compile definitions SAE_TEST_DATA_DIR and
 // SAE_DEFAULT_FIXTURES_DIR that sae_add_test (tests/CMakeLists.txt) gives every test program.
@@ -145,6 +146,35 @@ inline std::string scratchDir(const std::string& tag, const std::string& name, b
   REQUIRE(std::system(("rm -rf '" + dir + "'").c_str()) == 0);
   if (create) std::filesystem::create_directories(dir);
   return dir;
+}
+
+// ------------------------------------------------------------------------- comparisons
+
+/// Feature activations of two precisions compared: how many entries fire (are non-zero) in
+/// both and in either, and the relative L2 difference over the entries firing in both.
+struct FiringComparison {
+  Index both = 0, either = 0;
+  double relative_error = 0;
+  double agreement() const { return double(both) / double(either > 0 ? either : 1); }
+};
+
+template <typename Got, typename Want>
+FiringComparison compareFiring(const Got& got, const Want& want) {
+  FiringComparison c;
+  double diff2 = 0, want2 = 0;
+  for (Index r = 0; r < got.rows(); ++r) {
+    for (Index j = 0; j < got.cols(); ++j) {
+      const double a = double(got(r, j)), b = double(want(r, j));
+      c.either += a != 0 || b != 0;
+      if (a != 0 && b != 0) {
+        ++c.both;
+        diff2 += (a - b) * (a - b);
+        want2 += b * b;
+      }
+    }
+  }
+  c.relative_error = want2 > 0 ? std::sqrt(diff2 / want2) : 0.0;
+  return c;
 }
 
 }  // namespace sae::test
