@@ -1,5 +1,5 @@
 // The benchmark suite: one table of training-step and encode throughput for every architecture,
-// beside the PyTorch peer (../shared/bench/torch_sae_step.py) run on the same configurations.
+// beside the PyTorch peer (benchmarks/peer/torch_sae_step.py) run on the same configurations.
 //
 //   bench_suite                       # full run (about 10-15 min on an idle 2-core machine)
 //   bench_suite --quick               # smoke run, 1-2 min: small config + the big TopK rows
@@ -55,7 +55,7 @@
 #include <sae/sae.hpp>
 
 #ifndef SAE_PEER_SCRIPT_DEFAULT
-#define SAE_PEER_SCRIPT_DEFAULT "../shared/bench/torch_sae_step.py"
+#define SAE_PEER_SCRIPT_DEFAULT "benchmarks/peer/torch_sae_step.py"
 #endif
 
 namespace {

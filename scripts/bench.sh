@@ -8,7 +8,7 @@
 #   ./scripts/bench.sh                       # full run, 10-15 minutes on an idle 2-core machine
 #   ./scripts/bench.sh --configs big --archs topk --threads 2 --json bench.json
 #
-# Builds in build/ (or $SAE_BUILD_DIR). The peer is ../shared/bench/torch_sae_step.py beside the
+# Builds in build/ (or $SAE_BUILD_DIR). The peer is benchmarks/peer/torch_sae_step.py in this
 # checkout (--peer-script PATH), run with /usr/bin/python3 when python3-torch is installed
 # (--no-peer skips it). `./scripts/bench.sh --help` lists every option of bench_suite.
 set -euo pipefail

@@ -1,6 +1,6 @@
-// Parity with SAELens: the reference values in $SAE_FIXTURES_DIR/saelens (default: the
-// shared/fixtures folder beside the checkout) were produced by SAELens's own code; see that
-// folder's README. Every shape, k and coefficient is read from the fixture files.
+// Parity with SAELens: the reference values in tests/data/saelens (or $SAE_FIXTURES_DIR/saelens)
+// were produced by SAELens's own code; see that folder's README. Every shape, k and coefficient is
+// read from the fixture files.
 //
 // Training cases (float64): loss terms, feature activations, reconstruction, the gradient of
 // every parameter, one Adam step, and one clip-then-Adam step, to 1e-10 relative.
@@ -19,20 +19,14 @@
 #include <sae/io/saelens.hpp>
 #include <sae/io/safetensors.hpp>
 #include <sae/sae.hpp>
+#include <support/test_support.hpp>
 
 namespace {
 
 using sae::Index;
 using json = nlohmann::ordered_json;
 
-std::string fixtureDir(const std::string& name) {
-  const char* env = std::getenv("SAE_FIXTURES_DIR");
-  const std::string root = env && *env ? env : SAE_DEFAULT_FIXTURES_DIR;
-  const std::string dir = root + "/saelens/" + name;
-  std::ifstream probe(dir + (name.rfind("infer_", 0) == 0 ? "/x.npy" : "/config.json"));
-  if (!probe) FAIL("fixture folder missing or unreadable: " << dir << " (set SAE_FIXTURES_DIR)");
-  return dir;
-}
+using sae::test::fixtureDir;
 
 // Keeps the keys in file order (losses.json lists its terms in SAELens's order).
 json readJson(const std::string& path) {

@@ -1,5 +1,6 @@
-// SAELens folders: the shared fixtures (written by SAELens itself) load and reproduce SAELens's
-// encode / decode; save -> load round trips for every architecture; bad folders are reported.
+// SAELens folders: the fixtures in tests/data/saelens (written by SAELens itself) load and
+// reproduce SAELens's encode / decode; save -> load round trips for every architecture; bad folders
+// are reported.
 #include <unistd.h>
 #include <cstdlib>
 #include <fstream>
@@ -12,19 +13,14 @@
 #include <sae/io/saelens.hpp>
 #include <sae/sae.hpp>
 #include <sae/train/checkpoint.hpp>
+#include <support/test_support.hpp>
 
 namespace {
 
 using sae::Index;
 using sae::RowMatrix;
 
-std::string fixtureDir(const std::string& name) {
-  const char* env = std::getenv("SAE_FIXTURES_DIR");
-  const std::string root = env && *env ? env : SAE_DEFAULT_FIXTURES_DIR;
-  const std::string dir = root + "/saelens/" + name;
-  if (!std::ifstream(dir + "/x.npy")) FAIL("fixture folder missing: " << dir);
-  return dir;
-}
+using sae::test::fixtureDir;
 
 std::string tempDir(const std::string& name) {
   const std::string dir = "/tmp/sae_test_saelens_" + std::to_string(::getpid()) + "_" + name;

@@ -3,7 +3,7 @@
 // the comparison of feature activations computed in two precisions.
 //
 // Included as <support/test_support.hpp>; needs the compile definitions SAE_TEST_DATA_DIR and
-// SAE_DEFAULT_FIXTURES_DIR that sae_add_test (tests/CMakeLists.txt) gives every test program.
+// SAE_DEFAULT_FIXTURES_DIR (tests/data) that tests/CMakeLists.txt gives the test program.
 #pragma once
 
 #include <cmath>
@@ -55,10 +55,24 @@ inline bool sameValue(double got, double want) {
   return got == want && std::signbit(got) == std::signbit(want);
 }
 
-/// The SAELens reference fixtures: $SAE_FIXTURES_DIR/saelens, else the configured default.
+/// The SAELens reference fixtures: tests/data/saelens in this checkout, or
+/// $SAE_FIXTURES_DIR/saelens when that variable is set and not empty (another fixture set).
 inline std::string fixturesRoot() {
   const char* env = std::getenv("SAE_FIXTURES_DIR");
-  return std::string(env != nullptr ? env : SAE_DEFAULT_FIXTURES_DIR) + "/saelens";
+  return std::string(env != nullptr && *env != '\0' ? env : SAE_DEFAULT_FIXTURES_DIR) + "/saelens";
+}
+
+/// The folder of one fixture case (e.g. "train_topk", "infer_gated"). A case whose marker file
+/// (x.npy for infer_*, config.json for train_*) cannot be read fails the test, naming the folder:
+/// a missing fixture is a failure, never a skip.
+inline std::string fixtureDir(const std::string& name) {
+  const std::string dir = fixturesRoot() + "/" + name;
+  const std::string marker = dir + (name.rfind("infer_", 0) == 0 ? "/x.npy" : "/config.json");
+  if (!std::ifstream(marker)) {
+    FAIL("fixture folder missing or unreadable: " << dir << " (no " << marker
+                                                  << "; SAE_FIXTURES_DIR overrides the root)");
+  }
+  return dir;
 }
 
 /// xorshift64 (shifts 13, 7, 17): the deterministic bytes and positions of the fuzz tests.
