@@ -33,6 +33,10 @@
 #include <sae/io/raw.hpp>
 #include <sae/io/safetensors.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_activation_stream {
+
 using sae::Index;
 using sae::RowMatrix;
 using sae::io::ActivationStream;
@@ -877,3 +881,5 @@ TEST_CASE("streams are destroyed cleanly while the prefetch thread works", "[Act
   }
   SUCCEED("no hang, no crash");
 }
+
+}  // namespace sae_test_activation_stream

@@ -24,6 +24,10 @@
 #include <sae/train/batch_source.hpp>
 #include <sae/train/trainer.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_batchtopk {
+
 namespace {
 
 using sae::Index;
@@ -880,3 +884,5 @@ TEST_CASE("TrainerConfig: BatchTopK-family fields", "[batchtopk][Trainer]") {
   c.matryoshka_widths.clear();
   CHECK_THROWS_WITH(c.validate(), Catch::Contains("matryoshka_batchtopk needs matryoshka_widths"));
 }
+
+}  // namespace sae_test_batchtopk

@@ -20,6 +20,10 @@
 #include <sae/kernels/bf16_matmul.hpp>
 #include <sae/sae.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_bf16 {
+
 namespace {
 
 using sae::Index;
@@ -288,3 +292,5 @@ TEST_CASE("bf16 without oneDNN throws ConfigError", "[bf16][TopKSAE]") {
 }
 
 #endif
+
+}  // namespace sae_test_bf16

@@ -12,6 +12,10 @@
 #include <sae/train/checkpoint.hpp>
 #include <sae/train/trainer.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_checkpoint {
+
 namespace {
 
 using sae::Index;
@@ -144,3 +148,5 @@ TEST_CASE("Resume refuses a corrupted or mismatched checkpoint and changes nothi
   sae::train::Trainer<float, sae::GatedArch, Source> gated(gcfg, src3);
   CHECK_THROWS_WITH(gated.resume(path), Catch::Contains("architecture is topk, expected gated"));
 }
+
+}  // namespace sae_test_checkpoint

@@ -15,6 +15,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <support/cli_runner.hpp>
 #include <support/test_support.hpp>
 
 #include <sae/io/npy.hpp>
@@ -23,7 +24,9 @@
 #include <sae/train/batch_source.hpp>
 #include <sae/train/checkpoint.hpp>
 
-extern char** environ;
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_cli {
 
 namespace {
 
@@ -34,59 +37,11 @@ std::string tempDir(const std::string& name) { return sae::test::scratchDir("cli
 
 bool exists(const std::string& path) { return bool(std::ifstream(path)); }
 
-pid_t spawn(const std::vector<std::string>& args, const std::string& out, const std::string& err) {
-  std::vector<std::string> full = {SAE_CLI_PATH};
-  full.insert(full.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : full) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = -1;
-  const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  REQUIRE(rc == 0);
-  return pid;
-}
-
-struct Result {
-  int status = -1;  // exit status; 1000 + signal when killed by a signal
-  std::string out, err;
-};
-
-int waitFor(pid_t pid) {
-  int st = 0;
-  REQUIRE(waitpid(pid, &st, 0) == pid);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 1000 + WTERMSIG(st);
-}
-
-Result run(const std::vector<std::string>& args) {
-  static int n = 0;
-  const std::string base =
-      "/tmp/sae_test_cli_" + std::to_string(::getpid()) + "_out" + std::to_string(n++);
-  Result r;
-  r.status = waitFor(spawn(args, base + ".stdout", base + ".stderr"));
-  r.out = readFile(base + ".stdout");
-  r.err = readFile(base + ".stderr");
-  std::remove((base + ".stdout").c_str());
-  std::remove((base + ".stderr").c_str());
-  return r;
-}
-
-// A failure: non-zero status (not a crash), exactly one line on stderr containing `what`.
-void checkBadInput(const std::vector<std::string>& args, const std::string& what) {
-  std::string cmd;
-  for (const auto& a : args) cmd += a + " ";
-  INFO("sae " << cmd);
-  const Result r = run(args);
-  INFO("stderr: " << r.err);
-  CHECK(r.status != 0);
-  CHECK(r.status < 128);
-  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
-  CHECK(r.err.find(what) != std::string::npos);
-}
+using sae::test::checkCliFails;
+using sae::test::CliResult;
+using sae::test::runCli;
+using sae::test::spawnCli;
+using sae::test::waitCli;
 
 // Small synthetic problem shared by the tests (kept small for the sanitizer builds).
 const std::vector<std::string> kSmall = {"--arch",
@@ -120,9 +75,9 @@ std::vector<std::string> cat(std::vector<std::string> a, const std::vector<std::
 
 TEST_CASE("sae train on synthetic data recovers the features; the saved SAE reloads", "[cli]") {
   const std::string dir = tempDir("e2e");
-  const Result r = run(cat({"train", "--out", dir + "/run", "--steps", "500", "--lr-decay", "100",
-                            "--dead-window", "50"},
-                           kSmall));
+  const CliResult r = runCli(cat({"train", "--out", dir + "/run", "--steps", "500", "--lr-decay",
+                                  "100", "--dead-window", "50"},
+                                 kSmall));
   INFO(r.err);
   REQUIRE(r.status == 0);
   for (const char* f : {"cfg.json", "sae_weights.safetensors", "sparsity.safetensors",
@@ -165,8 +120,8 @@ TEST_CASE("sae train on synthetic data recovers the features; the saved SAE relo
 
   // encode / eval / info on the trained SAE and an .npy file of activations.
   sae::io::writeNpy(dir + "/acts.npy", x.topRows(300));
-  const Result enc = run({"encode", "--sae", dir + "/run", "--data", dir + "/acts.npy", "--out",
-                          dir + "/codes.safetensors", "--batch", "128"});
+  const CliResult enc = runCli({"encode", "--sae", dir + "/run", "--data", dir + "/acts.npy",
+                                "--out", dir + "/codes.safetensors", "--batch", "128"});
   INFO(enc.err);
   REQUIRE(enc.status == 0);
   const sae::io::SafetensorsFile codes(dir + "/codes.safetensors");
@@ -177,13 +132,13 @@ TEST_CASE("sae train on synthetic data recovers the features; the saved SAE relo
   const auto want = model.encode(x.topRows(300));
   CHECK(vals == want.values);
 
-  const Result dense = run({"encode", "--sae", dir + "/run", "--data", dir + "/acts.npy", "--out",
-                            dir + "/codes.npy", "--dense"});
+  const CliResult dense = runCli({"encode", "--sae", dir + "/run", "--data", dir + "/acts.npy",
+                                  "--out", dir + "/codes.npy", "--dense"});
   REQUIRE(dense.status == 0);
   const auto dmat = sae::io::readNpy<float>(dir + "/codes.npy");
   CHECK(dmat == want.toDense());
 
-  const Result ev = run({"eval", "--sae", dir + "/run", "--data", dir + "/acts.npy"});
+  const CliResult ev = runCli({"eval", "--sae", dir + "/run", "--data", dir + "/acts.npy"});
   INFO(ev.err);
   REQUIRE(ev.status == 0);
   const auto j = nlohmann::json::parse(ev.out);
@@ -193,22 +148,22 @@ TEST_CASE("sae train on synthetic data recovers the features; the saved SAE relo
   CHECK(j.contains("density_histogram"));
   CHECK(j.contains("dead_fraction"));
 
-  const Result info = run({"info", dir + "/run"});
+  const CliResult info = runCli({"info", dir + "/run"});
   REQUIRE(info.status == 0);
   CHECK(info.out.find("\"W_enc\"") != std::string::npos);
   CHECK(info.out.find("\"topk\"") != std::string::npos);
-  const Result info_npy = run({"info", dir + "/acts.npy"});
+  const CliResult info_npy = runCli({"info", dir + "/acts.npy"});
   REQUIRE(info_npy.status == 0);
   CHECK(nlohmann::json::parse(info_npy.out).at("shape") == nlohmann::json({300, 32}));
-  const Result info_st = run({"info", dir + "/codes.safetensors"});
+  const CliResult info_st = runCli({"info", dir + "/codes.safetensors"});
   REQUIRE(info_st.status == 0);
   CHECK(info_st.out.find("\"indices\"") != std::string::npos);
 
   // Training on the user's own .npy file.
   sae::io::writeNpy(dir + "/train.npy", data.holdout(3000));
-  const Result rf = run({"train", "--data", dir + "/train.npy", "--arch", "standard", "--expansion",
-                         "2", "--batch", "128", "--steps", "30", "--holdout", "0.1", "--out",
-                         dir + "/run_npy", "--quiet", "--threads", "2"});
+  const CliResult rf = runCli({"train", "--data", dir + "/train.npy", "--arch", "standard",
+                               "--expansion", "2", "--batch", "128", "--steps", "30", "--holdout",
+                               "0.1", "--out", dir + "/run_npy", "--quiet", "--threads", "2"});
   INFO(rf.err);
   CHECK(rf.status == 0);
   CHECK(exists(dir + "/run_npy/sae_weights.safetensors"));
@@ -261,7 +216,7 @@ TEST_CASE("sae train --arch jumprelu: its flags reach the run; the SAE folder ho
                                          "0.02",
                                          "--pre-act-loss-coefficient",
                                          "0.001"};
-  const Result r = run(args);
+  const CliResult r = runCli(args);
   INFO(r.err);
   REQUIRE(r.status == 0);
   const auto tc = nlohmann::json::parse(readFile(dir + "/run/train_config.json"));
@@ -320,13 +275,13 @@ TEST_CASE("sae train --arch jumprelu: its flags reach the run; the SAE folder ho
   }
   CHECK(logged == 3);
 
-  checkBadInput({"train", "--out", dir + "/run", "--resume", "--l0-coefficient", "2"},
+  checkCliFails({"train", "--out", dir + "/run", "--resume", "--l0-coefficient", "2"},
                 "--l0-coefficient cannot be changed when resuming");
-  checkBadInput({"train", "--out", dir + "/r2", "--arch", "jumprelu", "--jumprelu-mode", "l1"},
+  checkCliFails({"train", "--out", dir + "/r2", "--arch", "jumprelu", "--jumprelu-mode", "l1"},
                 "--jumprelu-mode");
-  checkBadInput({"train", "--out", dir + "/r2", "--arch", "jumprelu", "--jumprelu-bandwidth", "0"},
+  checkCliFails({"train", "--out", dir + "/r2", "--arch", "jumprelu", "--jumprelu-bandwidth", "0"},
                 "--jumprelu-bandwidth");
-  checkBadInput(
+  checkCliFails(
       {"train", "--out", dir + "/r2", "--arch", "jumprelu", "--pre-act-loss-coefficient", "-1"},
       "--pre-act-loss-coefficient");
 }
@@ -341,7 +296,7 @@ const std::vector<std::string> kResumeArgs =
 const std::string& referenceRun() {
   static const std::string dir = [] {
     const std::string d = tempDir("reference") + "/full";
-    const Result full = run(cat({"train", "--out", d}, kResumeArgs));
+    const CliResult full = runCli(cat({"train", "--out", d}, kResumeArgs));
     INFO(full.err);
     REQUIRE(full.status == 0);
     return d;
@@ -352,14 +307,14 @@ const std::string& referenceRun() {
 // Starts a run, waits for its first checkpoint plus `delay_ms`, sends `sig`; returns the status.
 int interruptRun(const std::string& out, int sig, int delay_ms) {
   const pid_t pid =
-      spawn(cat({"train", "--out", out}, kResumeArgs), out + ".stdout", out + ".stderr");
+      spawnCli(cat({"train", "--out", out}, kResumeArgs), out + ".stdout", out + ".stderr");
   const auto t0 = std::chrono::steady_clock::now();
   while (!exists(out + "/checkpoints/latest") &&
          std::chrono::steady_clock::now() - t0 < std::chrono::seconds(300))
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
   ::kill(pid, sig);
-  return waitFor(pid);
+  return waitCli(pid);
 }
 
 }  // namespace
@@ -382,7 +337,7 @@ TEST_CASE("SIGKILL at a random step, then --resume: byte-identical final SAE", "
   const sae::train::Checkpoint ck(*sae::train::CheckpointDir(out + "/checkpoints").latest());
   const auto killed_at = ck.state().at("step").get<std::int64_t>();
   INFO("resuming from step " << killed_at);
-  const Result resumed = run({"train", "--out", out, "--resume", "--quiet"});
+  const CliResult resumed = runCli({"train", "--out", out, "--resume", "--quiet"});
   INFO(resumed.err);
   REQUIRE(resumed.status == 0);
   CHECK(readFile(out + "/sae_weights.safetensors") == readFile(full + "/sae_weights.safetensors"));
@@ -402,7 +357,7 @@ TEST_CASE("SIGTERM writes a checkpoint and exits 143; the resumed run matches", 
   } else {
     CHECK(st == 0);  // finished before the signal arrived
   }
-  const Result r = run({"train", "--out", out, "--resume", "--quiet"});
+  const CliResult r = runCli({"train", "--out", out, "--resume", "--quiet"});
   INFO(r.err);
   REQUIRE(r.status == 0);
   CHECK(readFile(out + "/sae_weights.safetensors") == readFile(full + "/sae_weights.safetensors"));
@@ -416,22 +371,22 @@ TEST_CASE("A corrupted checkpoint is reported and not loaded", "[cli]") {
   std::string bytes = readFile(*latest);
   bytes[bytes.size() / 2] ^= 0x40;
   std::ofstream(*latest, std::ios::binary | std::ios::trunc) << bytes;
-  checkBadInput({"train", "--out", out, "--resume"}, "checksum mismatch");
-  checkBadInput({"train", "--out", out, "--resume"}, *latest);
+  checkCliFails({"train", "--out", out, "--resume"}, "checksum mismatch");
+  checkCliFails({"train", "--out", out, "--resume"}, *latest);
   // Half-written: truncated to half its size.
   std::ofstream(*latest, std::ios::binary | std::ios::trunc) << bytes.substr(0, bytes.size() / 2);
-  checkBadInput({"train", "--out", out, "--resume"}, "corrupt or incomplete");
+  checkCliFails({"train", "--out", out, "--resume"}, "corrupt or incomplete");
   CHECK_FALSE(exists(out + "/sae_weights.safetensors"));
 }
 
 TEST_CASE("Every subcommand has --help", "[cli]") {
   for (const char* sub : {"train", "encode", "eval", "info"}) {
-    const Result r = run({sub, "--help"});
+    const CliResult r = runCli({sub, "--help"});
     INFO(sub);
     CHECK(r.status == 0);
     CHECK(r.out.find("--") != std::string::npos);
   }
-  CHECK(run({"--help"}).status == 0);
+  CHECK(runCli({"--help"}).status == 0);
 }
 
 TEST_CASE("Bad inputs give one line on stderr and a non-zero status", "[cli]") {
@@ -447,48 +402,48 @@ TEST_CASE("Bad inputs give one line on stderr and a non-zero status", "[cli]") {
   std::ofstream(dir + "/garbage.npy") << "not a numpy file at all";
   std::ofstream(dir + "/garbage.safetensors") << "xx";
 
-  checkBadInput({}, "");
-  checkBadInput({"frobnicate"}, "sae");
-  checkBadInput({"train"}, "--out");
-  checkBadInput({"train", "--out", dir + "/r", "--arch", "relu"}, "--arch");
-  checkBadInput({"train", "--out", dir + "/r", "--steps", "-5"}, "--steps");
-  checkBadInput({"train", "--out", dir + "/r", "--bogus"}, "bogus");
-  checkBadInput({"train", "--out", dir + "/r", "--data", dir + "/missing.npy"}, "missing.npy");
-  checkBadInput({"train", "--out", dir + "/r", "--data", dir + "/garbage.npy", "--quiet"},
+  checkCliFails({}, "");
+  checkCliFails({"frobnicate"}, "sae");
+  checkCliFails({"train"}, "--out");
+  checkCliFails({"train", "--out", dir + "/r", "--arch", "relu"}, "--arch");
+  checkCliFails({"train", "--out", dir + "/r", "--steps", "-5"}, "--steps");
+  checkCliFails({"train", "--out", dir + "/r", "--bogus"}, "bogus");
+  checkCliFails({"train", "--out", dir + "/r", "--data", dir + "/missing.npy"}, "missing.npy");
+  checkCliFails({"train", "--out", dir + "/r", "--data", dir + "/garbage.npy", "--quiet"},
                 "garbage.npy");
-  checkBadInput({"train", "--out", dir + "/r", "--data", dir + "/d8.npy", "--data", dir + "/d5.npy",
+  checkCliFails({"train", "--out", dir + "/r", "--data", dir + "/d8.npy", "--data", dir + "/d5.npy",
                  "--quiet"},
                 "d_in 5");
-  checkBadInput({"train", "--out", dir + "/r", "--arch", "topk", "--k", "100", "--d-sae", "50",
+  checkCliFails({"train", "--out", dir + "/r", "--arch", "topk", "--k", "100", "--d-sae", "50",
                  "--steps", "1", "--quiet"},
                 "k must be <= d_sae");
-  checkBadInput({"train", "--out", dir + "/nothing", "--resume"}, "no checkpoint");
-  checkBadInput({"train", "--out", dir + "/r", "--d-sae", "8", "--expansion", "2"}, "excludes");
+  checkCliFails({"train", "--out", dir + "/nothing", "--resume"}, "no checkpoint");
+  checkCliFails({"train", "--out", dir + "/r", "--d-sae", "8", "--expansion", "2"}, "excludes");
   std::ofstream(dir + "/bad.json") << "{\"lr\": \"fast\"}";
-  checkBadInput({"train", "--out", dir + "/r", "--config", dir + "/bad.json"}, "'lr'");
+  checkCliFails({"train", "--out", dir + "/r", "--config", dir + "/bad.json"}, "'lr'");
 
-  checkBadInput(
+  checkCliFails(
       {"encode", "--sae", dir + "/sae", "--data", dir + "/d5.npy", "--out", dir + "/c.safetensors"},
       "expects d_in = 8");
-  checkBadInput({"encode", "--sae", dir + "/nosae", "--data", dir + "/d8.npy", "--out",
+  checkCliFails({"encode", "--sae", dir + "/nosae", "--data", dir + "/d8.npy", "--out",
                  dir + "/c.safetensors"},
                 "not a directory");
-  checkBadInput(
+  checkCliFails(
       {"encode", "--sae", dir + "/sae", "--data", dir + "/d8.npy", "--out", dir + "/c.bin"},
       ".safetensors");
-  checkBadInput({"encode", "--sae", dir + "/sae", "--data", dir + "/d8.npy", "--out",
+  checkCliFails({"encode", "--sae", dir + "/sae", "--data", dir + "/d8.npy", "--out",
                  dir + "/nodir/c.safetensors"},
                 "nodir");
-  checkBadInput({"encode", "--sae", dir + "/sae", "--out", dir + "/c.safetensors"}, "--data");
-  checkBadInput({"eval", "--sae", dir + "/sae", "--data", dir + "/d5.npy"}, "expects d_in = 8");
-  checkBadInput({"eval", "--sae", dir + "/sae", "--data", dir + "/garbage.npy"}, "garbage.npy");
-  checkBadInput({"eval", "--sae", dir, "--data", dir + "/d8.npy"}, "cfg.json");
-  checkBadInput({"info", dir + "/missing.npy"}, "missing.npy");
-  checkBadInput({"info", dir + "/garbage.npy"}, "garbage.npy");
-  checkBadInput({"info", dir + "/garbage.safetensors"}, "garbage.safetensors");
-  checkBadInput({"info", dir + "/bad.json"}, "unsupported file type");
-  checkBadInput({"info", dir}, "cfg.json");
-  checkBadInput({"info"}, "path");
+  checkCliFails({"encode", "--sae", dir + "/sae", "--out", dir + "/c.safetensors"}, "--data");
+  checkCliFails({"eval", "--sae", dir + "/sae", "--data", dir + "/d5.npy"}, "expects d_in = 8");
+  checkCliFails({"eval", "--sae", dir + "/sae", "--data", dir + "/garbage.npy"}, "garbage.npy");
+  checkCliFails({"eval", "--sae", dir, "--data", dir + "/d8.npy"}, "cfg.json");
+  checkCliFails({"info", dir + "/missing.npy"}, "missing.npy");
+  checkCliFails({"info", dir + "/garbage.npy"}, "garbage.npy");
+  checkCliFails({"info", dir + "/garbage.safetensors"}, "garbage.safetensors");
+  checkCliFails({"info", dir + "/bad.json"}, "unsupported file type");
+  checkCliFails({"info", dir}, "cfg.json");
+  checkCliFails({"info"}, "path");
 }
 
 namespace {
@@ -546,12 +501,12 @@ TEST_CASE("sae eval --features: statistics match a brute-force count over the en
     INFO(arch);
     const std::string sae_dir = dir + "/" + arch;
     const std::string out = dir + "/" + arch + "_features.json";
-    const Result r = run(
+    const CliResult r = runCli(
         cat(cat({"eval", "--sae", sae_dir, "--features", out, "--top-n", "4"}, data), token_ids));
     INFO(r.err);
     REQUIRE(r.status == 0);
     // The metrics on stdout are those of a plain eval.
-    const Result plain = run(cat({"eval", "--sae", sae_dir}, data));
+    const CliResult plain = runCli(cat({"eval", "--sae", sae_dir}, data));
     REQUIRE(plain.status == 0);
     CHECK(r.out == plain.out);
 
@@ -625,9 +580,9 @@ TEST_CASE("sae eval --features: statistics match a brute-force count over the en
 
   // Without token ids, and on the first 50 rows (the 77 ids still line up with them).
   const std::string out50 = dir + "/first50.json";
-  const Result r50 =
-      run(cat(cat({"eval", "--sae", dir + "/topk", "--features", out50, "--max-rows", "50"}, data),
-              token_ids));
+  const CliResult r50 = runCli(
+      cat(cat({"eval", "--sae", dir + "/topk", "--features", out50, "--max-rows", "50"}, data),
+          token_ids));
   INFO(r50.err);
   REQUIRE(r50.status == 0);
   const auto j50 = nlohmann::json::parse(readFile(out50));
@@ -642,7 +597,7 @@ TEST_CASE("sae eval --features: statistics match a brute-force count over the en
     }
   }
   const std::string plain_out = dir + "/no_ids.json";
-  REQUIRE(run(cat({"eval", "--sae", dir + "/topk", "--features", plain_out}, data)).status == 0);
+  REQUIRE(runCli(cat({"eval", "--sae", dir + "/topk", "--features", plain_out}, data)).status == 0);
   const auto jp = nlohmann::json::parse(readFile(plain_out));
   CHECK(jp.at("summary").at("token_ids") == false);
   CHECK(jp.at("summary").at("top_n") == 20);
@@ -654,20 +609,20 @@ TEST_CASE("sae eval --features: statistics match a brute-force count over the en
   auto features = [&](std::vector<std::string> extra) {
     return cat(cat({"eval", "--sae", dir + "/topk", "--features", bad_out}, data), extra);
   };
-  checkBadInput(
+  checkCliFails(
       features({"--token-ids", dir + "/ids_a.npy", "--token-ids", dir + "/ids_short.npy"}),
       dir + "/ids_a.npy, " + dir +
           "/ids_short.npy: 76 token ids, but the activation "
           "files have 77 rows");
-  checkBadInput(features({"--token-ids", dir + "/ids_a.npy", "--max-rows", "60"}),
+  checkCliFails(features({"--token-ids", dir + "/ids_a.npy", "--max-rows", "60"}),
                 "40 token ids, but the activation files have 77 rows (60 evaluated)");
-  checkBadInput(features({"--token-ids", dir + "/b.npy"}),
+  checkCliFails(features({"--token-ids", dir + "/b.npy"}),
                 dir + "/b.npy: invalid npy header at byte 20: unsupported dtype '<f4' for integer");
-  checkBadInput(features({"--token-ids", dir + "/missing.npy"}), "missing.npy");
-  checkBadInput(features({"--top-n", "-1"}), "--top-n");
+  checkCliFails(features({"--token-ids", dir + "/missing.npy"}), "missing.npy");
+  checkCliFails(features({"--top-n", "-1"}), "--top-n");
   CHECK_FALSE(exists(bad_out));
-  checkBadInput(cat({"eval", "--sae", dir + "/topk", "--top-n", "3"}, data), "--features");
-  checkBadInput(cat({"eval", "--sae", dir + "/topk", "--features", dir + "/nodir/f.json"}, data),
+  checkCliFails(cat({"eval", "--sae", dir + "/topk", "--top-n", "3"}, data), "--features");
+  checkCliFails(cat({"eval", "--sae", dir + "/topk", "--features", dir + "/nodir/f.json"}, data),
                 dir + "/nodir/f.json");
 }
 
@@ -702,7 +657,7 @@ TEST_CASE("sae train --arch matryoshka_batchtopk: its flags reach the run; saved
                                    "--threads",
                                    "1",
                                    "--quiet"};
-  const Result r = run(args);
+  const CliResult r = runCli(args);
   INFO(r.err);
   REQUIRE(r.status == 0);
   const auto tc = nlohmann::json::parse(readFile(dir + "/run/train_config.json"));
@@ -734,8 +689,10 @@ TEST_CASE("sae train --arch matryoshka_batchtopk: its flags reach the run; saved
   // Widths that do not end at d_sae are refused with SAELens's rule in the message.
   args[2] = dir + "/bad";
   args[10] = "8,24";
-  const Result bad = run(args);
+  const CliResult bad = runCli(args);
   CHECK(bad.status == 1);
   CHECK(bad.err.find("the last of matryoshka_widths must equal d_sae = 64, found 24") !=
         std::string::npos);
 }
+
+}  // namespace sae_test_cli

@@ -16,6 +16,10 @@
 #include <sae/io/npy.hpp>
 #include <sae/io/safetensors.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_cli_formats {
+
 using sae::Index;
 using sae::RowMatrix;
 using sae::test::checkCliFails;
@@ -213,3 +217,5 @@ TEST_CASE("sae info shows format, architecture, shapes, dtype and normalisation"
                 "2 subfolders hold one: layers.0, layers.1.mlp");
   checkCliFails({"info", formatsPath("bad/sparsify_transcode")}, "transcode: true");
 }
+
+}  // namespace sae_test_cli_formats

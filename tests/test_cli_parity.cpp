@@ -18,6 +18,10 @@
 #include <sae/io/safetensors.hpp>
 #include <sae/kernels/bf16_matmul.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_cli_parity {
+
 using sae::Index;
 using sae::RowMatrix;
 using sae::test::runCliOk;
@@ -124,3 +128,5 @@ TEST_CASE("sae encode --precision bf16 stays close to SAELens's feature activati
       runCliOk({"eval", "--sae", dir + "/sae", "--data", dir + "/x.npy", "--precision", "bf16"});
   CHECK(r.out.find("explained_variance") != std::string::npos);
 }
+
+}  // namespace sae_test_cli_parity

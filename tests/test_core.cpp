@@ -8,6 +8,10 @@
 #include <sae/core/parameters.hpp>
 #include <sae/core/rng.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_core {
+
 using sae::Index;
 
 TEST_CASE("Rng is deterministic per seed and stream", "[core][Rng]") {
@@ -106,3 +110,5 @@ TEST_CASE("ParameterSet rejects bad names and shapes with clear messages", "[cor
                     "parameter 'W_dec': expected shape [4, 2], found [2, 4]");
   CHECK_THROWS_WITH(p.colMajor("W_dec"), "parameter 'W_dec' is stored row-major");
 }
+
+}  // namespace sae_test_core

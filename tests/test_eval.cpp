@@ -7,6 +7,10 @@
 #include <sae/eval/synthetic.hpp>
 #include <sae/train/dead_latents.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_eval {
+
 using sae::Index;
 using Mat = sae::RowMatrix<double>;
 
@@ -111,3 +115,5 @@ TEST_CASE("DeadLatentTracker marks latents dead after a window without firing", 
   wrong.d_sae = 4;
   CHECK_THROWS_AS(t.update(wrong), sae::ConfigError);
 }
+
+}  // namespace sae_test_eval

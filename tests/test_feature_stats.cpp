@@ -13,6 +13,10 @@
 
 #include <sae/eval/feature_stats.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_feature_stats {
+
 using sae::Index;
 using sae::eval::FeatureStatistics;
 using sae::eval::TopActivation;
@@ -409,3 +413,5 @@ TEST_CASE("FeatureStatistics: bad input", "[FeatureStatistics]") {
   CHECK_THROWS_AS(s.firingCount(4), sae::ConfigError);
   CHECK_THROWS_AS(s.topActivations(-1), sae::ConfigError);
 }
+
+}  // namespace sae_test_feature_stats

@@ -23,6 +23,10 @@
 #include <sae/io/sae_formats.hpp>
 #include <sae/sae.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_formats {
+
 using sae::Index;
 using sae::RowMatrix;
 using sae::io::DType;
@@ -564,3 +568,5 @@ TEST_CASE("doubleToHalf rounds once, to nearest even", "[formats][dtype]") {
   }
   CHECK(mismatches == 0);
 }
+
+}  // namespace sae_test_formats

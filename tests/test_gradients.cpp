@@ -16,6 +16,10 @@
 
 #include <sae/sae.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_gradients {
+
 namespace {
 
 using sae::Index;
@@ -273,3 +277,5 @@ TEST_CASE("TopK SAE gradients match finite differences, with and without AuxK",
     }
   }
 }
+
+}  // namespace sae_test_gradients

@@ -18,6 +18,10 @@
 
 #include <sae/sae.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_jumprelu {
+
 namespace {
 
 using sae::Index;
@@ -512,3 +516,5 @@ TEST_CASE("JumpReLU configuration errors", "[JumpReLUSAE][errors]") {
   cfg.jumprelu_init_threshold = std::numeric_limits<double>::quiet_NaN();
   CHECK_THROWS_AS(sae::JumpReLUSAE<float>(cfg, 1), sae::ConfigError);
 }
+
+}  // namespace sae_test_jumprelu

@@ -13,6 +13,10 @@
 #include <sae/kernels/sparse.hpp>
 #include <sae/kernels/topk.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_kernels {
+
 namespace {
 
 using sae::Index;
@@ -319,3 +323,5 @@ TEST_CASE("rowNorms and addBiasRelu", "[kernels]") {
       CHECK(act(r, c) == std::max(0.0, m(r, c) + bias[c]));
     }
 }
+
+}  // namespace sae_test_kernels

@@ -12,6 +12,10 @@
 
 #include <sae/sae.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_models {
+
 namespace {
 
 using sae::Index;
@@ -291,3 +295,5 @@ TEMPLATE_TEST_CASE("Standard and gated SAEs give the same results on their spars
     CHECK((gd.flat(e.name) - gs.flat(e.name)).cwiseAbs().maxCoeff() <= 1e-12 * scale);
   }
 }
+
+}  // namespace sae_test_models

@@ -19,6 +19,10 @@
 
 #include <sae/io/npy.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_npy {
+
 using sae::Index;
 using sae::RowMatrix;
 using sae::io::ByteOrder;
@@ -786,3 +790,5 @@ TEST_CASE("SAELens fixture .npy files have the shapes the README states", "[npy]
   CHECK(xf.shape() == std::vector<Index>{32, 16});
   CHECK(xf.readAll<float>().allFinite());
 }
+
+}  // namespace sae_test_npy

@@ -22,6 +22,10 @@
 
 #include <sae/io/npz.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_npz {
+
 using sae::Index;
 using sae::RowMatrix;
 using sae::io::ByteOrder;
@@ -254,3 +258,5 @@ TEST_CASE("npz: truncated and mutated archives throw sae::Error and never crash"
     }
   }
 }
+
+}  // namespace sae_test_npz

@@ -19,6 +19,10 @@
 #include <sae/optim/clip.hpp>
 #include <sae/optim/schedule.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_optim {
+
 using sae::Index;
 using sae::Layout;
 
@@ -752,3 +756,5 @@ TEST_CASE("CoefficientWarmup", "[optim][schedule]") {
                     "CoefficientWarmup: warmup_steps must be >= 0, found -2");
   CHECK_THROWS_AS(w.scaleAt(-1), sae::ConfigError);
 }
+
+}  // namespace sae_test_optim

@@ -21,6 +21,10 @@
 #include <sae/sae.hpp>
 #include <support/test_support.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_parity {
+
 namespace {
 
 using sae::Index;
@@ -246,3 +250,5 @@ TEST_CASE("parity: infer_jumprelu", "[parity][JumpReLUSAE]") {
 TEST_CASE("parity: infer_batchtopk (saved by SAELens as jumprelu)", "[parity][JumpReLUSAE]") {
   runInferenceCase<sae::JumpReLUSAE<float>>("infer_batchtopk");
 }
+
+}  // namespace sae_test_parity

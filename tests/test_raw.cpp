@@ -16,6 +16,10 @@
 
 #include <sae/io/raw.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_raw {
+
 using sae::Index;
 using sae::RowMatrix;
 using sae::io::ByteOrder;
@@ -153,3 +157,5 @@ TEST_CASE("MappedFile maps regular files, handles empty ones and moves", "[raw][
   CHECK(a.size() == 3);
   CHECK(a.data()[0] == 'a');
 }
+
+}  // namespace sae_test_raw

@@ -15,6 +15,10 @@
 #include <sae/train/checkpoint.hpp>
 #include <support/test_support.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_saelens_io {
+
 namespace {
 
 using sae::Index;
@@ -156,3 +160,5 @@ TEST_CASE("Bad SAE folders are reported", "[SaeLensIo]") {
                                       "W_dec, W_enc, b_dec, b_enc)"));
   }
 }
+
+}  // namespace sae_test_saelens_io

@@ -17,6 +17,10 @@
 
 #include <sae/io/safetensors.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_safetensors {
+
 using sae::Index;
 using sae::RowMatrix;
 using sae::io::DType;
@@ -419,3 +423,5 @@ TEST_CASE("SAELens fixture safetensors files have the README's names, dtypes and
   CHECK((norms - 1.0f).abs().maxCoeff() < 5e-3f);
   CHECK((norms - 1.0f).abs().maxCoeff() > 1e-3f);
 }
+
+}  // namespace sae_test_safetensors

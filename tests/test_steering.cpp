@@ -18,6 +18,10 @@
 
 #include <support/test_support.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_steering {
+
 // The exception type and its exact message.
 #define CHECK_THROWS_MESSAGE_AS(expr, message, type) \
   CHECK_THROWS_MATCHES(expr, type, Catch::Matchers::Message(message))
@@ -625,3 +629,5 @@ TEST_CASE("FeatureEditor: an edit that overflows writes nothing", "[steering]") 
   CHECK_THROWS_AS(editor.apply(x), sae::NumericError);
   CHECK(bitwiseEqual(x, before));
 }
+
+}  // namespace sae_test_steering

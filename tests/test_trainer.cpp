@@ -16,6 +16,10 @@
 #include <sae/train/batch_source.hpp>
 #include <sae/train/trainer.hpp>
 
+// Everything of this file in its own namespace: the test sources are compiled together in
+// unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
+namespace sae_test_trainer {
+
 namespace {
 
 using sae::Index;
@@ -405,3 +409,5 @@ TEST_CASE("JumpReLU training lowers the loss and L0 falls far below d_sae", "[Tr
                                              t.model().parameters().rowMajor("W_dec")) > 0.8);
   }
 }
+
+}  // namespace sae_test_trainer

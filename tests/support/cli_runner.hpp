@@ -28,13 +28,19 @@ struct CliResult {
   std::string err;  ///< stderr.
 };
 
-/// Runs `sae args...` to completion.
-inline CliResult runCli(const std::vector<std::string>& args) {
-  static int n = 0;
-  const std::string base =
-      "/tmp/sae_test_cli_runner_" + std::to_string(::getpid()) + "_" + std::to_string(n++);
-  const std::string out = base + ".stdout", err = base + ".stderr";
-  std::vector<std::string> full = {SAE_CLI_PATH};
+/// The path of the built program; fails the test, naming it, when it is not there.
+inline const char* cliPath() {
+  if (::access(SAE_CLI_PATH, X_OK) != 0) {
+    FAIL("the sae program is not built: " << SAE_CLI_PATH
+                                          << " (cmake --build <build dir> --target sae_cli)");
+  }
+  return SAE_CLI_PATH;
+}
+
+/// Starts `sae args...` with stdout and stderr written to the files `out` and `err`.
+inline pid_t spawnCli(const std::vector<std::string>& args, const std::string& out,
+                      const std::string& err) {
+  std::vector<std::string> full = {cliPath()};
   full.insert(full.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : full) argv.push_back(a.data());
@@ -47,10 +53,24 @@ inline CliResult runCli(const std::vector<std::string>& args) {
   const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&fa);
   REQUIRE(rc == 0);
+  return pid;
+}
+
+/// Waits for a spawned program: its exit status, or 1000 + the signal that killed it.
+inline int waitCli(pid_t pid) {
   int st = 0;
   REQUIRE(waitpid(pid, &st, 0) == pid);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 1000 + WTERMSIG(st);
+}
+
+/// Runs `sae args...` to completion.
+inline CliResult runCli(const std::vector<std::string>& args) {
+  static int n = 0;
+  const std::string base =
+      "/tmp/sae_test_cli_runner_" + std::to_string(::getpid()) + "_" + std::to_string(n++);
+  const std::string out = base + ".stdout", err = base + ".stderr";
   CliResult r;
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 1000 + WTERMSIG(st);
+  r.status = waitCli(spawnCli(args, out, err));
   r.out = readFile(out);
   r.err = readFile(err);
   std::remove(out.c_str());
