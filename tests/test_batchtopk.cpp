@@ -30,22 +30,11 @@ namespace sae_test_batchtopk {
 
 namespace {
 
+using sae::test::perturb;
+using sae::test::randomBatch;
+
 using sae::Index;
 using Mat = sae::RowMatrix<double>;
-
-Mat randomBatch(Index rows, Index cols, std::uint64_t seed, double scale = 1.0) {
-  sae::Rng rng(seed);
-  Mat x(rows, cols);
-  for (Index i = 0; i < x.size(); ++i) x.data()[i] = scale * rng.normal();
-  return x;
-}
-
-template <typename Model>
-void perturb(Model& model, std::uint64_t seed, double scale) {
-  sae::Rng rng(seed);
-  auto flat = model.parameters().flat();
-  for (Index i = 0; i < flat.size(); ++i) flat[i] += typename Model::Scalar(scale * rng.normal());
-}
 
 // ------------------------------------------------------------------ dense reference
 //

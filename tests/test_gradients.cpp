@@ -15,6 +15,7 @@
 #include <catch2/catch.hpp>
 
 #include <sae/sae.hpp>
+#include <support/test_support.hpp>
 
 // Everything of this file in its own namespace: the test sources are compiled together in
 // unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
@@ -22,27 +23,14 @@ namespace sae_test_gradients {
 
 namespace {
 
+using sae::test::perturb;
+using sae::test::randomBatch;
+
 using sae::Index;
 using Mat = sae::RowMatrix<double>;
 
 constexpr double kStep = 1e-5;
 constexpr double kMargin = 1e-3;  // distance to any kink, >> kStep * |d pre / d param|
-
-Mat randomBatch(Index rows, Index cols, std::uint64_t seed, double scale = 1.0) {
-  sae::Rng rng(seed);
-  Mat x(rows, cols);
-  for (Index i = 0; i < x.size(); ++i) x.data()[i] = scale * rng.normal();
-  return x;
-}
-
-// Moves every parameter off its initial value so that no gradient is special (biases zero,
-// W_enc = W_dec^T at initialisation).
-template <typename Model>
-void perturb(Model& model, std::uint64_t seed, double scale) {
-  sae::Rng rng(seed);
-  auto flat = model.parameters().flat();
-  for (Index i = 0; i < flat.size(); ++i) flat[i] += scale * rng.normal();
-}
 
 // Smallest distance of any pre-activation to a kink of the architecture, from a dense
 // recomputation of the forward pass.

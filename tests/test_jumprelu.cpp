@@ -17,12 +17,16 @@
 #include <catch2/catch.hpp>
 
 #include <sae/sae.hpp>
+#include <support/test_support.hpp>
 
 // Everything of this file in its own namespace: the test sources are compiled together in
 // unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
 namespace sae_test_jumprelu {
 
 namespace {
+
+using sae::test::perturb;
+using sae::test::randomBatch;
 
 using sae::Index;
 using Mat = sae::RowMatrix<double>;
@@ -31,21 +35,6 @@ using Mode = sae::SaeConfig::SparsityLossMode;
 
 constexpr double kStep = 1e-5;
 constexpr double kMargin = 1e-3;  // distance to h = t, threshold = 0 and the window edges
-
-template <typename S>
-sae::RowMatrix<S> randomBatch(Index rows, Index cols, std::uint64_t seed, double scale = 1.0) {
-  sae::Rng rng(seed);
-  sae::RowMatrix<S> x(rows, cols);
-  for (Index i = 0; i < x.size(); ++i) x.data()[i] = S(scale * rng.normal());
-  return x;
-}
-
-template <typename Model>
-void perturb(Model& model, std::uint64_t seed, double scale) {
-  sae::Rng rng(seed);
-  auto flat = model.parameters().flat();
-  for (Index i = 0; i < flat.size(); ++i) flat[i] += typename Model::Scalar(scale * rng.normal());
-}
 
 // The forward pass recomputed densely from the formulas (not from the implementation).
 struct Reference {

@@ -11,6 +11,7 @@
 #include <catch2/catch.hpp>
 
 #include <sae/sae.hpp>
+#include <support/test_support.hpp>
 
 // Everything of this file in its own namespace: the test sources are compiled together in
 // unity batches (tests/CMakeLists.txt), so file-local names of two files must not meet.
@@ -18,22 +19,10 @@ namespace sae_test_models {
 
 namespace {
 
+using sae::test::perturb;
+using sae::test::randomBatch;
+
 using sae::Index;
-
-template <typename S>
-sae::RowMatrix<S> randomBatch(Index rows, Index cols, std::uint64_t seed) {
-  sae::Rng rng(seed);
-  sae::RowMatrix<S> x(rows, cols);
-  for (Index i = 0; i < x.size(); ++i) x.data()[i] = S(rng.normal());
-  return x;
-}
-
-template <typename Model>
-void perturb(Model& model, std::uint64_t seed, double scale) {
-  sae::Rng rng(seed);
-  auto flat = model.parameters().flat();
-  for (Index i = 0; i < flat.size(); ++i) flat[i] += typename Model::Scalar(scale * rng.normal());
-}
 
 sae::SaeConfig smallConfig(Index k = 0) {
   sae::SaeConfig cfg;

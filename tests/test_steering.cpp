@@ -28,6 +28,8 @@ namespace sae_test_steering {
 
 namespace {
 
+using sae::test::randomBatch;
+
 using sae::Index;
 using sae::RowMatrix;
 using sae::steer::EditList;
@@ -44,14 +46,6 @@ struct Case {
   using Model = Model_;
   static constexpr bool kRescale = Rescale_;
 };
-
-template <typename S>
-RowMatrix<S> randomBatch(Index rows, Index cols, std::uint64_t seed) {
-  sae::Rng rng(seed);
-  RowMatrix<S> x(rows, cols);
-  for (Index i = 0; i < x.size(); ++i) x.data()[i] = S(rng.normal());
-  return x;
-}
 
 // A small model with biases and decoder row norms far from the initialisation's (norms in
 // [0.3, 1.3], so that dividing by them matters), and latent kDead switched off.

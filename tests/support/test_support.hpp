@@ -21,6 +21,7 @@
 #include <catch2/catch.hpp>
 
 #include <sae/core/config.hpp>
+#include <sae/core/rng.hpp>
 #include <sae/core/types.hpp>
 
 namespace sae::test {
@@ -47,6 +48,24 @@ RowMatrix<Scalar> expectedMatrix(Index rows, Index cols, Index firstRow = 0) {
     for (Index c = 0; c < cols; ++c) m(r, c) = static_cast<Scalar>(expectedValue(firstRow + r, c));
   }
   return m;
+}
+
+/// A [rows, cols] batch of independent N(0, scale^2) draws from Rng(seed), in row order.
+template <typename S = double>
+RowMatrix<S> randomBatch(Index rows, Index cols, std::uint64_t seed, double scale = 1.0) {
+  Rng rng(seed);
+  RowMatrix<S> x(rows, cols);
+  for (Index i = 0; i < x.size(); ++i) x.data()[i] = S(scale * rng.normal());
+  return x;
+}
+
+/// Adds N(0, scale^2) noise from Rng(seed) to every parameter of `model`, so that no gradient
+/// is special (biases zero, W_enc = W_dec^T at initialisation).
+template <typename Model>
+void perturb(Model& model, std::uint64_t seed, double scale) {
+  Rng rng(seed);
+  auto flat = model.parameters().flat();
+  for (Index i = 0; i < flat.size(); ++i) flat[i] += typename Model::Scalar(scale * rng.normal());
 }
 
 /// `got` is `want` exactly: the same sign for zeros, any NaN for a NaN.
