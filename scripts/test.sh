@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Quick start: builds everything and runs the test suite.
+# Quick start: builds the library's programs and tests (not the benchmarks) and runs the suite.
 #
 #   ./scripts/test.sh [--sanitize] [ctest options...]
 #
 # Default: Release build with warnings as errors in build/ (or $SAE_BUILD_DIR), all tests.
 # --sanitize: RelWithDebInfo build with AddressSanitizer + UndefinedBehaviorSanitizer in
-#   build-asan/ (or $SAE_ASAN_BUILD_DIR), without the benchmarks; all tests except the
-#   packaging ones (label `cmake`), which build their own uninstrumented consumer projects.
+#   build-asan/ (or $SAE_ASAN_BUILD_DIR), the test files as one unity unit; all tests except
+#   the packaging ones (label `cmake`), which build their own uninstrumented consumer projects.
 # Further options go to ctest, e.g. `./scripts/test.sh -R core`.
 set -euo pipefail
 
