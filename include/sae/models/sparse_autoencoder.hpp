@@ -250,11 +250,15 @@ class SparseAutoencoder {
 
   /// @brief Reconstruction `[tokens, d_in]` from feature activations.
   Matrix decode(const Codes& codes) const {
+    Matrix out;
+    decode(codes, out);
+    return out;
+  }
+  /// @brief Reconstruction into `out`, resized to `[tokens, d_in]` (its storage is reused).
+  void decode(const Codes& codes, Matrix& out) const {
     require(codes.latents() == m_cfg.d_sae, "codes have ", codes.latents(),
             " latents, expected d_sae = ", m_cfg.d_sae);
-    Matrix out;
     Arch::decode(m_params, m_cfg, codes, out);
-    return out;
   }
 
   /// @brief decode(encode(x)).
