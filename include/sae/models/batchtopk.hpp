@@ -64,6 +64,9 @@ struct BatchTopKLevels {
 /// @brief What BatchTopK and Matryoshka BatchTopK share: everything but the name, validation
 /// and the levels of the loss (see BatchTopKArch and MatryoshkaBatchTopKArch).
 struct BatchTopKFamily {
+  static constexpr bool kUsesK = true;  ///< See ArchitectureTraits (registry.hpp).
+  /// Saved for inference as a JumpReLU SAE (the EMA threshold as every latent's threshold).
+  static constexpr const char* kSavedAs = "jumprelu";
   /// Name of the buffer holding the EMA threshold (SAELens's `topk_threshold`).
   static constexpr const char* kThresholdName = "topk_threshold";
 

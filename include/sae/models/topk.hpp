@@ -215,6 +215,7 @@ inline void validateK(const SaeConfig& cfg) {
 /// @brief Architecture policy of the TopK SAE; see SparseAutoencoder.
 struct TopKArch {
   static constexpr const char* kName = "topk";
+  static constexpr bool kUsesK = true;  ///< See ArchitectureTraits (registry.hpp).
 
   template <typename S>
   using Codes = SparseCodes<S>;
