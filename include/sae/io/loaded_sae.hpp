@@ -27,12 +27,8 @@
 #include <sae/io/dtype.hpp>
 #include <sae/io/npz.hpp>
 #include <sae/io/safetensors.hpp>
-#include <sae/models/gated.hpp>
-#include <sae/models/jumprelu.hpp>
 #include <sae/models/normalization.hpp>
-#include <sae/models/sparse_autoencoder.hpp>
-#include <sae/models/standard.hpp>
-#include <sae/models/topk.hpp>
+#include <sae/models/registry.hpp>
 
 namespace sae::io {
 
@@ -56,9 +52,6 @@ inline const char* saeFormatName(SaeFormat f) {
   return "?";
 }
 
-/// The architectures a LoadedSae can hold, for messages.
-inline constexpr const char* kSaeArchitectures = "standard, gated, topk, jumprelu";
-
 /// SAELens cfg.json format version this library writes (metadata.sae_lens_version). SAELens
 /// reads a config without a version of at least 6.0 as a pre-6.0 one.
 inline constexpr const char* kSaeLensFormatVersion = "6.18.0";
@@ -66,7 +59,7 @@ inline constexpr const char* kSaeLensFormatVersion = "6.18.0";
 /// @brief An SAE described in SAELens's terms: the fields of a SAELens 6 `cfg.json` that
 /// decide what the SAE computes. Every reader fills one, whatever the source format.
 struct SaeLensConfig {
-  std::string architecture;                    ///< "standard", "gated", "topk" or "jumprelu".
+  std::string architecture;                    ///< One of LoadableArchitectures (registry.hpp).
   SaeConfig sae_cfg;                           ///< d_in, d_sae, k and the two flags.
   std::string dtype = "float32";               ///< cfg.json's dtype (of the weights as written).
   std::string normalize_activations = "none";  ///< One of kNormalizeActivationsNames.
@@ -98,7 +91,7 @@ struct SaeLensConfig {
     j["apply_b_dec_to_input"] = sae_cfg.apply_b_dec_to_input;
     j["normalize_activations"] = normalize_activations;
     j["reshape_activations"] = reshape_activations;
-    if (architecture == "topk") {
+    if (architectureInfo(architecture).uses_k) {
       j["k"] = sae_cfg.k;
       j["rescale_acts_by_decoder_norm"] = sae_cfg.rescale_acts_by_decoder_norm;
     }
@@ -126,21 +119,24 @@ struct SaeDescription {
   std::string storage_dtype;
 };
 
-/// @brief An SAE of any supported architecture (runtime choice at the edge, see STYLE.md).
+/// @brief An SAE of any architecture an SAE file can hold (the registry's
+/// LoadableArchitectures; runtime choice at the edge, see STYLE.md).
 template <typename Scalar>
-using AnySae =
-    std::variant<StandardSAE<Scalar>, GatedSAE<Scalar>, TopKSAE<Scalar>, JumpReLUSAE<Scalar>>;
+using AnySae = AnyModel<Scalar, LoadableArchitectures>;
+
+/// @brief The architectures an SAE file can hold, for messages: "standard, gated, ...".
+inline std::string loadableArchitectureNames() {
+  return architectureNameList<LoadableArchitectures>();
+}
 
 /// @brief A model of architecture `architecture` with every parameter zero.
 /// @throws FormatError naming the supported architectures for an unknown name.
 template <typename Scalar>
 AnySae<Scalar> makeSae(const std::string& architecture, const SaeConfig& cfg) {
-  if (architecture == "standard") return StandardSAE<Scalar>(cfg);
-  if (architecture == "gated") return GatedSAE<Scalar>(cfg);
-  if (architecture == "topk") return TopKSAE<Scalar>(cfg);
-  if (architecture == "jumprelu") return JumpReLUSAE<Scalar>(cfg);
-  throw FormatError(sae::detail::concat("unsupported architecture '", architecture,
-                                        "' (supported: ", kSaeArchitectures, ")"));
+  if (!isArchitecture<LoadableArchitectures>(architecture))
+    throw FormatError(sae::detail::concat("unsupported architecture '", architecture,
+                                          "' (supported: ", loadableArchitectureNames(), ")"));
+  return makeModel<Scalar, LoadableArchitectures>(architecture, cfg);
 }
 
 /// @brief An SAE read from disk: its description in SAELens's terms and its model.
