@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include <sae/core/config.hpp>
 #include <sae/core/error.hpp>
@@ -104,6 +105,59 @@ void denseDecode(const ParameterSet<Scalar>& params, const RowMatrix<Scalar>& f,
                  RowMatrix<Scalar>& out) {
   kernels::gemm(out, f, params.rowMajor("W_dec"));
   out.rowwise() += params.flat("b_dec").transpose();
+}
+
+/// Scratch of the rescaled decode (decoder norms and the decoder inputs f / n), one per
+/// thread: decode(codes, out) takes no workspace, and after its first call at a batch shape
+/// it allocates nothing. The norms are recomputed on every call, so changed weights are seen.
+template <typename S>
+struct RescaledDecodeScratch {
+  Vector<S> norms;       // n, [d_sae]
+  RowMatrix<S> u;        // SparseCodes: [B, k] decoder inputs
+  std::vector<S> u_csr;  // CsrCodes: one decoder input per entry
+};
+
+/// This thread's scratch, with the decoder norms of `W_dec` computed into it.
+template <typename S>
+RescaledDecodeScratch<S>& rescaledDecodeScratch(const Eigen::Ref<const RowMatrix<S>>& W_dec) {
+  thread_local RescaledDecodeScratch<S> scratch;
+  scratch.norms.resize(W_dec.rows());
+  kernels::rowNorms<S>(W_dec, scratch.norms);
+  return scratch;
+}
+
+/// The decode of codes kept sparse (TopK's SparseCodes, BatchTopK's CsrCodes):
+/// out = sum over the entries of (f / n^r) W_dec[i, :] + b_dec, r = rescale_acts_by_decoder_norm.
+template <typename S>
+void decodeSparse(const ParameterSet<S>& p, const SaeConfig& cfg, const SparseCodes<S>& codes,
+                  RowMatrix<S>& out) {
+  const auto W_dec = p.rowMajor("W_dec");
+  out.resize(codes.rows(), cfg.d_in);
+  if (!cfg.rescale_acts_by_decoder_norm) {
+    kernels::gatherDecode<S>(codes.indices, codes.values, W_dec, p.flat("b_dec"), out);
+    return;
+  }
+  RescaledDecodeScratch<S>& s = rescaledDecodeScratch<S>(W_dec);
+  s.u.resize(codes.values.rows(), codes.values.cols());
+  for (Index b = 0; b < s.u.rows(); ++b)
+    for (Index j = 0; j < s.u.cols(); ++j)
+      s.u(b, j) = codes.values(b, j) / s.norms[codes.indices(b, j)];
+  kernels::gatherDecode<S>(codes.indices, s.u, W_dec, p.flat("b_dec"), out);
+}
+template <typename S>
+void decodeSparse(const ParameterSet<S>& p, const SaeConfig& cfg, const CsrCodes<S>& codes,
+                  RowMatrix<S>& out) {
+  const auto W_dec = p.rowMajor("W_dec");
+  out.resize(codes.rows(), cfg.d_in);
+  if (!cfg.rescale_acts_by_decoder_norm) {
+    kernels::csrDecode<S>(codes.pattern, codes.values.data(), W_dec, p.flat("b_dec"), out);
+    return;
+  }
+  RescaledDecodeScratch<S>& s = rescaledDecodeScratch<S>(W_dec);
+  s.u_csr.resize(codes.values.size());
+  for (Index e = 0; e < codes.nnz(); ++e)
+    s.u_csr[e] = codes.values[e] / s.norms[codes.pattern.latent[e]];
+  kernels::csrDecode<S>(codes.pattern, s.u_csr.data(), W_dec, p.flat("b_dec"), out);
 }
 
 /// True when the architecture policy declares non-trainable buffers (`addBuffers`).

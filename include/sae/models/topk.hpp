@@ -291,19 +291,7 @@ struct TopKArch {
   template <typename S>
   static void decode(const ParameterSet<S>& p, const SaeConfig& cfg, const Codes<S>& codes,
                      RowMatrix<S>& out) {
-    const auto W_dec = p.rowMajor("W_dec");
-    out.resize(codes.rows(), cfg.d_in);
-    if (cfg.rescale_acts_by_decoder_norm) {
-      Vector<S> norms(cfg.d_sae);
-      kernels::rowNorms<S>(W_dec, norms);
-      RowMatrix<S> u(codes.values.rows(), codes.values.cols());
-      for (Index b = 0; b < u.rows(); ++b)
-        for (Index j = 0; j < u.cols(); ++j)
-          u(b, j) = codes.values(b, j) / norms[codes.indices(b, j)];
-      kernels::gatherDecode<S>(codes.indices, u, W_dec, p.flat("b_dec"), out);
-    } else {
-      kernels::gatherDecode<S>(codes.indices, codes.values, W_dec, p.flat("b_dec"), out);
-    }
+    detail::decodeSparse(p, cfg, codes, out);
   }
 
   template <typename S>
