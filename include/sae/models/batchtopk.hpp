@@ -231,7 +231,7 @@ struct BatchTopKFamily {
     const S two_over_b = S(2) / S(B);
     // Block l of stacked becomes G_l = sum over levels m >= l of d loss / d y_m: the gradient
     // reaching a latent of level l (it is decoded into every reconstruction from l on).
-    ws.stacked.middleRows((L - 1) * B, B).noalias() = two_over_b * (ws.reconstruction - x);
+    squaredErrorGradient(ws.reconstruction, x, ws.stacked.middleRows((L - 1) * B, B));
     for (Index l = L - 2; l >= 0; --l) {
       auto block = ws.stacked.middleRows(l * B, B);
       block = two_over_b * (block - x) + ws.stacked.middleRows((l + 1) * B, B);
