@@ -242,3 +242,38 @@ TEMPLATE_TEST_CASE("Feature steering allocates nothing beyond the model's encode
   CHECK(count([&] { editor.apply(x, sae::steer::RowSelection::indices(ids)); }) == encode_sel);
   CHECK(count([&] { editor.addDirection(x, 9, 0.5f); }) == 0);
 }
+
+TEMPLATE_TEST_CASE("Warm encode and decode of rescaled TopK and BatchTopK do not allocate",
+                   "[allocations][TopKSAE][BatchTopKSAE]", sae::TopKSAE<float>,
+                   sae::BatchTopKSAE<float>) {
+  sae::SaeConfig cfg = config();
+  REQUIRE(cfg.rescale_acts_by_decoder_norm);
+  TestType model(cfg, 1);
+  // Decoder rows of unequal norms, so that the rescaling changes the reconstruction.
+  auto W_dec = model.parameters().rowMajor("W_dec");
+  for (Index i = 0; i < cfg.d_sae; ++i) W_dec.row(i) *= float(1 + i % 5);
+  if constexpr (TestType::kHasBuffers) model.buffers().flat("topk_threshold")[0] = 0.05;
+  sae::eval::SyntheticOptions data_opts;
+  data_opts.d_in = cfg.d_in;
+  sae::eval::SyntheticFeatures<float> data(data_opts, 4);
+  const sae::RowMatrix<float> x = data.sample(48);
+  typename TestType::Codes codes;
+  typename TestType::Workspace ws;
+  sae::RowMatrix<float> out;
+  auto run = [&] {
+    model.encode(x, codes, ws);
+    model.decode(codes, out);
+  };
+  run();
+  run();
+  g_allocations = 0;
+  g_counting = true;
+  for (int i = 0; i < 3; ++i) run();
+  g_counting = false;
+  CHECK(g_allocations.load() == 0);
+  // The reconstruction is still decode(encode(x)) with fresh buffers.
+  const sae::RowMatrix<float> fresh = model.decode(model.encode(x));
+  REQUIRE(out.rows() == x.rows());
+  CHECK(out == fresh);
+  CHECK(codes.l0() > 0);
+}

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include <sae/core/config.hpp>
 #include <sae/core/error.hpp>
@@ -84,6 +85,39 @@ void addDecoderNormGradient(const Eigen::Ref<const RowMatrix<Scalar>>& W_dec,
   }
 }
 
+/// Below this fraction of entries carrying a value or a gradient, the architectures with dense
+/// codes (standard, gated, JumpReLU) decode and take gradients with the sparse kernels (the
+/// encoder product stays dense); see benchmarks/.
+constexpr double kSparseThreshold = 0.05;
+
+/// @brief What every architecture's workspace holds for the input side: the centred batch, the
+/// decoder norms and the bf16 encoder product.
+template <typename S>
+struct EncoderScratch {
+  RowMatrix<S> xc;  ///< centred input.
+  Vector<S> norms;  ///< decoder row norms n.
+  /// Encoder product in bf16 with fp32 accumulation, on AMX where the CPU has it (float
+  /// only; ConfigError without oneDNN). The bf16 copy of W_enc is refreshed on every call.
+  bool bf16_encoder = false;
+  kernels::Bf16MatmulFor<S> bf16;  // bf16 copy of W_enc and the oneDNN GEMM
+};
+
+/// @brief The workspace of an architecture with dense codes `[B, d_sae]` (standard, gated,
+/// JumpReLU); each adds its own scratch.
+template <typename S>
+struct DenseWorkspace : EncoderScratch<S> {
+  DenseCodes<S> codes;          ///< f, `[B, d_sae]`.
+  RowMatrix<S> reconstruction;  ///< y, `[B, d_in]`.
+  RowMatrix<S> pre;             ///< pre-activations (what the architecture keeps of them).
+  RowMatrix<S> grad_y;          ///< d loss / d y.
+  /// Below this fraction of active entries, decode and gradients use sparse kernels (the
+  /// encoder product stays dense); 0 forces dense, 1 forces sparse.
+  double sparse_threshold = kSparseThreshold;
+  bool used_sparse = false;        ///< Whether the last forward took the sparse path.
+  kernels::CsrPattern pattern;     // active (b, i)
+  kernels::LatentBuckets buckets;  // pattern's entries grouped by latent
+};
+
 /// The encoder product pre = xc W_enc of the dense architectures: in bf16 (fp32 accumulation)
 /// when `bf16` is set, refreshing the bf16 copy of W_enc first; otherwise kernels::gemm().
 template <typename Scalar, typename Bf16>
@@ -98,12 +132,121 @@ void encoderProduct(const ParameterSet<Scalar>& params, const RowMatrix<Scalar>&
   }
 }
 
+/// ws.xc = the centred batch and ws.pre = ws.xc W_enc (fp32 or bf16, see encoderProduct()).
+template <typename S>
+void centerAndEncode(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                     DenseWorkspace<S>& ws) {
+  centerInput(x, p, cfg, ws.xc);
+  encoderProduct(p, ws.xc, ws.pre, ws.bf16_encoder, ws.bf16);
+}
+
+/// Whether `active` of the B * d_sae entries are few enough for the sparse path.
+template <typename S>
+bool takeSparsePath(const DenseWorkspace<S>& ws, Index active, Index B, Index d_sae) {
+  return double(active) / (double(B) * double(d_sae)) < ws.sparse_threshold;
+}
+
 /// Dense decode: out = f W_dec + b_dec (standard and gated codes).
 template <typename Scalar>
 void denseDecode(const ParameterSet<Scalar>& params, const RowMatrix<Scalar>& f,
                  RowMatrix<Scalar>& out) {
   kernels::gemm(out, f, params.rowMajor("W_dec"));
   out.rowwise() += params.flat("b_dec").transpose();
+}
+
+/// out = f W_dec + b_dec: over the entries of `pattern` when `sparse` (their values of f
+/// gathered into `coef`, in the pattern's order), else as a dense product.
+template <typename S>
+void decodeDense(const ParameterSet<S>& p, const RowMatrix<S>& f, bool sparse,
+                 const kernels::CsrPattern& pattern, std::vector<S>& coef, RowMatrix<S>& out) {
+  if (!sparse) {
+    denseDecode(p, f, out);
+    return;
+  }
+  const Index nnz = pattern.nnz();
+  coef.resize(static_cast<std::size_t>(nnz));
+  for (Index e = 0; e < nnz; ++e) coef[e] = f(pattern.row[e], pattern.latent[e]);
+  const auto W_dec = p.rowMajor("W_dec");
+  out.resize(f.rows(), W_dec.cols());
+  kernels::csrDecode<S>(pattern, coef.data(), W_dec, p.flat("b_dec"), out);
+}
+
+/// The gradient of W_enc `[d_in, d_sae]` (column-major) seen as the row-major `[d_sae, d_in]`
+/// matrix the per-latent kernels write.
+template <typename S>
+Eigen::Map<RowMatrix<S>> encoderGradientRows(ParameterSet<S>& g) {
+  auto W_enc = g.colMajor("W_enc");
+  return Eigen::Map<RowMatrix<S>>(W_enc.data(), W_enc.cols(), W_enc.rows());
+}
+
+/// d loss / d b_dec: `dy_sum` (the column sums of d loss / d y over every reconstruction
+/// b_dec is added to), minus W_enc `dh_sum` when apply_b_dec_to_input (b_dec is then
+/// subtracted from the input; `dh_sum` = the column sums of d loss / d (xc W_enc)).
+template <typename S, typename DySum, typename DhSum>
+void setDecoderBiasGradient(const ParameterSet<S>& p, const SaeConfig& cfg, const DySum& dy_sum,
+                            const DhSum& dh_sum, ParameterSet<S>& g) {
+  auto gb_dec = g.flat("b_dec");
+  gb_dec = dy_sum;
+  if (cfg.apply_b_dec_to_input) gb_dec.noalias() -= p.colMajor("W_enc") * dh_sum;
+}
+
+/// d mse_loss / d y = (2 / B) (y - x) into `out` (B = the batch's rows).
+template <typename S, typename Out>
+void squaredErrorGradient(const RowMatrix<S>& y, const ConstBatchRef<S>& x, Out&& out) {
+  out.noalias() = (S(2) / S(x.rows())) * (y - x);
+}
+
+/// Scratch of the rescaled decode (decoder norms and the decoder inputs f / n), one per
+/// thread: decode(codes, out) takes no workspace, and after its first call at a batch shape
+/// it allocates nothing. The norms are recomputed on every call, so changed weights are seen.
+template <typename S>
+struct RescaledDecodeScratch {
+  Vector<S> norms;       // n, [d_sae]
+  RowMatrix<S> u;        // SparseCodes: [B, k] decoder inputs
+  std::vector<S> u_csr;  // CsrCodes: one decoder input per entry
+};
+
+/// This thread's scratch, with the decoder norms of `W_dec` computed into it.
+template <typename S>
+RescaledDecodeScratch<S>& rescaledDecodeScratch(const Eigen::Ref<const RowMatrix<S>>& W_dec) {
+  thread_local RescaledDecodeScratch<S> scratch;
+  scratch.norms.resize(W_dec.rows());
+  kernels::rowNorms<S>(W_dec, scratch.norms);
+  return scratch;
+}
+
+/// The decode of codes kept sparse (TopK's SparseCodes, BatchTopK's CsrCodes):
+/// out = sum over the entries of (f / n^r) W_dec[i, :] + b_dec, r = rescale_acts_by_decoder_norm.
+template <typename S>
+void decodeSparse(const ParameterSet<S>& p, const SaeConfig& cfg, const SparseCodes<S>& codes,
+                  RowMatrix<S>& out) {
+  const auto W_dec = p.rowMajor("W_dec");
+  out.resize(codes.rows(), cfg.d_in);
+  if (!cfg.rescale_acts_by_decoder_norm) {
+    kernels::gatherDecode<S>(codes.indices, codes.values, W_dec, p.flat("b_dec"), out);
+    return;
+  }
+  RescaledDecodeScratch<S>& s = rescaledDecodeScratch<S>(W_dec);
+  s.u.resize(codes.values.rows(), codes.values.cols());
+  for (Index b = 0; b < s.u.rows(); ++b)
+    for (Index j = 0; j < s.u.cols(); ++j)
+      s.u(b, j) = codes.values(b, j) / s.norms[codes.indices(b, j)];
+  kernels::gatherDecode<S>(codes.indices, s.u, W_dec, p.flat("b_dec"), out);
+}
+template <typename S>
+void decodeSparse(const ParameterSet<S>& p, const SaeConfig& cfg, const CsrCodes<S>& codes,
+                  RowMatrix<S>& out) {
+  const auto W_dec = p.rowMajor("W_dec");
+  out.resize(codes.rows(), cfg.d_in);
+  if (!cfg.rescale_acts_by_decoder_norm) {
+    kernels::csrDecode<S>(codes.pattern, codes.values.data(), W_dec, p.flat("b_dec"), out);
+    return;
+  }
+  RescaledDecodeScratch<S>& s = rescaledDecodeScratch<S>(W_dec);
+  s.u_csr.resize(codes.values.size());
+  for (Index e = 0; e < codes.nnz(); ++e)
+    s.u_csr[e] = codes.values[e] / s.norms[codes.pattern.latent[e]];
+  kernels::csrDecode<S>(codes.pattern, s.u_csr.data(), W_dec, p.flat("b_dec"), out);
 }
 
 /// True when the architecture policy declares non-trainable buffers (`addBuffers`).

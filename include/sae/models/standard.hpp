@@ -26,30 +26,12 @@ struct StandardArch {
   template <typename S>
   using Codes = DenseCodes<S>;
 
+  /// Workspace: pre holds h, then (dense path) its gradient; pattern the active (b, i).
   template <typename S>
-  struct Workspace {
-    Codes<S> codes;               ///< f, `[B, d_sae]`.
-    RowMatrix<S> reconstruction;  ///< y, `[B, d_in]`.
-    RowMatrix<S> xc;              ///< centred input.
-    RowMatrix<S> pre;             ///< h, then its gradient.
-    RowMatrix<S> grad_y;          ///< d loss / d y.
-    Vector<S> norms;              ///< decoder row norms n.
-    Vector<S> row_lp;             ///< ||f_b * n||_p per row.
-    /// Below this fraction of non-zero activations, decode and gradients use sparse kernels
-    /// (the encoder product stays dense); 0 forces dense, 1 forces sparse.
-    double sparse_threshold = kSparseThreshold;
-    bool used_sparse = false;     ///< Whether the last forward took the sparse path.
-    kernels::CsrPattern pattern;  // active (b, i) of f
-    std::vector<S> coef;          // per active entry: f, then d loss / d h
-    kernels::LatentBuckets buckets;
-    /// Encoder product in bf16 with fp32 accumulation, on AMX where the CPU has it (float
-    /// only; ConfigError without oneDNN). The bf16 copy of W_enc is refreshed on every call.
-    bool bf16_encoder = false;
-    kernels::Bf16MatmulFor<S> bf16;  // bf16 copy of W_enc and the oneDNN GEMM
+  struct Workspace : detail::DenseWorkspace<S> {
+    Vector<S> row_lp;     ///< ||f_b * n||_p per row.
+    std::vector<S> coef;  // per active entry: f, then d loss / d h
   };
-
-  /// Density of f below which the sparse kernels are used by default (see benchmarks/).
-  static constexpr double kSparseThreshold = 0.05;
 
   static void validate(const SaeConfig&) {}
 
@@ -66,8 +48,7 @@ struct StandardArch {
   template <typename S>
   static void encode(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
                      Codes<S>& codes, Workspace<S>& ws) {
-    detail::centerInput(x, p, cfg, ws.xc);
-    detail::encoderProduct(p, ws.xc, ws.pre, ws.bf16_encoder, ws.bf16);
+    detail::centerAndEncode(p, cfg, x, ws);
     codes.values.resize(x.rows(), cfg.d_sae);
     kernels::addBiasRelu<S>(ws.pre, p.flat("b_enc"), codes.values);
   }
@@ -83,24 +64,14 @@ struct StandardArch {
                       const TrainOptions& opts, Workspace<S>& ws, LossTerms<S>& terms) {
     const auto W_dec = p.rowMajor("W_dec");
     const Index B = x.rows();
-    detail::centerInput(x, p, cfg, ws.xc);
-    detail::encoderProduct(p, ws.xc, ws.pre, ws.bf16_encoder, ws.bf16);
+    detail::centerAndEncode(p, cfg, x, ws);
     ws.codes.values.resize(B, cfg.d_sae);
     kernels::addBiasRelu<S>(ws.pre, p.flat("b_enc"), ws.codes.values);
     const auto& f = ws.codes.values;
 
     ws.pattern.template buildPositive<S>(f);
-    const double density = double(ws.pattern.nnz()) / (double(B) * double(cfg.d_sae));
-    ws.used_sparse = density < ws.sparse_threshold;
-    if (ws.used_sparse) {
-      ws.coef.resize(static_cast<std::size_t>(ws.pattern.nnz()));
-      for (Index e = 0; e < ws.pattern.nnz(); ++e)
-        ws.coef[e] = f(ws.pattern.row[e], ws.pattern.latent[e]);
-      ws.reconstruction.resize(B, cfg.d_in);
-      kernels::csrDecode<S>(ws.pattern, ws.coef.data(), W_dec, p.flat("b_dec"), ws.reconstruction);
-    } else {
-      decode(p, cfg, ws.codes, ws.reconstruction);
-    }
+    ws.used_sparse = detail::takeSparsePath(ws, ws.pattern.nnz(), B, cfg.d_sae);
+    detail::decodeDense(p, f, ws.used_sparse, ws.pattern, ws.coef, ws.reconstruction);
 
     ws.norms.resize(cfg.d_sae);
     kernels::rowNorms<S>(W_dec, ws.norms);
@@ -130,11 +101,10 @@ struct StandardArch {
     const Index B = x.rows();
     const auto W_dec = p.rowMajor("W_dec");
     const auto& f = ws.codes.values;
-    ws.grad_y.noalias() = (S(2) / S(B)) * (ws.reconstruction - x);
+    detail::squaredErrorGradient(ws.reconstruction, x, ws.grad_y);
 
     auto gW_dec = g.rowMajor("W_dec");
     auto gb_enc = g.flat("b_enc");
-    auto gb_dec = g.flat("b_dec");
     // d ||v||_p / d v_i = v_i^(p-1) / ||v||_p^(p-1) for v = f * n >= 0, and 0 where v_i = 0
     // (torch's subgradient); so d penalty / d f_i = coef dv_i n_i, d penalty / d n_i = coef dv_i
     // f_i.
@@ -160,8 +130,7 @@ struct StandardArch {
       SAE_PRAGMA_OMP(parallel for schedule(static))
       for (Index e = 0; e < nnz; ++e)
         ws.coef[e] += coef * dv(pat.row[e], pat.latent[e]) * ws.norms[pat.latent[e]];
-      auto gW_enc_flat = g.flat("W_enc");
-      Eigen::Map<RowMatrix<S>> gW_enc_t(gW_enc_flat.data(), cfg.d_sae, cfg.d_in);
+      auto gW_enc_t = detail::encoderGradientRows(g);
       kernels::sumByLatent<S>(ws.buckets, pat.row.data(), ws.coef.data(), ws.xc, gW_enc_t,
                               gb_enc.data());
     } else {
@@ -189,8 +158,7 @@ struct StandardArch {
       gb_enc = grad_h.colwise().sum().transpose();
     }
     detail::addDecoderNormGradient<S>(W_dec, ws.norms, d_norms, gW_dec);
-    gb_dec = ws.grad_y.colwise().sum().transpose();
-    if (cfg.apply_b_dec_to_input) gb_dec.noalias() -= p.colMajor("W_enc") * gb_enc;
+    detail::setDecoderBiasGradient(p, cfg, ws.grad_y.colwise().sum().transpose(), gb_enc, g);
   }
 };
 
