@@ -27,5 +27,7 @@
 #include <sae/optim/adam.hpp>
 #include <sae/optim/clip.hpp>
 #include <sae/optim/schedule.hpp>
+#include <sae/runtime/codes.hpp>
+#include <sae/runtime/sae.hpp>
 #include <sae/steer/steering.hpp>
 #include <sae/train/dead_latents.hpp>
