@@ -1,7 +1,7 @@
 /// @file npy.hpp
 /// @brief NumPy `.npy` files: NpyReader (memory-mapped, row ranges), readNpy(), readNpyMask(),
 /// NpyIntegerReader / readNpyIntegers() (integer arrays such as token ids, read exactly),
-/// writeNpy(), writeNpyVector(), writeNpyMask().
+/// writeNpy(), writeNpyVector(), writeNpyMask(), NpyStreamWriter (rows appended in chunks).
 ///
 /// Format (numpy.lib.format, versions 1.0, 2.0 and 3.0): the magic `\x93NUMPY`, two version
 /// bytes, the header length (little-endian u16 for 1.0, u32 for 2.0 and 3.0), then the header:
@@ -819,6 +819,69 @@ void writeNpyVector(const std::string& path, const Eigen::MatrixBase<Derived>& v
                   std::is_same_v<Scalar, float> ? DType::F32 : DType::F64);
   w.commit();
 }
+
+/// @brief Writes a 2-D `.npy` file of `cols` columns whose rows arrive in chunks, so that the
+/// whole array never has to be in memory; atomically (see AtomicFileWriter).
+///
+/// The header is written first with room for the row count to grow in place (as numpy's own
+/// writer leaves it) and fixed up by commit() with the rows actually appended: the file is byte
+/// for byte what writeNpy() writes for the same matrix. Nothing appears at `path` before
+/// commit(); a writer destroyed without commit() leaves `path` as it was.
+///
+/// @code
+/// sae::io::NpyStreamWriter out("codes.npy", d_sae, sae::io::DType::F32);
+/// for (...) out.append(chunk);   // [n, d_sae] rows
+/// out.commit();
+/// @endcode
+class NpyStreamWriter {
+ public:
+  /// @param path Destination (IoError naming it when it cannot be created).
+  /// @param cols Columns of every row (>= 0). @param as Element type stored: F32 or F64.
+  NpyStreamWriter(const std::string& path, Index cols, DType as = DType::F32)
+      : m_out(path), m_cols(cols), m_as(as) {
+    require(cols >= 0, path, ": NpyStreamWriter needs cols >= 0, found ", cols);
+    require(as == DType::F32 || as == DType::F64, path, ": NpyStreamWriter stores F32 or F64, not ",
+            dtypeName(as));
+    m_header = header();
+    m_out.write(m_header.data(), m_header.size());
+  }
+
+  /// @brief Appends the rows of `rows` (float or double, `cols` columns; ConfigError otherwise).
+  template <typename Derived>
+  void append(const Eigen::MatrixBase<Derived>& rows) {
+    using Scalar = typename Derived::Scalar;
+    static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
+                  "NpyStreamWriter appends float or double rows");
+    require(rows.cols() == m_cols, m_out.path(), ": rows of ", rows.cols(),
+            " columns appended to an array of ", m_cols, " columns");
+    const Eigen::Ref<const RowMatrix<Scalar>> m(rows.derived());
+    for (Index r = 0; r < m.rows(); ++r) m_out.writeElements(m.row(r).data(), m_cols, m_as);
+    m_rows += m.rows();
+  }
+
+  /// @brief Rows appended so far.
+  Index rows() const noexcept { return m_rows; }
+
+  /// @brief Writes the final row count into the header and moves the file into place.
+  void commit() {
+    const std::string h = header();
+    require(h.size() == m_header.size(), m_out.path(), ": the npy header grew from ",
+            m_header.size(), " to ", h.size(), " bytes");
+    m_out.overwrite(0, h.data(), h.size());
+    m_out.commit();
+  }
+
+ private:
+  std::string header() const {
+    return detail::npyPreamble(m_as == DType::F32 ? "<f4" : "<f8", {m_rows, m_cols});
+  }
+
+  AtomicFileWriter m_out;
+  Index m_cols;
+  DType m_as;
+  Index m_rows = 0;
+  std::string m_header;
+};
 
 /// @brief Writes a mask as a 1-D `|u1` `.npy` file, atomically (the format of dead_mask.npy).
 inline void writeNpyMask(const std::string& path, const Eigen::Ref<const LatentMask>& mask) {

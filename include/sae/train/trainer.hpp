@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -54,23 +55,95 @@
 
 namespace sae::train {
 
-/// The serialised fields of TrainerConfig.
+/// @brief How a field of a run's checkpoint may differ from the command line that resumes it.
+enum class ResumeRule {
+  Fixed,    ///< Must equal the checkpoint's value (it shapes the trained model).
+  Free,     ///< May change; the new value applies from the resumed step on.
+  MayGrow,  ///< May stay or grow, never shrink (total_steps: extends a finished run).
+};
+
+/// @brief One serialised field of TrainerConfig, as SAE_TRAIN_FIELDS lists it.
+struct TrainField {
+  const char* name;   ///< JSON key (train_config.json, checkpoints).
+  const char* flag;   ///< `sae train` flag; "" when the field has none.
+  ResumeRule rule;    ///< What resuming allows.
+  const char* check;  ///< Flag check: "", ">0", ">=0", "[lo,hi]" or "{a,b,...}" (the choices).
+  const char* help;   ///< Flag help text.
+};
+
+/// The serialised fields of TrainerConfig, one X(name, flag, resume rule, check, help) each:
+/// the JSON key, the `sae train` flag ("" for none), the ResumeRule, the flag's value check
+/// (see TrainField) and its help; SAE_TRAIN_NO_FLAG(X, name) is a field without a flag (fixed on
+/// resume). The JSON files, the CLI's flags and the resume checks are all derived from this
+/// list.
 // (clang-format is not stable on this X-macro list.)
 // clang-format off
+#define SAE_TRAIN_NO_FLAG(X, name) X(name, "", Fixed, "", "")
 #define SAE_TRAIN_FIELDS(X) \
-  X(architecture) X(d_sae) X(expansion_factor) X(k) \
-  X(rescale_acts_by_decoder_norm) X(apply_b_dec_to_input) X(l1_coefficient) X(lp_norm) \
-  X(aux_loss_coefficient) X(batch_size) X(total_steps) X(seed) \
-  X(l0_coefficient) X(jumprelu_bandwidth) X(jumprelu_sparsity_loss_mode) X(jumprelu_tanh_scale) \
-  X(jumprelu_init_threshold) X(pre_act_loss_coefficient) \
-  X(topk_threshold_lr) X(matryoshka_widths) \
-  X(lr) X(adam_beta1) X(adam_beta2) X(adam_eps) \
-  X(lr_scheduler) X(lr_warmup_steps) X(lr_decay_steps) X(l1_warmup_steps) \
-  X(max_grad_norm) X(dead_feature_window) X(feature_sampling_window) X(b_dec_init) \
-  X(init_sample_rows) X(decoder_unit_norm) X(normalize_activations) X(norm_estimate_batches) \
-  X(log_every) X(eval_every) X(eval_rows) X(checkpoint_every) \
-  X(keep_checkpoints) X(out_dir) X(data) X(threads) \
-  X(precision)
+  X(architecture, "--arch", Fixed, \
+    "{standard,gated,topk,jumprelu,batchtopk,matryoshka_batchtopk}", "architecture") \
+  X(k, "--k", Fixed, ">0", \
+    "topk: latents per token; batchtopk, matryoshka_batchtopk: per token on average over the " \
+    "batch (default 32)") \
+  X(d_sae, "--d-sae", Fixed, ">0", "number of latents") \
+  X(expansion_factor, "--expansion", Fixed, ">0", "d_sae = expansion * d_in (default 8)") \
+  X(batch_size, "--batch", Fixed, ">0", "tokens per step (default 4096)") \
+  X(total_steps, "--steps", MayGrow, ">0", "training steps (default 1000)") \
+  X(lr, "--lr", Fixed, ">0", "peak learning rate (default 3e-4)") \
+  X(l1_coefficient, "--l1", Fixed, ">=0", "standard / gated: L1 coefficient (default 5)") \
+  X(aux_loss_coefficient, "--aux", Fixed, ">=0", \
+    "topk, batchtopk, matryoshka: AuxK coefficient (default 1/32)") \
+  X(l0_coefficient, "--l0-coefficient", Fixed, ">=0", \
+    "jumprelu: L0 coefficient (default 1; warmed up by --l1-warmup)") \
+  X(jumprelu_bandwidth, "--jumprelu-bandwidth", Fixed, ">0", \
+    "jumprelu: width of the threshold's straight-through window (default 0.05)") \
+  X(jumprelu_sparsity_loss_mode, "--jumprelu-mode", Fixed, "{step,tanh}", \
+    "jumprelu: L0 penalty, step (count of active latents, default) or tanh (sum of " \
+    "tanh(scale * f * ||W_dec row||))") \
+  X(jumprelu_tanh_scale, "--jumprelu-tanh-scale", Fixed, ">0", \
+    "jumprelu: scale inside tanh in tanh mode (default 4)") \
+  X(jumprelu_init_threshold, "--jumprelu-init-threshold", Fixed, "", \
+    "jumprelu: initial threshold of every latent (default 0.01)") \
+  X(pre_act_loss_coefficient, "--pre-act-loss-coefficient", Fixed, ">=0", \
+    "jumprelu: coefficient of the pre-activation loss pulling dead latents towards their " \
+    "threshold (default 0: off)") \
+  X(topk_threshold_lr, "--topk-threshold-lr", Fixed, "[1e-12,1]", \
+    "batchtopk, matryoshka_batchtopk: rate of the moving average that becomes the saved " \
+    "JumpReLU threshold (default 0.01)") \
+  X(matryoshka_widths, "--matryoshka-widths", Fixed, ">0", \
+    "matryoshka_batchtopk: nested prefix widths, comma-separated, strictly increasing, the " \
+    "last equal to d_sae (e.g. 256,1024,4096)") \
+  X(seed, "--seed", Fixed, "", "random seed (default 0)") \
+  X(threads, "--threads", Free, ">=0", "threads (0: all; same threads = same bits)") \
+  X(precision, "--precision", Fixed, "{fp32,bf16}", \
+    "encoder GEMM of topk, batchtopk, matryoshka_batchtopk: fp32 (default) or bf16 (mixed " \
+    "precision, needs oneDNN)") \
+  X(out_dir, "--out", Free, "", "run folder") \
+  X(lr_scheduler, "--lr-scheduler", Fixed, "{constant,cosine,linear}", \
+    "learning-rate shape after warm-up") \
+  X(lr_warmup_steps, "--lr-warmup", Fixed, ">=0", "learning-rate warm-up steps") \
+  X(lr_decay_steps, "--lr-decay", Fixed, ">=0", "final linear decay steps") \
+  X(l1_warmup_steps, "--l1-warmup", Fixed, ">=0", "sparsity-coefficient warm-up steps") \
+  X(dead_feature_window, "--dead-window", Fixed, ">0", \
+    "steps without firing = dead (default 1000)") \
+  X(b_dec_init, "--b-dec-init", Fixed, "{zeros,mean,geometric_median}", "b_dec initialisation") \
+  X(normalize_activations, "--normalize", Fixed, "{none,expected_average_only_in}", \
+    "input normalisation (expected_average_only_in: train on s*x with s = sqrt(d_in)/E||x||, " \
+    "folded back into the saved weights)") \
+  X(decoder_unit_norm, "--unit-norm-decoder", Fixed, "", \
+    "unit-norm decoder rows, gradient parallel to them removed (OpenAI recipe)") \
+  X(log_every, "--log-every", Free, ">0", "steps between metrics lines (default 100)") \
+  X(eval_every, "--eval-every", Free, ">=0", "steps between held-out evaluations") \
+  X(checkpoint_every, "--checkpoint-every", Free, ">=0", "steps between checkpoints") \
+  X(keep_checkpoints, "--keep-checkpoints", Free, ">0", "checkpoints kept (default 3)") \
+  X(data, "--data", Fixed, "", \
+    "activation shards [tokens, d_in]: .npy, .npz, .safetensors files, directories or glob " \
+    "patterns (streamed, shuffled)") \
+  SAE_TRAIN_NO_FLAG(X, rescale_acts_by_decoder_norm) SAE_TRAIN_NO_FLAG(X, apply_b_dec_to_input) \
+  SAE_TRAIN_NO_FLAG(X, lp_norm) SAE_TRAIN_NO_FLAG(X, adam_beta1) SAE_TRAIN_NO_FLAG(X, adam_beta2) \
+  SAE_TRAIN_NO_FLAG(X, adam_eps) SAE_TRAIN_NO_FLAG(X, max_grad_norm) \
+  SAE_TRAIN_NO_FLAG(X, feature_sampling_window) SAE_TRAIN_NO_FLAG(X, init_sample_rows) \
+  SAE_TRAIN_NO_FLAG(X, norm_estimate_batches) SAE_TRAIN_NO_FLAG(X, eval_rows)
 // clang-format on
 
 /// @brief Settings of a training run (serialised into every checkpoint and train_config.json).
@@ -253,11 +326,62 @@ struct TrainerConfig {
     return a;
   }
 
+  /// @brief Calls `f(field, value)` for every field of SAE_TRAIN_FIELDS, in its order, with
+  /// `value` a reference to this config's member.
+  template <typename F>
+  void forEachField(F&& f) {
+    visitFields(*this, *this, [&f](const TrainField& t, auto& v, const auto&) { f(t, v); });
+  }
+
+  /// @brief As above, read-only.
+  template <typename F>
+  void forEachField(F&& f) const {
+    visitFields(*this, *this, [&f](const TrainField& t, const auto& v, const auto&) { f(t, v); });
+  }
+
+  /// @brief Calls `f(field, mine, theirs)` for every field, with this config's member and
+  /// `other`'s.
+  template <typename F>
+  void forEachFieldWith(const TrainerConfig& other, F&& f) {
+    visitFields(*this, other, f);
+  }
+
+  /// @brief The fields of SAE_TRAIN_FIELDS, in its order.
+  static std::vector<TrainField> fields() {
+    std::vector<TrainField> out;
+    TrainerConfig c;
+    c.forEachField([&out](const TrainField& f, const auto&) { out.push_back(f); });
+    return out;
+  }
+
+  /// @brief The configuration of a resumed run: `run` (read from its checkpoint) with the
+  /// fields named in `given` taken from `requested` as their ResumeRule allows.
+  ///
+  /// @param given Field name -> what set it on the command line (a flag, named in messages).
+  /// A Fixed field must equal the run's; a MayGrow field may equal or exceed it; a Free field
+  /// is taken as given. Otherwise ConfigError "<flag> cannot be changed when resuming (the run
+  /// has <field> = <run's>, the command line gives <requested>)".
+  static TrainerConfig resumed(const TrainerConfig& run, const TrainerConfig& requested,
+                               const std::map<std::string, std::string>& given) {
+    TrainerConfig out = run;
+    out.forEachFieldWith(requested, [&given](const TrainField& f, auto& mine, const auto& theirs) {
+      const auto it = given.find(f.name);
+      if (it == given.end() || mine == theirs) return;
+      const bool grows = f.rule == ResumeRule::MayGrow && mine < theirs;
+      if (f.rule == ResumeRule::Fixed || (f.rule == ResumeRule::MayGrow && !grows)) {
+        throw ConfigError(sae::detail::concat(
+            it->second, " cannot be ", f.rule == ResumeRule::MayGrow ? "lowered" : "changed",
+            " when resuming (the run has ", f.name, " = ", nlohmann::json(mine).dump(),
+            ", the command line gives ", nlohmann::json(theirs).dump(), ")"));
+      }
+      mine = theirs;
+    });
+    return out;
+  }
+
   nlohmann::json toJson() const {
     nlohmann::json j;
-#define SAE_TRAIN_FIELD(name) j[#name] = name;
-    SAE_TRAIN_FIELDS(SAE_TRAIN_FIELD)
-#undef SAE_TRAIN_FIELD
+    forEachField([&j](const TrainField& f, const auto& value) { j[f.name] = value; });
     return j;
   }
 
@@ -267,23 +391,31 @@ struct TrainerConfig {
     require(j.is_object(), where, ": expected a JSON object");
     for (const auto& [key, value] : j.items()) {
       bool known = false;
-#define SAE_TRAIN_FIELD(name)                                                                  \
-  if (key == #name) {                                                                          \
-    known = true;                                                                              \
-    try {                                                                                      \
-      name = value.get<decltype(name)>();                                                      \
-    } catch (const nlohmann::json::exception&) {                                               \
-      throw ConfigError(sae::detail::concat(where, ": field '", key, "' has the wrong type (", \
-                                            value.dump(), ")"));                               \
-    }                                                                                          \
-  }
-      SAE_TRAIN_FIELDS(SAE_TRAIN_FIELD)
-#undef SAE_TRAIN_FIELD
+      forEachField([&](const TrainField& f, auto& field) {
+        if (key != f.name) return;
+        known = true;
+        try {
+          field = value.get<std::decay_t<decltype(field)>>();
+        } catch (const nlohmann::json::exception&) {
+          throw ConfigError(sae::detail::concat(where, ": field '", key, "' has the wrong type (",
+                                                value.dump(), ")"));
+        }
+      });
       if (!known) throw ConfigError(sae::detail::concat(where, ": unknown field '", key, "'"));
     }
   }
+
+ private:
+  template <typename Self, typename F>
+  static void visitFields(Self& self, const TrainerConfig& other, F&& f) {
+#define SAE_TRAIN_FIELD(name, flag, rule, check, help) \
+  f(TrainField{#name, flag, ResumeRule::rule, check, help}, self.name, other.name);
+    SAE_TRAIN_FIELDS(SAE_TRAIN_FIELD)
+#undef SAE_TRAIN_FIELD
+  }
 };
 #undef SAE_TRAIN_FIELDS
+#undef SAE_TRAIN_NO_FLAG
 
 /// @brief Per-latent firing counts over a window of steps (SAELens's feature sampling window).
 class FeatureDensityWindow {
