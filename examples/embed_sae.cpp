@@ -47,7 +47,7 @@ std::vector<float> randomHiddenState(Index tokens, Index d_in, std::uint64_t see
 void writeDemoSae(const std::string& dir) {
   sae::SaeConfig cfg;
   cfg.d_in = 16;
-  cfg.d_sae = 64;
+  cfg.d_sae = 4 * cfg.d_in;
   cfg.k = 6;
   cfg.rescale_acts_by_decoder_norm = true;
   sae::TopKSAE<float> model(cfg, 3);

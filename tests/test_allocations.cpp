@@ -386,30 +386,25 @@ TEMPLATE_TEST_CASE("Feature steering allocates nothing once warm", "[allocations
 
 TEMPLATE_TEST_CASE("sae::Sae: warm encode, decode, forward and edit do not allocate",
                    "[allocations][runtime]", SAE_ALLOCATION_ARCHITECTURES) {
-  for (const auto& normalizer : normalizers()) {
-    INFO(sae::normalizeActivationsName(normalizer.mode()) << ", scale " << normalizer.scale());
-    const FacadeAllocations a = facadeAllocations<TestType>(false, normalizer);
-    CHECK(a.encode == 0);
-    CHECK(a.decode == 0);
-    CHECK(a.decode_buffer == 0);
-    CHECK(a.forward == 0);
-    CHECK(a.forward_buffer == 0);
-    CHECK(a.edit == 0);
-    CHECK(a.edit_rows == 0);
-    CHECK(a.edit_buffer == 0);
-  }
-}
-
-TEMPLATE_TEST_CASE("sae::Sae: warm encode and edit of a rescaled TopK-family SAE do not allocate",
-                   "[allocations][runtime]", sae::TopKSAE<float>, sae::BatchTopKSAE<float>,
-                   sae::MatryoshkaBatchTopKSAE<float>) {
-  for (const auto& normalizer : normalizers()) {
-    INFO(sae::normalizeActivationsName(normalizer.mode()) << ", scale " << normalizer.scale());
-    const FacadeAllocations a = facadeAllocations<TestType>(true, normalizer);
-    CHECK(a.encode == 0);
-    CHECK(a.edit == 0);
-    CHECK(a.edit_rows == 0);
-    CHECK(a.edit_buffer == 0);
+  constexpr bool topk_family =
+      std::is_same<typename TestType::Arch, sae::TopKArch>::value ||
+      std::is_base_of<sae::detail::BatchTopKFamily, typename TestType::Arch>::value;
+  for (const bool rescale : {false, true}) {
+    if (rescale && !topk_family) continue;
+    for (const auto& normalizer : normalizers()) {
+      INFO(sae::normalizeActivationsName(normalizer.mode())
+           << ", scale " << normalizer.scale() << ", rescale_acts_by_decoder_norm " << rescale);
+      const FacadeAllocations a = facadeAllocations<TestType>(rescale, normalizer);
+      CHECK(a.encode == 0);
+      CHECK(a.edit == 0);
+      CHECK(a.edit_rows == 0);
+      CHECK(a.edit_buffer == 0);
+      if (rescale) continue;  // the rescaled decode: the case below
+      CHECK(a.decode == 0);
+      CHECK(a.decode_buffer == 0);
+      CHECK(a.forward == 0);
+      CHECK(a.forward_buffer == 0);
+    }
   }
 }
 
