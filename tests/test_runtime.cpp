@@ -32,14 +32,15 @@ using sae::steer::FeatureEdit;
 using sae::steer::RowSelection;
 using sae::test::randomBatch;
 
-constexpr Index kDin = 8;
-constexpr Index kSae = 24;
-constexpr Index kRows = 7;
-
+// True for TopK, BatchTopK and Matryoshka BatchTopK (rescale_acts_by_decoder_norm applies).
 template <typename Model>
 constexpr bool kTopKFamily =
     std::is_same<typename Model::Arch, sae::TopKArch>::value ||
     std::is_base_of<sae::detail::BatchTopKFamily, typename Model::Arch>::value;
+
+constexpr Index kDin = 8;   // width of the activations
+constexpr Index kSae = 24;  // latents
+constexpr Index kRows = 7;  // tokens of a batch
 
 // A small model of `Model`'s architecture with every parameter perturbed away from the
 // initialisation (biases non-zero, W_enc != W_dec^T, decoder norms far from 1), TopK family with
@@ -69,28 +70,19 @@ RowMatrix<double> modelCodes(const Model& m, const RowMatrix<typename Model::Sca
   return m.encode(x).toDense().template cast<double>();
 }
 
-// The edit list applied by hand to dense codes.
+// The edited code f' of a code f (the four operations, written out).
+double editedCode(const FeatureEdit& e, double f) {
+  if (e.op == sae::steer::EditOp::Set) return e.value;
+  if (e.op == sae::steer::EditOp::Add) return f + e.value;
+  if (e.op == sae::steer::EditOp::Multiply) return f * e.value;
+  return 0.0;  // Zero
+}
+
+// The edit list applied by hand to every row of dense codes.
 RowMatrix<double> editByHand(const RowMatrix<double>& f, const EditList& edits) {
   RowMatrix<double> g = f;
-  for (Index b = 0; b < f.rows(); ++b) {
-    for (const auto& e : edits) {
-      double& v = g(b, e.feature);
-      switch (e.op) {
-        case sae::steer::EditOp::Set:
-          v = e.value;
-          break;
-        case sae::steer::EditOp::Add:
-          v += e.value;
-          break;
-        case sae::steer::EditOp::Multiply:
-          v *= e.value;
-          break;
-        case sae::steer::EditOp::Zero:
-          v = 0;
-          break;
-      }
-    }
-  }
+  for (const auto& e : edits)
+    g.col(e.feature) = f.col(e.feature).unaryExpr([&](double v) { return editedCode(e, v); });
   return g;
 }
 

@@ -129,16 +129,19 @@ namespace detail {
 template <typename Scalar>
 void validateEdits(const EditList& edits, Index d_sae,
                    std::vector<std::pair<Index, std::size_t>>& order) {
+  // The messages are made only on failure (describeEdit builds a string).
+  using sae::detail::concat;
   for (std::size_t e = 0; e < edits.size(); ++e) {
     const FeatureEdit& ed = edits[e];
     const auto op = static_cast<int>(ed.op);
     require(op >= static_cast<int>(EditOp::Set) && op <= static_cast<int>(EditOp::Zero),
             "steering edit ", e, " (feature ", ed.feature, "): unknown operation ", op);
-    require(ed.feature >= 0 && ed.feature < d_sae, "steering ", describeEdit(edits, e),
-            ": feature id out of range [0, ", d_sae, ")");
-    require(std::isfinite(ed.value) && std::isfinite(static_cast<Scalar>(ed.value)), "steering ",
-            describeEdit(edits, e), ": value is not finite",
-            std::isfinite(ed.value) ? " in the model's scalar type" : "");
+    if (!(ed.feature >= 0 && ed.feature < d_sae))
+      throw ConfigError(concat("steering ", describeEdit(edits, e),
+                               ": feature id out of range [0, ", d_sae, ")"));
+    if (!(std::isfinite(ed.value) && std::isfinite(static_cast<Scalar>(ed.value))))
+      throw ConfigError(concat("steering ", describeEdit(edits, e), ": value is not finite",
+                               std::isfinite(ed.value) ? " in the model's scalar type" : ""));
   }
   order.resize(edits.size());
   for (std::size_t e = 0; e < edits.size(); ++e) order[e] = {edits[e].feature, e};
