@@ -463,4 +463,256 @@ class SparseAutoencoder {
   ParameterSet<double> m_buffers;
 };
 
+namespace detail {
+
+// Detection of the members an activation policy of ActivationArch must have (see there).
+template <typename A, typename = void>
+struct HasKName : std::false_type {};
+template <typename A>
+struct HasKName<A, std::enable_if_t<std::is_convertible<decltype(A::kName), const char*>::value>>
+    : std::true_type {};
+
+template <typename A, typename = void>
+struct HasValidate : std::false_type {};
+template <typename A>
+struct HasValidate<A, std::void_t<decltype(A::validate(std::declval<const SaeConfig&>()))>>
+    : std::true_type {};
+
+template <typename A, typename = void>
+struct HasAddParameters : std::false_type {};
+template <typename A>
+struct HasAddParameters<
+    A, std::void_t<decltype(A::template addParameters<double>(std::declval<ParameterSet<double>&>(),
+                                                              std::declval<const SaeConfig&>()))>>
+    : std::true_type {};
+
+template <typename A, typename = void>
+struct HasInitialize : std::false_type {};
+template <typename A>
+struct HasInitialize<A, std::void_t<decltype(A::template initialize<double>(
+                            std::declval<ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
+                            std::declval<Rng&>()))>> : std::true_type {};
+
+template <typename A, typename = void>
+struct HasScratch : std::false_type {};
+template <typename A>
+struct HasScratch<A, std::void_t<typename A::template Scratch<double>>> : std::true_type {};
+
+template <typename A, typename = void>
+struct HasActivate : std::false_type {};
+template <typename A>
+struct HasActivate<
+    A, std::void_t<decltype(A::template activate<double>(
+           std::declval<const ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
+           std::declval<RowMatrix<double>&>(), std::declval<RowMatrix<double>&>()))>>
+    : std::true_type {};
+
+template <typename A, typename = void>
+struct HasAddPenalties : std::false_type {};
+template <typename A>
+struct HasAddPenalties<
+    A, std::void_t<decltype(A::template addPenalties<double>(
+           std::declval<const ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
+           std::declval<const TrainOptions&>(), std::declval<const DenseWorkspace<double>&>(),
+           std::declval<typename A::template Scratch<double>&>(),
+           std::declval<LossTerms<double>&>()))>> : std::true_type {};
+
+template <typename A, typename = void>
+struct HasGradientRule : std::false_type {};
+template <typename A>
+struct HasGradientRule<
+    A, std::enable_if_t<std::is_convertible<
+           decltype(A::template gradientRule<double>(
+               std::declval<const ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
+               std::declval<const TrainOptions&>(), std::declval<const DenseWorkspace<double>&>(),
+               std::declval<const typename A::template Scratch<double>&>())(Index(0), Index(0),
+                                                                            double(0))),
+           double>::value>> : std::true_type {};
+
+template <typename A, typename = void>
+struct HasPenaltyGradient : std::false_type {};
+template <typename A>
+struct HasPenaltyGradient<
+    A, std::void_t<decltype(A::template penaltyGradient<double>(
+           std::declval<const ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
+           std::declval<const TrainOptions&>(), std::declval<const DenseWorkspace<double>&>(),
+           std::declval<const typename A::template Scratch<double>&>(),
+           std::declval<Vector<double>&>(), std::declval<ParameterSet<double>&>()))>>
+    : std::true_type {};
+
+}  // namespace detail
+
+/// @brief The architecture policy of an SAE whose codes are an activation of the
+/// pre-activations, `f = act(xc W_enc + b_enc)`, with penalty terms: everything but the
+/// activation and the penalties is done here, once for all such architectures.
+///
+/// Parameters `W_enc`, `b_enc`, `W_dec`, `b_dec`, then the activation's own. Codes are dense
+/// (DenseCodes); decode, d mse / d f and the gradients of W_dec, W_enc, b_enc, b_dec take the
+/// sparse kernels below `Workspace::sparse_threshold` of active entries (f > 0), dense
+/// products otherwise.
+///
+/// @tparam Activation_ the activation policy; it must provide (S the scalar type):
+///   - `static constexpr const char* kName`: the architecture's name;
+///   - `static void validate(const SaeConfig&)`: its options (throw ConfigError);
+///   - `template <typename S> static void addParameters(ParameterSet<S>&, const SaeConfig&)`:
+///     its extra parameters (added after b_dec; may add none);
+///   - `template <typename S> static void initialize(ParameterSet<S>&, const SaeConfig&, Rng&)`:
+///     their initial values (the shared weights are already drawn);
+///   - `template <typename S> struct Scratch`: what its penalties keep between forward and
+///     backward (may be empty); it becomes a base of the Workspace;
+///   - `template <typename S> static void activate(const ParameterSet<S>&, const SaeConfig&,
+///      RowMatrix<S>& pre, RowMatrix<S>& f)`: `pre` holds xc W_enc; leave h = pre + b_enc in
+///     it and write f = act(h) >= 0 into `f` (already `[B, d_sae]`). The entries with f > 0 are
+///     the active ones: the only ones that decode and pass gradient;
+///   - `template <typename S> static void addPenalties(const ParameterSet<S>&, const SaeConfig&,
+///      const TrainOptions&, const detail::DenseWorkspace<S>&, Scratch<S>&, LossTerms<S>&)`:
+///     adds its loss terms after mse_loss (the workspace holds f in `codes`, the decoder norms
+///     n in `norms`);
+///   - `template <typename S> static Rule gradientRule(...)`, same arguments but a const
+///     Scratch and no LossTerms: a callable `S rule(Index b, Index i, S g)` giving
+///     d loss / d h_bi from g = d mse / d f_bi (0 where the entry is not active); it may read
+///     f, but not h (on the dense path the pre-activation buffer then holds the gradient);
+///   - `template <typename S> static void penaltyGradient(const ParameterSet<S>&,
+///      const SaeConfig&, const TrainOptions&, const detail::DenseWorkspace<S>&,
+///      const Scratch<S>&, Vector<S>& d_norms, ParameterSet<S>& g)`: adds d penalties / d n_i to
+///     `d_norms` (zero on entry; the chain rule into W_dec is done here) and writes the
+///     gradients of its extra parameters into `g`.
+/// `used_sparse` and `pattern` in the workspace tell which path the step took.
+template <typename Activation_>
+struct ActivationArch {
+  using Activation = Activation_;
+  static_assert(detail::HasKName<Activation>::value,
+                "ActivationArch: the activation policy must declare static constexpr const "
+                "char* kName");
+  static_assert(detail::HasValidate<Activation>::value,
+                "ActivationArch: the activation policy must declare static void "
+                "validate(const SaeConfig&)");
+  static_assert(detail::HasAddParameters<Activation>::value,
+                "ActivationArch: the activation policy must declare template <typename S> static "
+                "void addParameters(ParameterSet<S>&, const SaeConfig&)");
+  static_assert(detail::HasInitialize<Activation>::value,
+                "ActivationArch: the activation policy must declare template <typename S> static "
+                "void initialize(ParameterSet<S>&, const SaeConfig&, Rng&)");
+  static_assert(detail::HasScratch<Activation>::value,
+                "ActivationArch: the activation policy must declare template <typename S> "
+                "struct Scratch (it may be empty)");
+  static_assert(detail::HasActivate<Activation>::value,
+                "ActivationArch: the activation policy must declare template <typename S> static "
+                "void activate(const ParameterSet<S>&, const SaeConfig&, RowMatrix<S>& pre, "
+                "RowMatrix<S>& f)");
+  static_assert(detail::HasAddPenalties<Activation>::value,
+                "ActivationArch: the activation policy must declare template <typename S> static "
+                "void addPenalties(const ParameterSet<S>&, const SaeConfig&, const "
+                "TrainOptions&, const detail::DenseWorkspace<S>&, Scratch<S>&, LossTerms<S>&)");
+  static_assert(detail::HasGradientRule<Activation>::value,
+                "ActivationArch: the activation policy must declare template <typename S> static "
+                "gradientRule(const ParameterSet<S>&, const SaeConfig&, const TrainOptions&, "
+                "const detail::DenseWorkspace<S>&, const Scratch<S>&), returning a callable "
+                "S(Index b, Index i, S d_mse_d_f)");
+  static_assert(detail::HasPenaltyGradient<Activation>::value,
+                "ActivationArch: the activation policy must declare template <typename S> static "
+                "void penaltyGradient(const ParameterSet<S>&, const SaeConfig&, const "
+                "TrainOptions&, const detail::DenseWorkspace<S>&, const Scratch<S>&, Vector<S>& "
+                "d_norms, ParameterSet<S>& g)");
+
+  static constexpr const char* kName = Activation::kName;
+
+  template <typename S>
+  using Codes = DenseCodes<S>;
+
+  /// @brief The shared dense workspace, the activation's Scratch, and the per-entry buffers
+  /// of the sparse path. `pre` holds h after a forward pass (then, on the dense path of a
+  /// backward pass, d loss / d h).
+  template <typename S>
+  struct Workspace : detail::DenseWorkspace<S>, Activation::template Scratch<S> {
+    std::vector<S> coef;  // per active entry: f, then d loss / d h
+    Vector<S> d_norms;    // d penalties / d n
+  };
+
+  static void validate(const SaeConfig& cfg) { Activation::validate(cfg); }
+
+  template <typename S>
+  static void addParameters(ParameterSet<S>& p, const SaeConfig& cfg) {
+    p.add("b_enc", {cfg.d_sae});
+    p.add("W_dec", {cfg.d_sae, cfg.d_in});
+    p.add("b_dec", {cfg.d_in});
+    Activation::addParameters(p, cfg);
+  }
+
+  template <typename S>
+  static void initialize(ParameterSet<S>& p, const SaeConfig& cfg, Rng& rng) {
+    Activation::initialize(p, cfg, rng);
+  }
+
+  template <typename S>
+  static void encode(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                     Codes<S>& codes, Workspace<S>& ws) {
+    detail::centerAndEncode(p, cfg, x, ws);
+    codes.values.resize(x.rows(), cfg.d_sae);
+    Activation::activate(p, cfg, ws.pre, codes.values);
+  }
+
+  template <typename S>
+  static void decode(const ParameterSet<S>& p, const SaeConfig&, const Codes<S>& codes,
+                     RowMatrix<S>& out) {
+    detail::denseDecode(p, codes.values, out);
+  }
+
+  template <typename S>
+  static void forward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                      const TrainOptions& opts, Workspace<S>& ws, LossTerms<S>& terms) {
+    const Index B = x.rows();
+    encode(p, cfg, x, ws.codes, ws);
+    const auto& f = ws.codes.values;
+    ws.pattern.template buildPositive<S>(f);
+    ws.used_sparse = detail::takeSparsePath(ws, ws.pattern.nnz(), B, cfg.d_sae);
+    detail::decodeDense(p, f, ws.used_sparse, ws.pattern, ws.coef, ws.reconstruction);
+    ws.norms.resize(cfg.d_sae);
+    kernels::rowNorms<S>(p.rowMajor("W_dec"), ws.norms);
+    terms.add("mse_loss", S(detail::meanSquaredError<S>(ws.reconstruction, x)));
+    Activation::addPenalties(p, cfg, opts, ws, ws, terms);
+  }
+
+  template <typename S>
+  static void backward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                       const TrainOptions& opts, Workspace<S>& ws, ParameterSet<S>& g) {
+    const Index B = x.rows();
+    const Index n = cfg.d_sae;
+    const auto W_dec = p.rowMajor("W_dec");
+    const auto& f = ws.codes.values;
+    detail::squaredErrorGradient(ws.reconstruction, x, ws.grad_y);
+    const auto rule = Activation::gradientRule(p, cfg, opts, ws, ws);
+    auto gW_dec = g.rowMajor("W_dec");
+    auto gb_enc = g.flat("b_enc");
+    ws.d_norms.setZero(n);
+    if (ws.used_sparse) {
+      // Only the active entries carry gradient.
+      const kernels::CsrPattern& pat = ws.pattern;
+      const Index nnz = pat.nnz();
+      ws.buckets.build(n, pat.latent.data(), nnz);
+      kernels::sumByLatent<S>(ws.buckets, pat.row.data(), ws.coef.data(), ws.grad_y, gW_dec);
+      Activation::penaltyGradient(p, cfg, opts, ws, ws, ws.d_norms, g);
+      // coef becomes d mse / d f, then d loss / d h.
+      kernels::csrDot<S>(ws.grad_y, pat, W_dec, ws.coef.data());
+      SAE_PRAGMA_OMP(parallel for schedule(static))
+      for (Index e = 0; e < nnz; ++e) ws.coef[e] = rule(pat.row[e], pat.latent[e], ws.coef[e]);
+      auto gW_enc_t = detail::encoderGradientRows(g);
+      kernels::sumByLatent<S>(ws.buckets, pat.row.data(), ws.coef.data(), ws.xc, gW_enc_t,
+                              gb_enc.data());
+    } else {
+      RowMatrix<S>& grad_h = ws.pre;
+      kernels::gemm(grad_h, ws.grad_y, W_dec.transpose());
+      SAE_PRAGMA_OMP(parallel for schedule(static))
+      for (Index b = 0; b < B; ++b)
+        for (Index i = 0; i < n; ++i) grad_h(b, i) = rule(b, i, grad_h(b, i));
+      Activation::penaltyGradient(p, cfg, opts, ws, ws, ws.d_norms, g);
+      kernels::gemm(gW_dec, f.transpose(), ws.grad_y);
+      kernels::gemm(g.colMajor("W_enc"), ws.xc.transpose(), grad_h);
+      gb_enc = grad_h.colwise().sum().transpose();
+    }
+    detail::addDecoderNormGradient<S>(W_dec, ws.norms, ws.d_norms, gW_dec);
+    detail::setDecoderBiasGradient(p, cfg, ws.grad_y.colwise().sum().transpose(), gb_enc, g);
+  }
+};
+
 }  // namespace sae
