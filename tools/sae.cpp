@@ -36,6 +36,8 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "sae/progress.hpp"
+
 #include <sae/io/activation_stream.hpp>
 #include <sae/io/mapped_file.hpp>
 #include <sae/io/npy.hpp>
@@ -100,8 +102,6 @@ template <typename Arch, typename Source, typename Report>
 int runTrainer(const sae::train::TrainerConfig& cfg, Source& source, bool resume, bool quiet,
                Report report) {
   sae::train::Trainer<float, Arch, Source> trainer(cfg, source);
-  trainer.setProgress(!quiet);
-  trainer.setVerbose(!quiet);
   trainer.setHandleSignals(true);
   if (resume) {
     const auto latest = trainer.latestCheckpoint();
@@ -115,7 +115,8 @@ int runTrainer(const sae::train::TrainerConfig& cfg, Source& source, bool resume
     trainer.initialize();
   }
   sae::train::StopSignalGuard guard;
-  const sae::train::TrainResult r = trainer.train();
+  sae::tools::TerminalProgress progress(quiet);
+  const sae::train::TrainResult r = trainer.train(-1, progress);
   if (r.signal != 0) {
     std::fprintf(stderr,
                  "%s train: stopped by %s at step %lld; checkpoint %s written; continue with "
