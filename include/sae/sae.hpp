@@ -7,6 +7,7 @@
 #include <sae/core/parameters.hpp>
 #include <sae/core/rng.hpp>
 #include <sae/core/types.hpp>
+#include <sae/eval/density_window.hpp>
 #include <sae/eval/feature_stats.hpp>
 #include <sae/eval/metrics.hpp>
 #include <sae/eval/synthetic.hpp>
@@ -16,9 +17,11 @@
 #include <sae/kernels/sparse.hpp>
 #include <sae/kernels/topk.hpp>
 #include <sae/models/batchtopk.hpp>
+#include <sae/models/codes.hpp>
 #include <sae/models/config.hpp>
 #include <sae/models/gated.hpp>
 #include <sae/models/jumprelu.hpp>
+#include <sae/models/loss_terms.hpp>
 #include <sae/models/matryoshka.hpp>
 #include <sae/models/normalization.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
@@ -30,4 +33,6 @@
 #include <sae/runtime/codes.hpp>
 #include <sae/runtime/sae.hpp>
 #include <sae/steer/steering.hpp>
+#include <sae/train/callbacks.hpp>
 #include <sae/train/dead_latents.hpp>
+#include <sae/train/step.hpp>

@@ -15,6 +15,7 @@
 #include <sae/train/trainer.hpp>
 
 #include "common.hpp"
+#include "progress.hpp"
 
 namespace sae_cli {
 
@@ -81,8 +82,6 @@ void addFieldFlag(CLI::App& sub, const TrainField& f, T& value) {
 template <typename Arch, typename Source, typename Report>
 int runTrainer(const TrainerConfig& cfg, Source& source, bool resume, bool quiet, Report report) {
   sae::train::Trainer<float, Arch, Source> trainer(cfg, source);
-  trainer.setProgress(!quiet);
-  trainer.setVerbose(!quiet);
   trainer.setHandleSignals(true);
   if (resume) {
     const auto latest = trainer.latestCheckpoint();
@@ -96,7 +95,8 @@ int runTrainer(const TrainerConfig& cfg, Source& source, bool resume, bool quiet
     trainer.initialize();
   }
   sae::train::StopSignalGuard guard;
-  const sae::train::TrainResult r = trainer.train();
+  TerminalProgress progress(quiet);
+  const sae::train::TrainResult r = trainer.train(-1, progress);
   if (r.signal != 0) {
     std::fprintf(stderr,
                  "%s train: stopped by %s at step %lld; checkpoint %s written; continue with "

@@ -1,21 +1,16 @@
 /// @file config.hpp
-/// @brief SaeConfig, training options, loss terms and feature codes shared by every architecture.
+/// @brief SaeConfig and the per-step training options shared by every architecture; includes
+/// the feature codes (codes.hpp) and the loss terms (loss_terms.hpp) they work with.
 #pragma once
 
-#include <array>
 #include <cmath>
-#include <cstdint>
-#include <functional>
-#include <mutex>
-#include <set>
 #include <string>
-#include <string_view>
-#include <utility>
 #include <vector>
 
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
-#include <sae/kernels/sparse.hpp>
+#include <sae/models/codes.hpp>
+#include <sae/models/loss_terms.hpp>
 
 namespace sae {
 
@@ -82,151 +77,6 @@ struct TrainOptions {
   const LatentMask* dead_mask = nullptr;
   /// Multiplier of the sparsity coefficient (coefficient warm-up), in [0, 1] normally.
   double sparsity_scale = 1.0;
-};
-
-/// @brief A copy of `name` with static storage duration, the same pointer for equal names:
-/// for loss-term names made at run time (Matryoshka's `inner_mse_loss_<width>`). Thread-safe;
-/// each distinct name is stored once for the life of the program.
-inline const char* internLossName(std::string_view name) {
-  static std::mutex mutex;
-  static std::set<std::string, std::less<>> names;
-  const std::lock_guard<std::mutex> lock(mutex);
-  auto it = names.find(name);
-  if (it == names.end()) it = names.emplace(name).first;
-  return it->c_str();
-}
-
-/// @brief The terms of a loss by their SAELens names, in SAELens order, and their total.
-///
-/// Fixed capacity, no heap allocation: names have static storage (string literals, or
-/// internLossName() for names made at run time).
-template <typename Scalar>
-class LossTerms {
- public:
-  /// One term: its SAELens name and value.
-  using Term = std::pair<const char*, Scalar>;
-  static constexpr std::size_t kCapacity = 32;
-
-  /// @brief A read-only range over the terms, in order.
-  class View {
-   public:
-    View(const Term* b, const Term* e) : m_begin(b), m_end(e) {}
-    const Term* begin() const { return m_begin; }
-    const Term* end() const { return m_end; }
-    std::size_t size() const { return static_cast<std::size_t>(m_end - m_begin); }
-    const Term& operator[](std::size_t i) const { return m_begin[i]; }
-
-   private:
-    const Term* m_begin;
-    const Term* m_end;
-  };
-
-  /// @brief Appends a term; `name` must have static storage (see internLossName()).
-  void add(const char* name, Scalar value) {
-    require(m_size < kCapacity, "LossTerms: more than ", kCapacity, " terms");
-    m_terms[m_size++] = Term(name, value);
-  }
-
-  /// @brief Sum of the terms in order.
-  Scalar total() const {
-    Scalar t = 0;
-    for (const auto& term : terms()) t += term.second;
-    return t;
-  }
-
-  /// @brief Value of term `name` ("total" gives total()); throws ConfigError if absent.
-  Scalar operator[](std::string_view name) const {
-    if (name == "total") return total();
-    for (const auto& term : terms())
-      if (name == term.first) return term.second;
-    std::string names;
-    for (const auto& term : terms()) names += (names.empty() ? "" : ", ") + std::string(term.first);
-    throw ConfigError(detail::concat("no loss term named '", name, "' (have: ", names, ")"));
-  }
-
-  bool contains(std::string_view name) const {
-    for (const auto& term : terms())
-      if (name == term.first) return true;
-    return false;
-  }
-
-  View terms() const { return View(m_terms.data(), m_terms.data() + m_size); }
-  void clear() { m_size = 0; }
-
- private:
-  std::array<Term, kCapacity> m_terms{};
-  std::size_t m_size = 0;
-};
-
-/// @brief Feature activations as a dense `[tokens, d_sae]` matrix (standard, gated).
-template <typename Scalar>
-struct DenseCodes {
-  RowMatrix<Scalar> values;
-
-  Index rows() const { return values.rows(); }
-  Index latents() const { return values.cols(); }
-  const RowMatrix<Scalar>& toDense() const { return values; }
-  /// @brief Mean number of non-zero activations per token.
-  double l0() const {
-    return values.rows() ? double((values.array() != Scalar(0)).count()) / double(values.rows())
-                         : 0.0;
-  }
-};
-
-/// @brief Feature activations kept sparse: k (index, value) pairs per token (TopK).
-///
-/// Values are SAELens's feature activations (with rescale_acts_by_decoder_norm, in units
-/// scaled by the decoder row norms). Pairs are sorted by decreasing value; a value may be 0
-/// when fewer than k pre-activations are positive.
-template <typename Scalar>
-struct SparseCodes {
-  IndexMatrix indices;       ///< `[tokens, k]` latent ids.
-  RowMatrix<Scalar> values;  ///< `[tokens, k]` activations.
-  Index d_sae = 0;           ///< Number of latents.
-
-  Index rows() const { return indices.rows(); }
-  Index latents() const { return d_sae; }
-  /// @brief The dense `[tokens, d_sae]` matrix (allocates; for inspection and export).
-  RowMatrix<Scalar> toDense() const {
-    RowMatrix<Scalar> out = RowMatrix<Scalar>::Zero(indices.rows(), d_sae);
-    for (Index b = 0; b < indices.rows(); ++b)
-      for (Index j = 0; j < indices.cols(); ++j) out(b, indices(b, j)) = values(b, j);
-    return out;
-  }
-  double l0() const {
-    return values.rows() ? double((values.array() != Scalar(0)).count()) / double(values.rows())
-                         : 0.0;
-  }
-};
-
-/// @brief Feature activations kept sparse with a variable number per token, row-compressed
-/// (BatchTopK, Matryoshka BatchTopK).
-///
-/// The entries of row b are the positions [pattern.row_start[b], pattern.row_start[b + 1]) of
-/// `pattern.latent`, `pattern.row` and `values`, by increasing latent. Values are SAELens's
-/// feature activations (with rescale_acts_by_decoder_norm, in units scaled by the decoder row
-/// norms, as for TopK).
-template <typename Scalar>
-struct CsrCodes {
-  kernels::CsrPattern pattern;  ///< Rows and latents of the entries.
-  std::vector<Scalar> values;   ///< One activation per entry.
-  Index d_sae = 0;              ///< Number of latents.
-
-  Index rows() const { return pattern.row_start.empty() ? 0 : pattern.rows(); }
-  Index latents() const { return d_sae; }
-  /// @brief Number of stored entries.
-  Index nnz() const { return pattern.nnz(); }
-  /// @brief The dense `[tokens, d_sae]` matrix (allocates; for inspection and export).
-  RowMatrix<Scalar> toDense() const {
-    RowMatrix<Scalar> out = RowMatrix<Scalar>::Zero(rows(), d_sae);
-    for (Index e = 0; e < nnz(); ++e) out(pattern.row[e], pattern.latent[e]) = values[e];
-    return out;
-  }
-  double l0() const {
-    Index count = 0;
-    for (const Scalar v : values) count += v != Scalar(0);
-    return rows() ? double(count) / double(rows()) : 0.0;
-  }
 };
 
 }  // namespace sae

@@ -1,8 +1,9 @@
 /// @file trainer.hpp
-/// @brief Trainer: the full training loop of an SAE on a batch source, with SAELens's
-/// schedules, clipping, dead-latent tracking (AuxK for TopK), feature-density sampling,
-/// initialisation options, input normalisation, metrics, held-out evaluation, checkpoints with
-/// bitwise-identical resume, signal handling, and the final SAE saved in SAELens's format.
+/// @brief Trainer: the run of an SAE's training on a batch source — data, SAELens's schedules,
+/// initialisation options, input normalisation, feature-density sampling, metrics, held-out
+/// evaluation, checkpoints with bitwise-identical resume, signal handling, observers
+/// (callbacks.hpp) and the final SAE saved in SAELens's format — around the step (step.hpp:
+/// model, gradients, Adam, clipping, dead latents, buffers).
 ///
 /// Run folder `out_dir`:
 /// - `cfg.json`, `sae_weights.safetensors`, `sparsity.safetensors`: the final SAE
@@ -14,22 +15,19 @@
 ///
 /// Determinism: every piece of state that influences training (parameters, Adam m, v and t,
 /// the step, the data-source position, the dead-latent counters, the feature-density window,
-/// the input scale, the RNG and the model's buffers such as BatchTopK's `topk_threshold`, as
+/// the input scale and the model's buffers such as BatchTopK's `topk_threshold`, as
 /// `buffers.<name>`) is saved in each checkpoint, so a run resumed from a
 /// checkpoint ends bitwise identical to an uninterrupted run with the same seed and threads.
 #pragma once
 
-#include <unistd.h>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdint>
-#include <cstdio>
 #include <fstream>
 #include <map>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -38,8 +36,8 @@
 #include <nlohmann/json.hpp>
 
 #include <sae/core/error.hpp>
-#include <sae/core/rng.hpp>
 #include <sae/core/types.hpp>
+#include <sae/eval/density_window.hpp>
 #include <sae/eval/metrics.hpp>
 #include <sae/io/atomic_write.hpp>
 #include <sae/io/saelens.hpp>
@@ -50,8 +48,10 @@
 #include <sae/optim/adam.hpp>
 #include <sae/optim/clip.hpp>
 #include <sae/optim/schedule.hpp>
+#include <sae/train/callbacks.hpp>
 #include <sae/train/checkpoint.hpp>
 #include <sae/train/dead_latents.hpp>
+#include <sae/train/step.hpp>
 
 namespace sae::train {
 
@@ -379,6 +379,18 @@ struct TrainerConfig {
     return out;
   }
 
+  /// @brief The settings of the run's TrainStep (Adam, clipping, unit-norm decoder, dead-latent
+  /// window, bf16 encoder).
+  StepOptions stepOptions() const {
+    StepOptions s;
+    s.adam = adamOptions();
+    s.max_grad_norm = max_grad_norm;
+    s.decoder_unit_norm = decoder_unit_norm;
+    s.dead_feature_window = dead_feature_window;
+    s.bf16_encoder = precision == "bf16";
+    return s;
+  }
+
   nlohmann::json toJson() const {
     nlohmann::json j;
     forEachField([&j](const TrainField& f, const auto& value) { j[f.name] = value; });
@@ -417,74 +429,6 @@ struct TrainerConfig {
 #undef SAE_TRAIN_FIELDS
 #undef SAE_TRAIN_NO_FLAG
 
-/// @brief Per-latent firing counts over a window of steps (SAELens's feature sampling window).
-class FeatureDensityWindow {
- public:
-  FeatureDensityWindow(Index d_sae, std::int64_t window)
-      : m_counts(Eigen::VectorXd::Zero(d_sae)),
-        m_last(Eigen::VectorXd::Zero(d_sae)),
-        m_window(window) {}
-
-  template <typename S>
-  void update(const SparseCodes<S>& codes) {
-    for (Index b = 0; b < codes.indices.rows(); ++b)
-      for (Index j = 0; j < codes.indices.cols(); ++j)
-        if (codes.values(b, j) != S(0)) m_counts[codes.indices(b, j)] += 1;
-    finishStep(codes.rows());
-  }
-  template <typename S>
-  void update(const CsrCodes<S>& codes) {
-    for (Index e = 0; e < codes.nnz(); ++e)
-      if (codes.values[e] != S(0)) m_counts[codes.pattern.latent[e]] += 1;
-    finishStep(codes.rows());
-  }
-  template <typename S>
-  void update(const DenseCodes<S>& codes) {
-    for (Index b = 0; b < codes.values.rows(); ++b)
-      for (Index i = 0; i < codes.values.cols(); ++i)
-        if (codes.values(b, i) != S(0)) m_counts[i] += 1;
-    finishStep(codes.rows());
-  }
-  void finishStep(Index rows) {
-    m_tokens += double(rows);
-    if (++m_steps >= m_window) {
-      m_last = m_counts / m_tokens;
-      m_has_last = true;
-      m_counts.setZero();
-      m_tokens = 0;
-      m_steps = 0;
-    }
-  }
-
-  /// @brief Density of the last complete window, or of the current one before the first.
-  Eigen::VectorXd density() const {
-    if (m_has_last) return m_last;
-    return m_tokens > 0 ? Eigen::VectorXd(m_counts / m_tokens)
-                        : Eigen::VectorXd::Zero(m_counts.size());
-  }
-
-  /// @brief State for checkpoints: [counts, last], and (tokens, steps, has_last) as JSON.
-  nlohmann::json scalars() const {
-    return {{"tokens", m_tokens}, {"steps", m_steps}, {"has_last", m_has_last}};
-  }
-  const Eigen::VectorXd& counts() const { return m_counts; }
-  const Eigen::VectorXd& last() const { return m_last; }
-  void restore(const Eigen::VectorXd& counts, const Eigen::VectorXd& last,
-               const nlohmann::json& s) {
-    m_counts = counts;
-    m_last = last;
-    m_tokens = s.at("tokens").get<double>();
-    m_steps = s.at("steps").get<std::int64_t>();
-    m_has_last = s.at("has_last").get<bool>();
-  }
-
- private:
-  Eigen::VectorXd m_counts, m_last;
-  double m_tokens = 0;
-  std::int64_t m_steps = 0, m_window;
-  bool m_has_last = false;
-};
-
 namespace detail {
 
 /// Set by the signal handler; read between steps.
@@ -510,17 +454,6 @@ inline Eigen::VectorXd geometricMedian(const Eigen::MatrixXd& x, int max_iter = 
     if (moved <= tol * std::max(1.0, y.norm())) break;
   }
   return y;
-}
-
-inline std::string formatDuration(double seconds) {
-  if (!std::isfinite(seconds) || seconds < 0) return "--:--";
-  const long s = long(seconds + 0.5);
-  char buf[32];
-  if (s >= 3600)
-    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
-  else
-    std::snprintf(buf, sizeof buf, "%ld:%02ld", s / 60, s % 60);
-  return buf;
 }
 
 }  // namespace detail
@@ -549,17 +482,11 @@ class StopSignalGuard {
   }, m_old_term{};
 };
 
-/// @brief How a call to Trainer::train() ended.
-struct TrainResult {
-  std::int64_t step = 0;         ///< Steps completed.
-  bool completed = false;        ///< Reached total_steps (final SAE saved).
-  int signal = 0;                ///< Non-zero: stopped by this signal (checkpoint written).
-  std::string checkpoint;        ///< Last checkpoint written.
-  double tokens_per_second = 0;  ///< Over this call.
-  nlohmann::json final_metrics;  ///< Held-out (or last-window) metrics at the end.
-};
-
-/// @brief Trains a SparseAutoencoder<Scalar, Arch> on a batch source (see batch_source.hpp).
+/// @brief Trains a SparseAutoencoder<Scalar, Arch> on a batch source (see batch_source.hpp):
+/// the run around a TrainStep (step.hpp). The Trainer owns the data, the learning-rate and
+/// coefficient schedules, the input scale, the feature-density window, metrics, held-out
+/// evaluation, checkpoints and the final save; each step is TrainStep::backward() then
+/// TrainStep::apply().
 ///
 /// @tparam Scalar float (or double).
 /// @tparam Arch   StandardArch, GatedArch, TopKArch, JumpReLUArch, BatchTopKArch or
@@ -568,34 +495,30 @@ struct TrainResult {
 template <typename Scalar, typename Arch, typename Source>
 class Trainer {
  public:
-  using Model = SparseAutoencoder<Scalar, Arch>;
+  using Step = TrainStep<Scalar, Arch>;
+  using Model = typename Step::Model;
 
   /// @param cfg    run settings (validated; the architecture must be Arch's).
   /// @param source the data; the trainer reads, seeks and keeps a reference to it.
   Trainer(const TrainerConfig& cfg, Source& source)
       : m_cfg(cfg),
         m_source(source),
-        m_model(checkedConfig(cfg, source.dIn())),
-        m_grads(m_model.makeGradients()),
-        m_adam(m_model.parameters(), cfg.adamOptions()),
-        m_dead(m_model.dSae(), cfg.dead_feature_window),
-        m_density(m_model.dSae(), cfg.feature_sampling_window),
-        m_ckdir(cfg.out_dir + "/checkpoints", cfg.keep_checkpoints),
-        m_rng(cfg.seed, 7) {}
+        m_step(checkedConfig(cfg, source.dIn()), cfg.stepOptions(), cfg.seed),
+        m_density(m_step.model().dSae(), cfg.feature_sampling_window),
+        m_ckdir(cfg.out_dir + "/checkpoints", cfg.keep_checkpoints) {}
 
   const TrainerConfig& config() const { return m_cfg; }
-  Model& model() { return m_model; }
-  const Model& model() const { return m_model; }
-  std::int64_t step() const { return m_step; }
+  Model& model() { return m_step.model(); }
+  const Model& model() const { return m_step.model(); }
+  /// @brief The step this run drives (model, gradients, Adam, dead latents).
+  const Step& trainStep() const { return m_step; }
+  std::int64_t step() const { return m_t; }
   /// @brief Inputs are multiplied by this before training (expected_average_only_in).
   double inputScale() const { return m_scale; }
-  const DeadLatentTracker& deadLatents() const { return m_dead; }
-  const Adam<Scalar>& optimizer() const { return m_adam; }
+  const DeadLatentTracker& deadLatents() const { return m_step.deadLatents(); }
+  const Adam<Scalar>& optimizer() const { return m_step.optimizer(); }
+  const eval::FeatureDensityWindow& featureDensity() const { return m_density; }
 
-  /// @brief Show a live progress line on stderr when it is a terminal (default on).
-  void setProgress(bool on) { m_progress = on; }
-  /// @brief Print one line per log step on stderr when it is not a terminal (default off).
-  void setVerbose(bool on) { m_verbose = on; }
   /// @brief Stop (with a checkpoint) on SIGINT / SIGTERM (the caller installs
   /// StopSignalGuard); default off.
   void setHandleSignals(bool on) { m_handle_signals = on; }
@@ -607,8 +530,8 @@ class Trainer {
     m_ckdir.prepare();
     writeText(m_cfg.out_dir + "/train_config.json", m_cfg.toJson().dump(2) + "\n");
     writeText(metricsPath(), "");
-    m_model = Model(m_model.config(), m_cfg.seed);
-    m_rng = Rng(m_cfg.seed, 7);
+    m_step.reset(m_cfg.seed);
+    Model& model = m_step.model();
     const nlohmann::json start = m_source.position();
     if (m_cfg.normalize_activations == "expected_average_only_in") {
       double norm_sum = 0;
@@ -621,11 +544,11 @@ class Trainer {
       const double mean_norm = norm_sum / double(rows);
       require(mean_norm > 0 && std::isfinite(mean_norm),
               "cannot normalise the inputs: their mean norm is ", mean_norm);
-      m_scale = std::sqrt(double(m_model.dIn())) / mean_norm;
+      m_scale = std::sqrt(double(model.dIn())) / mean_norm;
       m_source.seek(start);
     }
     if (m_cfg.b_dec_init != "zeros") {
-      Eigen::MatrixXd sample(0, m_model.dIn());
+      Eigen::MatrixXd sample(0, model.dIn());
       while (sample.rows() < m_cfg.init_sample_rows) {
         m_source.next(m_x);
         const Index take = std::min<Index>(m_x.rows(), m_cfg.init_sample_rows - sample.rows());
@@ -636,17 +559,17 @@ class Trainer {
       const Eigen::VectorXd b = m_cfg.b_dec_init == "mean"
                                     ? Eigen::VectorXd(sample.colwise().mean().transpose())
                                     : detail::geometricMedian(sample);
-      m_model.parameters().flat("b_dec") = b.cast<Scalar>();
+      model.parameters().flat("b_dec") = b.cast<Scalar>();
     }
-    if (m_cfg.decoder_unit_norm) normalizeDecoder();
-    m_adam.reset();
-    m_step = 0;
+    m_t = 0;
   }
 
   /// @brief Restores the state of the checkpoint at `path` (verified first; nothing is
   /// changed when it is invalid). The architecture and shapes must match this trainer's.
+  /// (An `rng` entry, written by earlier versions and never used, is ignored.)
   void resume(const std::string& path) {
     const Checkpoint ck(path);
+    const Model& model = m_step.model();
     auto need = [&](const char* key) -> const nlohmann::json& { return stateField(ck, key); };
     try {
       const std::string arch = need("architecture").template get<std::string>();
@@ -654,37 +577,37 @@ class Trainer {
         ck.fail(sae::detail::concat("architecture is ", arch, ", expected ", Arch::kName));
       const Index d_in = need("d_in").template get<Index>(),
                   d_sae = need("d_sae").template get<Index>();
-      if (d_in != m_model.dIn() || d_sae != m_model.dSae())
+      if (d_in != model.dIn() || d_sae != model.dSae())
         ck.fail(sae::detail::concat("shape d_in ", d_in, ", d_sae ", d_sae, ", expected d_in ",
-                                    m_model.dIn(), ", d_sae ", m_model.dSae()));
-      auto params = m_model.parameters();
+                                    model.dIn(), ", d_sae ", model.dSae()));
+      auto params = model.parameters();
       ck.readParameters("params.", params);
-      auto m = m_model.parameters().zerosLike(), v = m;
+      auto m = model.parameters().zerosLike(), v = m;
       ck.readParameters("adam.m.", m);
       ck.readParameters("adam.v.", v);
-      auto buffers = m_model.buffers();
+      auto buffers = model.buffers();
       ck.readParameters("buffers.", buffers);
       const Eigen::VectorXd dead = ck.readVector("dead.steps_since_fired", d_sae);
       const Eigen::VectorXd counts = ck.readVector("density.counts", d_sae);
       const Eigen::VectorXd last = ck.readVector("density.last", d_sae);
       const std::int64_t step = need("step").template get<std::int64_t>();
       const std::int64_t adam_step = need("adam_step").template get<std::int64_t>();
-      const auto rng = need("rng").template get<std::array<std::uint64_t, 4>>();
       const double scale = need("input_scale").template get<double>();
-      const nlohmann::json density = need("density");
       const nlohmann::json position = need("source_position");
       if (step < 0 || step > m_cfg.total_steps)
         ck.fail(sae::detail::concat("step ", step, " outside [0, ", m_cfg.total_steps, "]"));
+      eval::FeatureDensityWindow density = m_density;
+      try {
+        density.restore(counts, last, need("density"));
+      } catch (const FormatError& e) {
+        ck.fail(e.what());
+      }
       // Everything read and checked: apply.
       m_source.seek(position);
-      m_model.parameters().flat() = params.flat();
-      m_model.buffers().flat() = buffers.flat();
-      m_adam.setState(adam_step, m, v);
-      m_dead.setStepsSinceFired(dead.cast<std::int64_t>());
-      m_density.restore(counts, last, density);
-      m_rng.setState(rng);
+      m_step.restore(params, buffers, adam_step, m, v, dead.cast<std::int64_t>());
+      m_density = std::move(density);
       m_scale = scale;
-      m_step = step;
+      m_t = step;
     } catch (const nlohmann::json::exception& e) {
       ck.fail(sae::detail::concat("malformed state: ", e.what()));
     }
@@ -696,54 +619,56 @@ class Trainer {
   /// @brief Newest checkpoint of the run folder (via checkpoints/latest), if any.
   std::optional<std::string> latestCheckpoint() const { return m_ckdir.latest(); }
 
-  /// @brief Trains until step `until` (default: total_steps), a signal (when handled), or an
-  /// error. At total_steps writes the final checkpoint and the SAELens folder.
+  /// @brief Trains until step `until` (default, or < 0: total_steps), a signal (when
+  /// handled), a callback's onStep returning true, or an error. At total_steps writes the
+  /// final checkpoint and the SAELens folder.
+  /// @param callbacks observers of the run (see callbacks.hpp), each defining any of onStep,
+  ///        onLog, onEvaluation, onCheckpoint, onEnd.
   /// @throws NumericError naming the step when the loss or a gradient is not finite (no
   /// checkpoint is written, so the last good one stays intact).
-  TrainResult train(std::int64_t until = -1) {
+  template <typename... Callbacks>
+  TrainResult train(std::int64_t until = -1, Callbacks&&... callbacks) {
     if (until < 0 || until > m_cfg.total_steps) until = m_cfg.total_steps;
     const LrSchedule schedule = m_cfg.schedule();
     CoefficientWarmup warmup;
     warmup.warmup_steps = m_cfg.l1_warmup_steps;
-    const bool tty = m_progress && ::isatty(2);
     const auto t0 = Clock::now();
-    const std::int64_t first_step = m_step;
-    auto t_log = t0, t_draw = t0;
+    const std::int64_t first_step = m_t;
+    auto t_log = t0;
     std::int64_t tokens_since_log = 0;
     TrainResult result;
-    typename Model::Workspace ws;
-    if constexpr (std::is_base_of_v<sae::detail::TopKFamilyScratch<Scalar>,
-                                    typename Model::Workspace>)
-      ws.bf16_encoder = m_cfg.precision == "bf16";
+    TrainProgress progress;
+    progress.first_step = first_step;
+    progress.until = until;
+    progress.total_steps = m_cfg.total_steps;
+    progress.batch_size = m_cfg.batch_size;
+    auto now = [&]() -> const TrainProgress& {
+      progress.step = m_t;
+      progress.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+      progress.last_log = m_last_line.is_null() ? nullptr : &m_last_line;
+      return progress;
+    };
+    auto checkpoint = [&] {
+      result.checkpoint = saveCheckpoint();
+      (detail::notify(detail::kOnCheckpoint, callbacks, now(), result.checkpoint), ...);
+    };
     eval::ReconstructionMetrics recon;
-    eval::FiringStats firing(m_model.dSae());
-    LossTerms<Scalar> terms;
+    eval::FiringStats firing(m_step.model().dSae());
 
-    while (m_step < until) {
+    while (m_t < until) {
       if (m_handle_signals && detail::g_stop_signal != 0) {
         result.signal = int(detail::g_stop_signal);
         break;
       }
-      const std::int64_t t = m_step;
+      const std::int64_t t = m_t;
       m_source.next(m_x);
       if (m_scale != 1.0) m_x *= Scalar(m_scale);
-      TrainOptions opts;
-      opts.dead_mask = &m_dead.mask();
-      opts.sparsity_scale = warmup.scaleAt(t);
+      const double sparsity_scale = warmup.scaleAt(t);
       const double lr = schedule.lrAt(t);
-      double grad_scale = 1.0;
       try {
-        terms = m_model.backward(m_x, m_grads, opts, ws);
-        if (!std::isfinite(double(terms.total()))) {
-          std::string detail_terms;
-          for (const auto& [name, value] : terms.terms())
-            detail_terms +=
-                sae::detail::concat(detail_terms.empty() ? "" : ", ", name, " = ", value);
-          throw NumericError(sae::detail::concat("the loss is not finite (", detail_terms, ")"));
-        }
-        if (m_cfg.decoder_unit_norm) removeParallelDecoderGradient();
-        // Clipping folded into the Adam update (one pass over the gradients fewer).
-        if (m_cfg.max_grad_norm > 0) grad_scale = clipCoefficient(m_grads, m_cfg.max_grad_norm);
+        m_step.backward(m_x, sparsity_scale);
+        // A data-parallel run would average m_step.gradients() across replicas here.
+        m_step.apply(lr);
       } catch (const NumericError& e) {
         throw NumericError(sae::detail::concat(
             "training diverged at step ", t, ": ", e.what(), "; stopped without saving",
@@ -751,118 +676,121 @@ class Trainer {
                 ? std::string()
                 : "; the last good checkpoint " + m_last_checkpoint + " is intact"));
       }
-      m_adam.step(m_model.parameters(), m_grads, lr, grad_scale);
-      if (m_cfg.decoder_unit_norm) normalizeDecoder();
-      m_model.updateBuffers(ws);  // BatchTopK: the EMA threshold, from this step's selection
-      m_dead.update(ws.codes);
-      m_density.update(ws.codes);
-      ++m_step;
+      m_density.update(m_step.codes());
+      ++m_t;
+      const LossTerms<Scalar>& terms = m_step.lossTerms();
+      progress.lr = lr;
+      progress.loss = double(terms.total());
 
       // Metrics: they never feed back into training.
-      recon.add<Scalar>(m_x, ws.reconstruction);
-      firing.add(ws.codes);
+      recon.add<Scalar>(m_x, m_step.reconstruction());
+      firing.add(m_step.codes());
       tokens_since_log += m_x.rows();
-      m_tokens_total += m_x.rows();
-      if (m_step % m_cfg.log_every == 0 || m_step == m_cfg.total_steps) {
-        const auto now = Clock::now();
-        const double secs = std::chrono::duration<double>(now - t_log).count();
+      if (m_t % m_cfg.log_every == 0 || m_t == m_cfg.total_steps) {
+        const auto t_now = Clock::now();
+        const double secs = std::chrono::duration<double>(t_now - t_log).count();
         nlohmann::json line = {
-            {"step", m_step},     {"tokens", m_step * m_cfg.batch_size},
+            {"step", m_t},        {"tokens", m_t * m_cfg.batch_size},
             {"mse", recon.mse()}, {"explained_variance", recon.explainedVariance()},
-            {"l0", firing.l0()},  {"dead_fraction", m_dead.deadFraction()},
+            {"l0", firing.l0()},  {"dead_fraction", m_step.deadLatents().deadFraction()},
             {"lr", lr},           {"tokens_per_second", secs > 0 ? tokens_since_log / secs : 0.0}};
         nlohmann::json losses = nlohmann::json::object();
         for (const auto& [name, value] : terms.terms()) losses[name] = double(value);
         line["losses"] = losses;
-        line["coefficients"] = coefficients(opts.sparsity_scale);
-        for (const auto& e : m_model.buffers().entries())  // BatchTopK: topk_threshold
-          if (e.size == 1) line[e.name] = m_model.buffers().flat(e.name)[0];
+        line["coefficients"] = coefficients(sparsity_scale);
+        const ParameterSet<double>& buffers = m_step.model().buffers();
+        for (const auto& e : buffers.entries())  // BatchTopK: topk_threshold
+          if (e.size == 1) line[e.name] = buffers.flat(e.name)[0];
         appendMetrics(line);
         m_last_line = line;
-        if (m_verbose && !tty) std::fprintf(stderr, "%s\n", summary(line).c_str());
+        (detail::notify(detail::kOnLog, callbacks, now(), m_last_line), ...);
         recon.reset();
         firing.reset();
-        t_log = now;
+        t_log = t_now;
         tokens_since_log = 0;
       }
-      if (m_cfg.eval_every > 0 && m_step % m_cfg.eval_every == 0 && m_step < m_cfg.total_steps)
-        appendMetrics(evaluate());
-      if (tty) {
-        const auto now = Clock::now();
-        if (std::chrono::duration<double>(now - t_draw).count() >= 0.25 || m_step == until) {
-          drawProgress(now, t0, first_step);
-          t_draw = now;
-        }
+      if (m_cfg.eval_every > 0 && m_t % m_cfg.eval_every == 0 && m_t < m_cfg.total_steps) {
+        const nlohmann::json metrics = evaluate();
+        appendMetrics(metrics);
+        (detail::notify(detail::kOnEvaluation, callbacks, now(), metrics), ...);
       }
-      if (m_cfg.checkpoint_every > 0 && m_step % m_cfg.checkpoint_every == 0 &&
-          m_step < m_cfg.total_steps)
-        result.checkpoint = saveCheckpoint();
+      if (m_cfg.checkpoint_every > 0 && m_t % m_cfg.checkpoint_every == 0 &&
+          m_t < m_cfg.total_steps)
+        checkpoint();
+      bool stop = false;
+      ((stop = detail::notify(detail::kOnStep, callbacks, now()) || stop), ...);
+      if (stop && m_t < until) {
+        result.stopped = true;
+        break;
+      }
     }
-    if (tty) std::fprintf(stderr, "\n");
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     result.tokens_per_second =
-        secs > 0 ? double(m_step - first_step) * double(m_cfg.batch_size) / secs : 0.0;
-    result.step = m_step;
-    if (result.signal != 0 || m_step < m_cfg.total_steps) {
-      if (m_step > first_step || m_last_checkpoint.empty()) result.checkpoint = saveCheckpoint();
+        secs > 0 ? double(m_t - first_step) * double(m_cfg.batch_size) / secs : 0.0;
+    result.step = m_t;
+    if (result.signal != 0 || m_t < m_cfg.total_steps) {
+      if (m_t > first_step || m_last_checkpoint.empty()) checkpoint();
       result.checkpoint = m_last_checkpoint;
-      return result;
+    } else {
+      checkpoint();
+      result.final_metrics = evaluate();
+      result.final_metrics["tokens_per_second"] = result.tokens_per_second;
+      appendMetrics(result.final_metrics);
+      (detail::notify(detail::kOnEvaluation, callbacks, now(), result.final_metrics), ...);
+      saveFinal();
+      result.completed = true;
     }
-    result.checkpoint = saveCheckpoint();
-    result.final_metrics = evaluate();
-    result.final_metrics["tokens_per_second"] = result.tokens_per_second;
-    appendMetrics(result.final_metrics);
-    saveFinal();
-    result.completed = true;
+    (detail::notify(detail::kOnEnd, callbacks, now(), result), ...);
     return result;
   }
 
   /// @brief Writes a checkpoint of the current state; returns its path.
   std::string saveCheckpoint() {
+    const Model& model = m_step.model();
+    const Adam<Scalar>& adam = m_step.optimizer();
     CheckpointWriter w;
-    w.addParameters("params.", m_model.parameters());
-    w.addParameters("adam.m.", m_adam.firstMoment());
-    w.addParameters("adam.v.", m_adam.secondMoment());
-    w.addParameters("buffers.", m_model.buffers());
-    w.addVector("dead.steps_since_fired", m_dead.stepsSinceFired().template cast<double>());
+    w.addParameters("params.", model.parameters());
+    w.addParameters("adam.m.", adam.firstMoment());
+    w.addParameters("adam.v.", adam.secondMoment());
+    w.addParameters("buffers.", model.buffers());
+    w.addVector("dead.steps_since_fired",
+                m_step.deadLatents().stepsSinceFired().template cast<double>());
     w.addVector("density.counts", m_density.counts());
     w.addVector("density.last", m_density.last());
-    nlohmann::json state = {{"architecture", Arch::kName},
-                            {"d_in", m_model.dIn()},
-                            {"d_sae", m_model.dSae()},
-                            {"step", m_step},
-                            {"adam_step", m_adam.stepCount()},
-                            {"rng", m_rng.state()},
-                            {"input_scale", m_scale},
-                            {"density", m_density.scalars()},
-                            {"source_position", m_source.position()},
-                            {"config", m_cfg.toJson()}};
-    m_last_checkpoint = m_ckdir.commit(w, state, m_step);
+    nlohmann::json state = {
+        {"architecture", Arch::kName},    {"d_in", model.dIn()},
+        {"d_sae", model.dSae()},          {"step", m_t},
+        {"adam_step", adam.stepCount()},  {"input_scale", m_scale},
+        {"density", m_density.scalars()}, {"source_position", m_source.position()},
+        {"config", m_cfg.toJson()}};
+    m_last_checkpoint = m_ckdir.commit(w, state, m_t);
     return m_last_checkpoint;
   }
 
   /// @brief Held-out metrics (MSE, explained variance, L0, dead fraction) of the current model
   /// on up to eval_rows rows of source.holdout(); falls back to the last logged window.
   nlohmann::json evaluate() const {
-    nlohmann::json out = {{"eval", true}, {"step", m_step}};
+    const Model& model = m_step.model();
+    const double dead_fraction = m_step.deadLatents().deadFraction();
+    nlohmann::json out = {{"eval", true}, {"step", m_t}};
     RowMatrix<Scalar> rows =
         m_cfg.eval_rows > 0 ? m_source.holdout(m_cfg.eval_rows) : RowMatrix<Scalar>();
     if (rows.rows() == 0) {
       out["eval"] = false;
       for (const char* key : {"mse", "explained_variance", "l0"})
         if (m_last_line.contains(key)) out[key] = m_last_line[key];
-      out["dead_fraction"] = m_dead.deadFraction();
+      out["dead_fraction"] = dead_fraction;
       return out;
     }
     if (m_scale != 1.0) rows *= Scalar(m_scale);
     eval::ReconstructionMetrics recon;
-    eval::FiringStats firing(m_model.dSae());
+    eval::FiringStats firing(model.dSae());
     typename Model::Codes codes;
     for (Index b = 0; b < rows.rows(); b += m_cfg.batch_size) {
       const Index n = std::min<Index>(m_cfg.batch_size, rows.rows() - b);
       const auto block = rows.middleRows(b, n);
-      m_model.encode(block, codes);
-      const RowMatrix<Scalar> y = m_model.decode(codes);
+      model.encode(block, codes);
+      const RowMatrix<Scalar> y = model.decode(codes);
       recon.add<Scalar>(block, y);
       firing.add(codes);
     }
@@ -870,7 +798,7 @@ class Trainer {
     out["mse"] = recon.mse();
     out["explained_variance"] = recon.explainedVariance();
     out["l0"] = firing.l0();
-    out["dead_fraction"] = m_dead.deadFraction();
+    out["dead_fraction"] = dead_fraction;
     return out;
   }
 
@@ -880,12 +808,12 @@ class Trainer {
     o.input_scale = m_scale;
     o.feature_density = m_density.density();
     o.metadata = {{"trained_with", "sae (C++)"},
-                  {"training_steps", m_step},
-                  {"training_tokens", m_step * m_cfg.batch_size},
+                  {"training_steps", m_t},
+                  {"training_tokens", m_t * m_cfg.batch_size},
                   {"seed", m_cfg.seed},
                   {"normalize_activations_in_training", m_cfg.normalize_activations},
                   {"input_scale_folded", m_scale}};
-    io::saveSaeLens(m_model, m_cfg.out_dir, o);
+    io::saveSaeLens(m_step.model(), m_cfg.out_dir, o);
   }
 
   std::string metricsPath() const { return m_cfg.out_dir + "/metrics.jsonl"; }
@@ -907,30 +835,12 @@ class Trainer {
   }
 
   nlohmann::json coefficients(double scale) const {
-    const SaeConfig& c = m_model.config();
+    const SaeConfig& c = m_step.model().config();
     if (m_cfg.topkFamily()) return {{"aux_loss_coefficient", c.aux_loss_coefficient}};
     if (std::string(Arch::kName) == "jumprelu")
       return {{"l0_coefficient", c.l0_coefficient * scale},
               {"pre_act_loss_coefficient", c.pre_act_loss_coefficient}};
     return {{"l1_coefficient", c.l1_coefficient * scale}};
-  }
-
-  /// OpenAI / EleutherAI: d W_dec[i] -= (d W_dec[i] . w_i) w_i for unit rows w_i.
-  void removeParallelDecoderGradient() {
-    auto W = m_model.parameters().rowMajor("W_dec");
-    auto G = m_grads.rowMajor("W_dec");
-    for (Index i = 0; i < W.rows(); ++i) {
-      const Scalar n2 = W.row(i).squaredNorm();
-      if (n2 > Scalar(0)) G.row(i) -= (G.row(i).dot(W.row(i)) / n2) * W.row(i);
-    }
-  }
-
-  void normalizeDecoder() {
-    auto W = m_model.parameters().rowMajor("W_dec");
-    for (Index i = 0; i < W.rows(); ++i) {
-      const Scalar n = W.row(i).norm();
-      if (n > Scalar(0)) W.row(i) /= n;
-    }
   }
 
   static void writeText(const std::string& path, const std::string& text) {
@@ -952,7 +862,7 @@ class Trainer {
     while (std::getline(in, line)) {
       try {
         const auto j = nlohmann::json::parse(line);
-        if (j.value("step", std::int64_t(0)) > m_step) continue;
+        if (j.value("step", std::int64_t(0)) > m_t) continue;
       } catch (const nlohmann::json::exception&) {
         continue;  // a line cut by the kill
       }
@@ -961,53 +871,17 @@ class Trainer {
     writeText(metricsPath(), kept);
   }
 
-  static std::string summary(const nlohmann::json& l) {
-    char buf[256];
-    std::snprintf(buf, sizeof buf,
-                  "step %lld  mse %.5g  L0 %.2f  expl.var %.4f  dead %.3f  lr %.2e",
-                  static_cast<long long>(l["step"].get<std::int64_t>()), l["mse"].get<double>(),
-                  l["l0"].get<double>(), l["explained_variance"].get<double>(),
-                  l["dead_fraction"].get<double>(), l["lr"].get<double>());
-    return buf;
-  }
-
-  void drawProgress(Clock::time_point now, Clock::time_point t0, std::int64_t first_step) const {
-    const double secs = std::chrono::duration<double>(now - t0).count();
-    const double steps_per_s = secs > 0 ? double(m_step - first_step) / secs : 0;
-    const double eta = steps_per_s > 0 ? double(m_cfg.total_steps - m_step) / steps_per_s : -1;
-    std::string metrics;
-    if (!m_last_line.is_null()) {
-      char buf[160];
-      std::snprintf(buf, sizeof buf, " | mse %.4g  L0 %.1f  ev %.3f  dead %.3f",
-                    m_last_line["mse"].get<double>(), m_last_line["l0"].get<double>(),
-                    m_last_line["explained_variance"].get<double>(),
-                    m_last_line["dead_fraction"].get<double>());
-      metrics = buf;
-    }
-    std::fprintf(stderr, "\r\033[K step %lld/%lld (%.0f%%) | %.0f tok/s | ETA %s%s",
-                 static_cast<long long>(m_step), static_cast<long long>(m_cfg.total_steps),
-                 100.0 * double(m_step) / double(m_cfg.total_steps),
-                 steps_per_s * double(m_cfg.batch_size), detail::formatDuration(eta).c_str(),
-                 metrics.c_str());
-    std::fflush(stderr);
-  }
-
   TrainerConfig m_cfg;
   Source& m_source;
-  Model m_model;
-  ParameterSet<Scalar> m_grads;
-  Adam<Scalar> m_adam;
-  DeadLatentTracker m_dead;
-  FeatureDensityWindow m_density;
+  Step m_step;
+  eval::FeatureDensityWindow m_density;
   CheckpointDir m_ckdir;
-  Rng m_rng;
   double m_scale = 1.0;
-  std::int64_t m_step = 0;
-  std::int64_t m_tokens_total = 0;
+  std::int64_t m_t = 0;  ///< Steps done.
   RowMatrix<Scalar> m_x;
   nlohmann::json m_last_line;
   std::string m_last_checkpoint;
-  bool m_progress = true, m_verbose = false, m_handle_signals = false;
+  bool m_handle_signals = false;
 };
 
 }  // namespace sae::train
