@@ -10,7 +10,7 @@
 
 #include <sae/io/codes_file.hpp>
 #include <sae/io/npy.hpp>
-#include <sae/train/batch_source.hpp>
+#include <sae/io/activation_files.hpp>
 
 #include "common.hpp"
 
@@ -33,7 +33,7 @@ struct EncodeOptions {
 int runEncode(const EncodeOptions& o, const CLI::App&) {
   const bool bf16 = o.in.prepare();
   const auto loaded = sae::io::loadSae<float>(o.in.sae);
-  const sae::train::ActivationFiles files(o.in.data);
+  const sae::io::ActivationFiles files(o.in.data);
   checkWidth(loaded, files.cols(), o.in.sae);
   const sae::ActivationNormalizer normalizer = loaded.normalizer();
   const Index N = files.rows(), d_sae = loaded.config.sae_cfg.d_sae;
