@@ -260,19 +260,12 @@ inline std::string stringField(const nlohmann::ordered_json& j, const char* name
   return j.at(name).get<std::string>();
 }
 
-/// The names of the parameters of an architecture, in model order.
-inline std::vector<std::string> parameterNames(const std::string& arch) {
-  if (arch == "gated") return {"W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec"};
-  if (arch == "jumprelu") return {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"};
-  return {"W_enc", "b_enc", "W_dec", "b_dec"};
-}
-
-/// Logical shape of parameter `name` of an SAE of config `c`.
-inline std::vector<Index> parameterShape(const std::string& name, const SaeConfig& c) {
-  if (name == "W_enc") return {c.d_in, c.d_sae};
-  if (name == "W_dec") return {c.d_sae, c.d_in};
-  if (name == "b_dec") return {c.d_in};
-  return {c.d_sae};
+/// The parameters of an SAE of architecture `arch` and config `c` (names, logical shapes),
+/// in model order, as its policy declares them; nothing is allocated.
+inline std::vector<ParameterInfo> parameterLayout(const std::string& arch, const SaeConfig& c) {
+  return visitArchitecture<LoadableArchitectures>(arch, [&](auto tag) {
+    return SparseAutoencoder<float, typename decltype(tag)::Arch>::parameterLayout(c);
+  });
 }
 
 /// "[a, b]".
@@ -305,10 +298,12 @@ struct WeightPlan {
   /// Stored tensors that are read by nobody and are fine to ignore (a scaling factor of ones).
   std::vector<std::string> ignored;
 
-  /// The plan that reads every parameter of `arch` from the tensor of the same name.
-  static WeightPlan identity(const std::string& arch) {
+  /// The plan that reads every parameter of an SAE of `arch` and `cfg` from the tensor of the
+  /// same name.
+  static WeightPlan identity(const std::string& arch, const SaeConfig& cfg) {
     WeightPlan p;
-    for (const auto& n : parameterNames(arch)) p.bindings.push_back({n, n, TensorTransform::Copy});
+    for (const auto& e : parameterLayout(arch, cfg))
+      p.bindings.push_back({e.name, e.name, TensorTransform::Copy});
     return p;
   }
 
@@ -383,8 +378,13 @@ std::string checkWeightPlan(const File& f, const WeightPlan& plan, const SaeLens
     storage = storage.empty() || storage == name ? name : "mixed";
     used.push_back(source);
   };
+  const std::vector<ParameterInfo> layout = parameterLayout(cfg.architecture, cfg.sae_cfg);
   for (const auto& b : plan.bindings) {
-    std::vector<Index> shape = parameterShape(b.param, cfg.sae_cfg);
+    const auto e = std::find_if(layout.begin(), layout.end(),
+                                [&](const ParameterInfo& p) { return p.name == b.param; });
+    if (e == layout.end())
+      throw FormatError(concat(cfg.architecture, " SAEs have no parameter '", b.param, "'"));
+    std::vector<Index> shape = e->shape;
     if (b.transform == TensorTransform::Transpose) std::reverse(shape.begin(), shape.end());
     check(b.source, shape, b.param);
   }

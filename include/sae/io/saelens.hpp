@@ -282,7 +282,7 @@ inline SaeLensSource openSaeLens(const std::string& dir) {
     throw IoError(
         concat(weights, ": missing (the SAE folder has ", kSaeCfgFilename, " but no weights)"));
   SafetensorsFile file(weights);
-  WeightPlan plan = WeightPlan::identity(cfg.architecture);
+  WeightPlan plan = WeightPlan::identity(cfg.architecture, cfg.sae_cfg);
   if (cfg.architecture == "jumprelu" && !file.contains("threshold") &&
       file.contains("log_threshold")) {
     for (auto& b : plan.bindings)

@@ -17,7 +17,7 @@
 #include <sae/kernels/bf16_matmul.hpp>
 #include <sae/kernels/gemm.hpp>
 #include <sae/kernels/sparse.hpp>
-#include <sae/models/config.hpp>
+#include <sae/models/sae_config.hpp>
 
 namespace sae {
 namespace detail {
@@ -321,11 +321,19 @@ class SparseAutoencoder {
 
   /// @brief A model with every parameter zero (to be filled, e.g. from a file).
   explicit SparseAutoencoder(const SaeConfig& cfg) : m_cfg(cfg) {
-    m_cfg.validateCommon();
-    Arch::validate(m_cfg);
-    m_params.add("W_enc", {m_cfg.d_in, m_cfg.d_sae}, Layout::ColMajor);
-    Arch::addParameters(m_params, m_cfg);
+    validateConfig(m_cfg);
+    declareParameters(m_params, m_cfg);
     if constexpr (kHasBuffers) Arch::addBuffers(m_buffers, m_cfg);
+  }
+
+  /// @brief The parameters a model of config `cfg` has (SAELens names, logical shapes,
+  /// layouts), in model order, without allocating them: what a file must hold.
+  /// @throws ConfigError when `cfg` does not suit the architecture.
+  static std::vector<ParameterInfo> parameterLayout(const SaeConfig& cfg) {
+    validateConfig(cfg);
+    ParameterSet<Scalar> p = ParameterSet<Scalar>::layoutOnly();
+    declareParameters(p, cfg);
+    return p.entries();
   }
 
   /// @brief A model with SAELens's initialisation drawn from `seed`.
@@ -449,6 +457,17 @@ class SparseAutoencoder {
   }
 
  private:
+  static void validateConfig(const SaeConfig& cfg) {
+    cfg.validateCommon();
+    Arch::validate(cfg);
+  }
+
+  /// W_enc, then the architecture's parameters (the order of files and checkpoints).
+  static void declareParameters(ParameterSet<Scalar>& p, const SaeConfig& cfg) {
+    p.add("W_enc", {cfg.d_in, cfg.d_sae}, Layout::ColMajor);
+    Arch::addParameters(p, cfg);
+  }
+
   void checkStep(const ConstBatchRef<Scalar>& x, const TrainOptions& opts) const {
     detail::checkBatch(x, m_cfg.d_in);
     require(std::isfinite(opts.sparsity_scale) && opts.sparsity_scale >= 0,
