@@ -80,13 +80,25 @@ inline std::string oneLine(std::string s) {
   return s;
 }
 
+/// An option whose value is one of enum E's names (sae/core/enum_names.hpp): the names are
+/// the choices CLI11 checks and shows; `value` is an E or a sae::NamedEnum<E>.
+template <typename E, typename Value>
+CLI::Option* addEnumOption(CLI::App& sub, const std::string& flag, Value& value,
+                           const std::string& help) {
+  return sub
+      .add_option_function<std::string>(
+          flag, [&value, flag](const std::string& s) { value = sae::parseEnum<E>(s, flag); },
+          help)
+      ->check(CLI::IsMember(sae::enumNames<E>()));
+}
+
 /// The options of the subcommands that run an SAE over activation files (encode, eval).
 struct InferenceOptions {
   std::string sae;
   std::vector<std::string> data;
   Index batch = 4096;
   int threads = 0;
-  std::string precision = "fp32";
+  sae::Precision precision = sae::Precision::Fp32;
 
   /// Registers --sae (with `sae_help`), --data, --batch, --threads and --precision on `sub`.
   void add(CLI::App& sub, const std::string& sae_help) {
@@ -94,17 +106,16 @@ struct InferenceOptions {
     sub.add_option("--data", data, "activation files")->required()->check(CLI::ExistingFile);
     sub.add_option("--batch", batch, "rows per chunk")->check(CLI::PositiveNumber);
     sub.add_option("--threads", threads, "threads (0: all)")->check(CLI::NonNegativeNumber);
-    sub.add_option("--precision", precision,
-                   "fp32 (default) or bf16: the encoder product in bf16 with fp32 accumulation "
-                   "(oneDNN; AMX where the CPU has it)")
-        ->check(CLI::IsMember({"fp32", "bf16"}));
+    addEnumOption<sae::Precision>(sub, "--precision", precision,
+                                  "fp32 (default) or bf16: the encoder product in bf16 with fp32 "
+                                  "accumulation (oneDNN; AMX where the CPU has it)");
   }
 
   /// Applies --threads; returns true for --precision bf16 (ConfigError when this build has no
   /// bf16 GEMM).
   bool prepare() const {
     if (threads > 0) sae::setThreads(threads);
-    if (precision != "bf16") return false;
+    if (precision != sae::Precision::Bf16) return false;
     if (!sae::kernels::bf16Available()) throw sae::ConfigError(sae::kernels::kBf16Unavailable);
     return true;
   }

@@ -62,6 +62,13 @@ void applyCheck(CLI::Option* opt, const std::string& check) {
   }
 }
 
+template <typename T>
+struct IsNamedEnum : std::false_type {};
+template <typename E>
+struct IsNamedEnum<sae::NamedEnum<E>> : std::true_type {
+  using Enum = E;
+};
+
 // The flag of one TrainerConfig field: a switch for a bool, a comma-separated list for a
 // vector, an option otherwise. The data field's flag (--data) takes file names: see below.
 template <typename T>
@@ -72,6 +79,8 @@ void addFieldFlag(CLI::App& sub, const TrainField& f, T& value) {
                                                       : "");
   if constexpr (std::is_same_v<T, bool>) {
     sub.add_flag(f.flag, value, help);
+  } else if constexpr (IsNamedEnum<T>::value) {
+    addEnumOption<typename IsNamedEnum<T>::Enum>(sub, f.flag, value, help);
   } else if constexpr (!std::is_same_v<T, json>) {
     CLI::Option* opt = sub.add_option(f.flag, value, help);
     if constexpr (!std::is_same_v<T, std::string> && std::is_class_v<T>) opt->delimiter(',');
@@ -122,17 +131,9 @@ int dispatchArch(const TrainerConfig& cfg, Source& source, bool resume, bool qui
         sae::eval::meanMaxCosineSimilarity(*truth, trainer.model().parameters().rowMajor("W_dec"));
     std::printf("{\"mmcs\": %.6f}\n", v);
   };
-  if (cfg.architecture == "standard")
-    return runTrainer<sae::StandardArch>(cfg, source, resume, quiet, mmcs);
-  if (cfg.architecture == "gated")
-    return runTrainer<sae::GatedArch>(cfg, source, resume, quiet, mmcs);
-  if (cfg.architecture == "jumprelu")
-    return runTrainer<sae::JumpReLUArch>(cfg, source, resume, quiet, mmcs);
-  if (cfg.architecture == "batchtopk")
-    return runTrainer<sae::BatchTopKArch>(cfg, source, resume, quiet, mmcs);
-  if (cfg.architecture == "matryoshka_batchtopk")
-    return runTrainer<sae::MatryoshkaBatchTopKArch>(cfg, source, resume, quiet, mmcs);
-  return runTrainer<sae::TopKArch>(cfg, source, resume, quiet, mmcs);
+  return sae::visitArchitecture(cfg.architecture, [&](auto tag) {
+    return runTrainer<typename decltype(tag)::Arch>(cfg, source, resume, quiet, mmcs);
+  });
 }
 
 // The configuration the command line describes, and which fields it set (field -> the flag
@@ -256,6 +257,7 @@ Command registerTrain(CLI::App& app) {
           ->check(CLI::PositiveNumber)
           ->excludes(f.flag);
   });
+  sub.get_option("--arch")->check(CLI::IsMember(sae::architectureNames()));
   sub.get_option("--expansion")->excludes("--d-sae");
   sub.get_option("--out")->required();
   sub.add_flag("--resume", o.resume, "continue the run in --out from its latest checkpoint");

@@ -54,6 +54,12 @@ template <typename Arch>
 struct UsesK<Arch, std::void_t<decltype(Arch::kUsesK)>> : std::bool_constant<Arch::kUsesK> {};
 
 template <typename Arch, typename = void>
+struct UsesWidths : std::false_type {};
+template <typename Arch>
+struct UsesWidths<Arch, std::void_t<decltype(Arch::kUsesWidths)>>
+    : std::bool_constant<Arch::kUsesWidths> {};
+
+template <typename Arch, typename = void>
 struct SavedArchName {
   static constexpr const char* value = Arch::kName;
 };
@@ -69,6 +75,8 @@ struct SavedArchName<Arch, std::void_t<decltype(Arch::kSavedAs)>> {
 /// A policy may declare (each optional):
 ///   - `static constexpr bool kUsesK = true`: it selects k latents per token (k,
 ///     rescale_acts_by_decoder_norm and the AuxK loss apply; default false);
+///   - `static constexpr bool kUsesWidths = true`: it is trained on nested prefixes of its
+///     latents, `matryoshka_widths` (default false);
 ///   - `static constexpr const char* kSavedAs`: the SAELens architecture its inference form is
 ///     written as, when that is another one (BatchTopK is saved as JumpReLU; default kName).
 template <typename Arch>
@@ -77,6 +85,8 @@ struct ArchitectureTraits {
   static constexpr const char* name = Arch::kName;
   /// Selects k latents per token (the TopK family).
   static constexpr bool uses_k = detail::UsesK<Arch>::value;
+  /// Trained on nested prefixes of its latents (matryoshka_widths).
+  static constexpr bool uses_widths = detail::UsesWidths<Arch>::value;
   /// SAELens architecture of the saved inference SAE.
   static constexpr const char* saved_as = detail::SavedArchName<Arch>::value;
   /// Files of this architecture can be read back as it (its inference form is itself).
@@ -145,12 +155,42 @@ std::vector<std::string> architectureNames() {
   return names;
 }
 
-/// @brief The names of `List` as one line for messages: "standard, gated, topk, ...".
-template <typename List = Architectures>
-std::string architectureNameList() {
+/// @brief ArchitectureTraits of one architecture, as values.
+struct ArchitectureInfo {
+  const char* name = "";
+  bool uses_k = false;
+  bool uses_widths = false;
+  const char* saved_as = "";
+  bool loadable = false;
+};
+
+/// @brief The traits of architecture `Arch` as an ArchitectureInfo.
+template <typename Arch>
+constexpr ArchitectureInfo architectureInfoOf() {
+  using T = ArchitectureTraits<Arch>;
+  return ArchitectureInfo{T::name, T::uses_k, T::uses_widths, T::saved_as, T::loadable};
+}
+
+/// @brief The names of the architectures of `List` for which `keep(info)` holds, as one line
+/// for messages: "standard, gated, topk" (`last` = ", "), or "standard, gated or topk"
+/// (`last` = " or ").
+template <typename List = Architectures, typename Keep>
+std::string architectureNameList(const char* last, Keep keep) {
+  std::vector<std::string> names;
+  forEachArchitecture<List>([&](auto tag) {
+    const ArchitectureInfo info = architectureInfoOf<typename decltype(tag)::Arch>();
+    if (keep(info)) names.emplace_back(info.name);
+  });
   std::string out;
-  for (const std::string& n : architectureNames<List>()) out += (out.empty() ? "" : ", ") + n;
+  for (std::size_t i = 0; i < names.size(); ++i)
+    out += (i == 0 ? "" : i + 1 == names.size() ? last : ", ") + names[i];
   return out;
+}
+
+/// @brief The names of `List` as one line for messages (see above), all of them.
+template <typename List = Architectures>
+std::string architectureNameList(const char* last = ", ") {
+  return architectureNameList<List>(last, [](const ArchitectureInfo&) { return true; });
 }
 
 /// @brief True when `name` is an architecture of `List`.
@@ -203,20 +243,10 @@ AnyModel<Scalar, List> makeModel(std::string_view name, const SaeConfig& cfg) {
   });
 }
 
-/// @brief ArchitectureTraits of the architecture named `name`, as values.
-struct ArchitectureInfo {
-  const char* name = "";
-  bool uses_k = false;
-  const char* saved_as = "";
-  bool loadable = false;
-};
-
 /// @brief The traits of the architecture named `name` (ConfigError for an unknown one).
 inline ArchitectureInfo architectureInfo(std::string_view name) {
-  return visitArchitecture(name, [](auto tag) {
-    using T = ArchitectureTraits<typename decltype(tag)::Arch>;
-    return ArchitectureInfo{T::name, T::uses_k, T::saved_as, T::loadable};
-  });
+  return visitArchitecture(
+      name, [](auto tag) { return architectureInfoOf<typename decltype(tag)::Arch>(); });
 }
 
 }  // namespace sae

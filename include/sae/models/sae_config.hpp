@@ -1,4 +1,4 @@
-/// @file config.hpp
+/// @file sae_config.hpp
 /// @brief SaeConfig and the per-step training options shared by every architecture; includes
 /// the feature codes (codes.hpp) and the loss terms (loss_terms.hpp) they work with.
 #pragma once
@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include <sae/core/enum_names.hpp>
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
 #include <sae/models/codes.hpp>
@@ -69,6 +70,13 @@ struct SaeConfig {
   static void checkCoefficient(const char* name, double value) {
     require(std::isfinite(value) && value >= 0.0, name, " must be finite and >= 0, found ", value);
   }
+};
+
+/// The names of SaeConfig::SparsityLossMode (SAELens's `jumprelu_sparsity_loss_mode`).
+template <>
+struct EnumNames<SaeConfig::SparsityLossMode> {
+  static constexpr std::pair<SaeConfig::SparsityLossMode, const char*> table[] = {
+      {SaeConfig::SparsityLossMode::Step, "step"}, {SaeConfig::SparsityLossMode::Tanh, "tanh"}};
 };
 
 /// @brief Per-step inputs of the training loss besides the batch.

@@ -18,6 +18,7 @@
 #include <string>
 #include <string_view>
 
+#include <sae/core/enum_names.hpp>
 #include <sae/core/error.hpp>
 
 namespace sae {
@@ -34,6 +35,13 @@ enum class LrDecay {
   /// warm-up), held at lr before. SAELens has no scheduler of that name: this is its
   /// `"constant"` scheduler with `lr_decay_steps` = decay_steps, or = total - warm-up steps.
   Linear
+};
+
+/// The names of LrDecay in configurations (`lr_scheduler`): exactly these, unlike parseLrDecay().
+template <>
+struct EnumNames<LrDecay> {
+  static constexpr std::pair<LrDecay, const char*> table[] = {
+      {LrDecay::Constant, "constant"}, {LrDecay::Cosine, "cosine"}, {LrDecay::Linear, "linear"}};
 };
 
 /// @brief Name of a decay, as accepted by parseLrDecay().

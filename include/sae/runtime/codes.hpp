@@ -11,7 +11,7 @@
 
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
-#include <sae/models/config.hpp>
+#include <sae/models/sae_config.hpp>
 
 namespace sae {
 

@@ -34,7 +34,7 @@
 #include <sae/core/config.hpp>
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
-#include <sae/models/config.hpp>
+#include <sae/models/sae_config.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
 
 namespace sae {

@@ -21,7 +21,7 @@
 #include <sae/core/error.hpp>
 #include <sae/core/parameters.hpp>
 #include <sae/core/types.hpp>
-#include <sae/models/config.hpp>
+#include <sae/models/sae_config.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
 #include <sae/optim/adam.hpp>
 #include <sae/optim/clip.hpp>

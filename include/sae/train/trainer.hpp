@@ -35,16 +35,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sae/core/enum_names.hpp>
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
 #include <sae/eval/density_window.hpp>
 #include <sae/eval/metrics.hpp>
 #include <sae/io/atomic_write.hpp>
 #include <sae/io/saelens.hpp>
-#include <sae/models/batchtopk.hpp>
-#include <sae/models/matryoshka.hpp>
-#include <sae/models/sparse_autoencoder.hpp>
-#include <sae/models/topk.hpp>
+#include <sae/models/registry.hpp>
 #include <sae/optim/adam.hpp>
 #include <sae/optim/clip.hpp>
 #include <sae/optim/schedule.hpp>
@@ -67,7 +65,9 @@ struct TrainField {
   const char* name;   ///< JSON key (train_config.json, checkpoints).
   const char* flag;   ///< `sae train` flag; "" when the field has none.
   ResumeRule rule;    ///< What resuming allows.
-  const char* check;  ///< Flag check: "", ">0", ">=0", "[lo,hi]" or "{a,b,...}" (the choices).
+  /// Flag check: "", ">0", ">=0", "[lo,hi]" or "{a,b,...}" (the choices). Enum fields
+  /// (NamedEnum) take their choices from their EnumNames, `architecture` from the registry.
+  const char* check;
   const char* help;   ///< Flag help text.
 };
 
@@ -80,8 +80,7 @@ struct TrainField {
 // clang-format off
 #define SAE_TRAIN_NO_FLAG(X, name) X(name, "", Fixed, "", "")
 #define SAE_TRAIN_FIELDS(X) \
-  X(architecture, "--arch", Fixed, \
-    "{standard,gated,topk,jumprelu,batchtopk,matryoshka_batchtopk}", "architecture") \
+  X(architecture, "--arch", Fixed, "", "architecture (the registry's, models/registry.hpp)") \
   X(k, "--k", Fixed, ">0", \
     "topk: latents per token; batchtopk, matryoshka_batchtopk: per token on average over the " \
     "batch (default 32)") \
@@ -97,7 +96,7 @@ struct TrainField {
     "jumprelu: L0 coefficient (default 1; warmed up by --l1-warmup)") \
   X(jumprelu_bandwidth, "--jumprelu-bandwidth", Fixed, ">0", \
     "jumprelu: width of the threshold's straight-through window (default 0.05)") \
-  X(jumprelu_sparsity_loss_mode, "--jumprelu-mode", Fixed, "{step,tanh}", \
+  X(jumprelu_sparsity_loss_mode, "--jumprelu-mode", Fixed, "", \
     "jumprelu: L0 penalty, step (count of active latents, default) or tanh (sum of " \
     "tanh(scale * f * ||W_dec row||))") \
   X(jumprelu_tanh_scale, "--jumprelu-tanh-scale", Fixed, ">0", \
@@ -115,11 +114,11 @@ struct TrainField {
     "last equal to d_sae (e.g. 256,1024,4096)") \
   X(seed, "--seed", Fixed, "", "random seed (default 0)") \
   X(threads, "--threads", Free, ">=0", "threads (0: all; same threads = same bits)") \
-  X(precision, "--precision", Fixed, "{fp32,bf16}", \
+  X(precision, "--precision", Fixed, "", \
     "encoder GEMM of topk, batchtopk, matryoshka_batchtopk: fp32 (default) or bf16 (mixed " \
     "precision, needs oneDNN)") \
   X(out_dir, "--out", Free, "", "run folder") \
-  X(lr_scheduler, "--lr-scheduler", Fixed, "{constant,cosine,linear}", \
+  X(lr_scheduler, "--lr-scheduler", Fixed, "", \
     "learning-rate shape after warm-up") \
   X(lr_warmup_steps, "--lr-warmup", Fixed, ">=0", "learning-rate warm-up steps") \
   X(lr_decay_steps, "--lr-decay", Fixed, ">=0", "final linear decay steps") \
@@ -162,7 +161,9 @@ struct TrainerConfig {
   // JumpReLU (SAELens names and defaults); l1_warmup_steps warms up l0_coefficient.
   double l0_coefficient = 1.0;                       ///< Weight of the L0 term.
   double jumprelu_bandwidth = 0.05;                  ///< Rectangle-kernel width.
-  std::string jumprelu_sparsity_loss_mode = "step";  ///< "step" or "tanh".
+  /// JumpReLU's L0 penalty: "step" or "tanh".
+  NamedEnum<SaeConfig::SparsityLossMode> jumprelu_sparsity_loss_mode =
+      SaeConfig::SparsityLossMode::Step;
   double jumprelu_tanh_scale = 4.0;                  ///< Scale inside tanh (tanh mode).
   double jumprelu_init_threshold = 0.01;             ///< Initial threshold.
   double pre_act_loss_coefficient = 0.0;             ///< Pre-activation loss (0: off).
@@ -178,7 +179,7 @@ struct TrainerConfig {
 
   double lr = 3e-4;  ///< Peak learning rate.
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
-  std::string lr_scheduler = "constant";  ///< "constant", "cosine" or "linear".
+  NamedEnum<LrDecay> lr_scheduler = LrDecay::Constant;  ///< "constant", "cosine" or "linear".
   std::int64_t lr_warmup_steps = 0;       ///< Linear learning-rate warm-up.
   std::int64_t lr_decay_steps = 0;        ///< Final linear decay to 0.
   std::int64_t l1_warmup_steps = 0;       ///< Coefficient warm-up (sparsity coefficient).
@@ -201,22 +202,20 @@ struct TrainerConfig {
   std::string out_dir;                ///< Run folder.
   nlohmann::json data = nlohmann::json::object();  ///< Description of the data (for resume).
   int threads = 0;  ///< Threads of the run (0: default); same threads = same bits on resume.
-  /// "fp32" or "bf16" (encoder GEMM of the TopK family; needs oneDNN).
-  std::string precision = "fp32";
+  /// "fp32" or "bf16" (the encoder product; bf16 needs oneDNN).
+  NamedEnum<Precision> precision = Precision::Fp32;
 
-  /// @brief True for topk, batchtopk and matryoshka_batchtopk (k, rescale, AuxK apply).
-  bool topkFamily() const {
-    return architecture == "topk" || architecture == "batchtopk" ||
-           architecture == "matryoshka_batchtopk";
-  }
+  /// @brief The registry's traits of `architecture` (ConfigError for an unknown one).
+  ArchitectureInfo architectureTraits() const { return architectureInfo(architecture); }
+
+  /// @brief True when the architecture selects k latents per token (topk, batchtopk,
+  /// matryoshka_batchtopk: k, rescale and AuxK apply); false for an unknown architecture.
+  bool usesK() const { return isArchitecture(architecture) && architectureTraits().uses_k; }
 
   /// @brief Throws ConfigError naming the first invalid field.
   void validate() const {
-    require(architecture == "standard" || architecture == "gated" || architecture == "jumprelu" ||
-                topkFamily(),
-            "architecture must be standard, gated, topk, jumprelu, batchtopk or "
-            "matryoshka_batchtopk, found '",
-            architecture, "'");
+    require(isArchitecture(architecture), "architecture must be ",
+            architectureNameList(" or "), ", found '", architecture, "'");
     require(batch_size > 0, "batch size must be positive, found ", batch_size);
     require(total_steps > 0, "steps must be positive, found ", total_steps);
     require(d_sae >= 0, "d_sae must be >= 0, found ", d_sae);
@@ -243,21 +242,17 @@ struct TrainerConfig {
     require(keep_checkpoints >= 1, "keep_checkpoints must be >= 1, found ", keep_checkpoints);
     require(!out_dir.empty(), "an output directory is required");
     schedule().validate();
-    if (topkFamily()) require(k > 0, "k must be positive, found ", k);
+    if (usesK()) require(k > 0, "k must be positive, found ", k);
     require(std::isfinite(topk_threshold_lr) && topk_threshold_lr > 0 && topk_threshold_lr <= 1,
             "topk_threshold_lr must be in (0, 1], found ", topk_threshold_lr);
-    if (architecture == "matryoshka_batchtopk")
-      require(!matryoshka_widths.empty(),
-              "matryoshka_batchtopk needs matryoshka_widths (e.g. --matryoshka-widths "
-              "128,512,2048 ending at d_sae)");
+    if (architectureTraits().uses_widths)
+      require(!matryoshka_widths.empty(), architecture,
+              " needs matryoshka_widths (e.g. --matryoshka-widths 128,512,2048 ending at d_sae)");
     else
-      require(matryoshka_widths.empty(),
-              "matryoshka_widths is for matryoshka_batchtopk only, "
-              "not ",
-              architecture);
-    require(jumprelu_sparsity_loss_mode == "step" || jumprelu_sparsity_loss_mode == "tanh",
-            "jumprelu_sparsity_loss_mode must be step or tanh, found '",
-            jumprelu_sparsity_loss_mode, "'");
+      require(matryoshka_widths.empty(), "matryoshka_widths is for ",
+              architectureNameList(" or ", [](const ArchitectureInfo& a) { return a.uses_widths; }),
+              " only, not ", architecture);
+    jumprelu_sparsity_loss_mode.check("jumprelu_sparsity_loss_mode");
     SaeConfig::checkCoefficient("l0_coefficient", l0_coefficient);
     SaeConfig::checkCoefficient("pre_act_loss_coefficient", pre_act_loss_coefficient);
     require(std::isfinite(jumprelu_bandwidth) && jumprelu_bandwidth > 0,
@@ -266,12 +261,8 @@ struct TrainerConfig {
             "jumprelu_tanh_scale must be positive, found ", jumprelu_tanh_scale);
     require(std::isfinite(jumprelu_init_threshold),
             "jumprelu_init_threshold must be finite, found ", jumprelu_init_threshold);
-    require(precision == "fp32" || precision == "bf16", "precision must be fp32 or bf16, found '",
-            precision, "'");
-    require(precision == "fp32" || topkFamily(),
-            "precision bf16 is available for the topk, batchtopk and matryoshka_batchtopk "
-            "architectures only");
-    if (precision == "bf16") require(kernels::bf16Available(), kernels::kBf16Unavailable);
+    precision.check("precision");
+    if (precision == Precision::Bf16) require(kernels::bf16Available(), kernels::kBf16Unavailable);
   }
 
   /// @brief The SAE shape and hyperparameters for inputs of width `d_in`.
@@ -279,17 +270,15 @@ struct TrainerConfig {
     SaeConfig c;
     c.d_in = d_in;
     c.d_sae = d_sae > 0 ? d_sae : Index(std::llround(expansion_factor * double(d_in)));
-    c.k = topkFamily() ? k : 0;
-    c.rescale_acts_by_decoder_norm = topkFamily() && rescale_acts_by_decoder_norm;
+    c.k = usesK() ? k : 0;
+    c.rescale_acts_by_decoder_norm = usesK() && rescale_acts_by_decoder_norm;
     c.apply_b_dec_to_input = apply_b_dec_to_input;
     c.l1_coefficient = l1_coefficient;
     c.lp_norm = lp_norm;
     c.aux_loss_coefficient = aux_loss_coefficient;
     c.l0_coefficient = l0_coefficient;
     c.jumprelu_bandwidth = jumprelu_bandwidth;
-    c.sparsity_loss_mode = jumprelu_sparsity_loss_mode == "tanh"
-                               ? SaeConfig::SparsityLossMode::Tanh
-                               : SaeConfig::SparsityLossMode::Step;
+    c.sparsity_loss_mode = jumprelu_sparsity_loss_mode.value();
     c.jumprelu_tanh_scale = jumprelu_tanh_scale;
     c.jumprelu_init_threshold = jumprelu_init_threshold;
     c.pre_act_loss_coefficient = pre_act_loss_coefficient;
@@ -305,15 +294,8 @@ struct TrainerConfig {
     s.total_steps = total_steps;
     s.warmup_steps = lr_warmup_steps;
     s.decay_steps = lr_decay_steps;
-    if (lr_scheduler == "constant")
-      s.decay = LrDecay::Constant;
-    else if (lr_scheduler == "cosine")
-      s.decay = LrDecay::Cosine;
-    else if (lr_scheduler == "linear")
-      s.decay = LrDecay::Linear;
-    else
-      throw ConfigError("lr_scheduler must be constant, cosine or linear, found '" + lr_scheduler +
-                        "'");
+    lr_scheduler.check("lr_scheduler");
+    s.decay = lr_scheduler.value();
     return s;
   }
 
@@ -387,7 +369,7 @@ struct TrainerConfig {
     s.max_grad_norm = max_grad_norm;
     s.decoder_unit_norm = decoder_unit_norm;
     s.dead_feature_window = dead_feature_window;
-    s.bf16_encoder = precision == "bf16";
+    s.bf16_encoder = precision == Precision::Bf16;
     return s;
   }
 
@@ -836,11 +818,13 @@ class Trainer {
 
   nlohmann::json coefficients(double scale) const {
     const SaeConfig& c = m_step.model().config();
-    if (m_cfg.topkFamily()) return {{"aux_loss_coefficient", c.aux_loss_coefficient}};
-    if (std::string(Arch::kName) == "jumprelu")
+    if constexpr (ArchitectureTraits<Arch>::uses_k)
+      return {{"aux_loss_coefficient", c.aux_loss_coefficient}};
+    else if constexpr (std::is_same_v<Arch, JumpReLUArch>)
       return {{"l0_coefficient", c.l0_coefficient * scale},
               {"pre_act_loss_coefficient", c.pre_act_loss_coefficient}};
-    return {{"l1_coefficient", c.l1_coefficient * scale}};
+    else
+      return {{"l1_coefficient", c.l1_coefficient * scale}};
   }
 
   static void writeText(const std::string& path, const std::string& text) {
