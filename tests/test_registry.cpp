@@ -94,3 +94,44 @@ TEST_CASE("makeModel builds the named architecture, zero-initialised", "[registr
 }
 
 }  // namespace sae_test_registry
+
+namespace sae_test_registry {
+
+TEST_CASE("parameterLayout: a model's parameters without allocating them", "[registry]") {
+  sae::SaeConfig cfg;
+  cfg.d_in = 3;
+  cfg.d_sae = 5;
+  const auto gated = sae::GatedSAE<float>::parameterLayout(cfg);
+  const sae::GatedSAE<float> model(cfg);
+  REQUIRE(gated.size() == model.parameters().entries().size());
+  for (std::size_t i = 0; i < gated.size(); ++i) {
+    const sae::ParameterInfo& e = model.parameters().entries()[i];
+    CHECK(gated[i].name == e.name);
+    CHECK(gated[i].shape == e.shape);
+    CHECK(gated[i].layout == e.layout);
+    CHECK(gated[i].offset == e.offset);
+  }
+  // A size no machine could allocate: described, not allocated (1e13 scalars).
+  sae::SaeConfig huge;
+  huge.d_in = 1000000;
+  huge.d_sae = 10000000;
+  const auto layout = sae::JumpReLUSAE<float>::parameterLayout(huge);
+  std::vector<std::string> names;
+  for (const auto& e : layout) names.push_back(e.name);
+  CHECK(names == std::vector<std::string>{"W_enc", "b_enc", "W_dec", "b_dec", "threshold"});
+  CHECK(layout.front().shape == std::vector<Index>{1000000, 10000000});
+  CHECK(layout.back().offset + layout.back().size == 2 * Index(1e13) + Index(1e6) + 2 * Index(1e7));
+  // The architecture's own validation still applies.
+  sae::SaeConfig no_k = cfg;
+  CHECK_THROWS_AS(sae::TopKSAE<float>::parameterLayout(no_k), sae::ConfigError);
+
+  auto p = sae::ParameterSet<float>::layoutOnly();
+  p.add("W", {2, 3});
+  CHECK(p.size() == 6);
+  CHECK(p.contains("W"));
+  CHECK_THROWS_WITH(p.rowMajor("W"),
+                    "this parameter set describes a layout only and holds no values");
+  CHECK_THROWS_AS(p.flat(), sae::ConfigError);
+}
+
+}  // namespace sae_test_registry

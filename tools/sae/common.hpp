@@ -87,8 +87,7 @@ CLI::Option* addEnumOption(CLI::App& sub, const std::string& flag, Value& value,
                            const std::string& help) {
   return sub
       .add_option_function<std::string>(
-          flag, [&value, flag](const std::string& s) { value = sae::parseEnum<E>(s, flag); },
-          help)
+          flag, [&value, flag](const std::string& s) { value = sae::parseEnum<E>(s, flag); }, help)
       ->check(CLI::IsMember(sae::enumNames<E>()));
 }
 

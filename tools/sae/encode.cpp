@@ -8,9 +8,9 @@
 #include <variant>
 #include <vector>
 
+#include <sae/io/activation_files.hpp>
 #include <sae/io/codes_file.hpp>
 #include <sae/io/npy.hpp>
-#include <sae/io/activation_files.hpp>
 
 #include "common.hpp"
 

@@ -8,9 +8,9 @@
 #include <vector>
 
 #include <sae/eval/density_decades.hpp>
+#include <sae/io/activation_files.hpp>
 #include <sae/io/atomic_write.hpp>
 #include <sae/io/npy.hpp>
-#include <sae/io/activation_files.hpp>
 
 #include "common.hpp"
 

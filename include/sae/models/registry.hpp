@@ -120,6 +120,13 @@ struct VariantOf<Scalar, ArchitectureList<Archs...>> {
   using type = std::variant<SparseAutoencoder<Scalar, Archs>...>;
 };
 
+template <template <typename> class Wrap, typename Scalar, typename List>
+struct WrappedVariantOf;
+template <template <typename> class Wrap, typename Scalar, typename... Archs>
+struct WrappedVariantOf<Wrap, Scalar, ArchitectureList<Archs...>> {
+  using type = std::variant<Wrap<SparseAutoencoder<Scalar, Archs>>...>;
+};
+
 /// The architectures of `List` whose files read back as themselves.
 template <typename List, typename Out = ArchitectureList<>>
 struct LoadableOf;
@@ -232,6 +239,11 @@ decltype(auto) visitArchitecture(std::string_view name, F&& f) {
 /// never a virtual call inside a kernel).
 template <typename Scalar, typename List = Architectures>
 using AnyModel = typename detail::VariantOf<Scalar, List>::type;
+
+/// @brief `Wrap<Model>` for the model of any architecture of `List` (a model held together
+/// with per-architecture state, such as its workspace).
+template <template <typename> class Wrap, typename Scalar, typename List = Architectures>
+using AnyWrappedModel = typename detail::WrappedVariantOf<Wrap, Scalar, List>::type;
 
 /// @brief A model of architecture `name` with every parameter zero.
 /// @throws ConfigError naming the architectures of `List` for an unknown name, or the config's

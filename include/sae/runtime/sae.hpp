@@ -37,13 +37,8 @@
 #include <sae/io/sae_formats.hpp>
 #include <sae/kernels/bf16_matmul.hpp>
 #include <sae/models/batchtopk.hpp>
-#include <sae/models/gated.hpp>
-#include <sae/models/jumprelu.hpp>
-#include <sae/models/matryoshka.hpp>
 #include <sae/models/normalization.hpp>
-#include <sae/models/sparse_autoencoder.hpp>
-#include <sae/models/standard.hpp>
-#include <sae/models/topk.hpp>
+#include <sae/models/registry.hpp>
 #include <sae/runtime/codes.hpp>
 #include <sae/steer/steering.hpp>
 
@@ -62,10 +57,7 @@ struct HeldSae {
 
 /// The architectures an Sae holds, each with its workspace.
 template <typename Scalar>
-using AnyHeldSae =
-    std::variant<HeldSae<StandardSAE<Scalar>>, HeldSae<GatedSAE<Scalar>>,
-                 HeldSae<JumpReLUSAE<Scalar>>, HeldSae<TopKSAE<Scalar>>,
-                 HeldSae<BatchTopKSAE<Scalar>>, HeldSae<MatryoshkaBatchTopKSAE<Scalar>>>;
+using AnyHeldSae = AnyWrappedModel<HeldSae, Scalar>;
 
 }  // namespace detail
 

@@ -62,13 +62,13 @@ enum class ResumeRule {
 
 /// @brief One serialised field of TrainerConfig, as SAE_TRAIN_FIELDS lists it.
 struct TrainField {
-  const char* name;   ///< JSON key (train_config.json, checkpoints).
-  const char* flag;   ///< `sae train` flag; "" when the field has none.
-  ResumeRule rule;    ///< What resuming allows.
+  const char* name;  ///< JSON key (train_config.json, checkpoints).
+  const char* flag;  ///< `sae train` flag; "" when the field has none.
+  ResumeRule rule;   ///< What resuming allows.
   /// Flag check: "", ">0", ">=0", "[lo,hi]" or "{a,b,...}" (the choices). Enum fields
   /// (NamedEnum) take their choices from their EnumNames, `architecture` from the registry.
   const char* check;
-  const char* help;   ///< Flag help text.
+  const char* help;  ///< Flag help text.
 };
 
 /// The serialised fields of TrainerConfig, one X(name, flag, resume rule, check, help) each:
@@ -159,14 +159,14 @@ struct TrainerConfig {
   double aux_loss_coefficient = 1.0 / 32;    ///< TopK family: AuxK coefficient.
 
   // JumpReLU (SAELens names and defaults); l1_warmup_steps warms up l0_coefficient.
-  double l0_coefficient = 1.0;                       ///< Weight of the L0 term.
-  double jumprelu_bandwidth = 0.05;                  ///< Rectangle-kernel width.
+  double l0_coefficient = 1.0;       ///< Weight of the L0 term.
+  double jumprelu_bandwidth = 0.05;  ///< Rectangle-kernel width.
   /// JumpReLU's L0 penalty: "step" or "tanh".
   NamedEnum<SaeConfig::SparsityLossMode> jumprelu_sparsity_loss_mode =
       SaeConfig::SparsityLossMode::Step;
-  double jumprelu_tanh_scale = 4.0;                  ///< Scale inside tanh (tanh mode).
-  double jumprelu_init_threshold = 0.01;             ///< Initial threshold.
-  double pre_act_loss_coefficient = 0.0;             ///< Pre-activation loss (0: off).
+  double jumprelu_tanh_scale = 4.0;       ///< Scale inside tanh (tanh mode).
+  double jumprelu_init_threshold = 0.01;  ///< Initial threshold.
+  double pre_act_loss_coefficient = 0.0;  ///< Pre-activation loss (0: off).
 
   // BatchTopK and Matryoshka BatchTopK (SAELens names and defaults).
   double topk_threshold_lr = 0.01;  ///< Rate of the EMA of the inference threshold.
@@ -180,10 +180,10 @@ struct TrainerConfig {
   double lr = 3e-4;  ///< Peak learning rate.
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   NamedEnum<LrDecay> lr_scheduler = LrDecay::Constant;  ///< "constant", "cosine" or "linear".
-  std::int64_t lr_warmup_steps = 0;       ///< Linear learning-rate warm-up.
-  std::int64_t lr_decay_steps = 0;        ///< Final linear decay to 0.
-  std::int64_t l1_warmup_steps = 0;       ///< Coefficient warm-up (sparsity coefficient).
-  double max_grad_norm = 1.0;             ///< Global gradient-norm clip; 0 disables it.
+  std::int64_t lr_warmup_steps = 0;                     ///< Linear learning-rate warm-up.
+  std::int64_t lr_decay_steps = 0;                      ///< Final linear decay to 0.
+  std::int64_t l1_warmup_steps = 0;  ///< Coefficient warm-up (sparsity coefficient).
+  double max_grad_norm = 1.0;        ///< Global gradient-norm clip; 0 disables it.
 
   std::int64_t dead_feature_window = 1000;      ///< Steps without firing = dead (AuxK).
   std::int64_t feature_sampling_window = 2000;  ///< Steps per feature-density window.
@@ -214,8 +214,8 @@ struct TrainerConfig {
 
   /// @brief Throws ConfigError naming the first invalid field.
   void validate() const {
-    require(isArchitecture(architecture), "architecture must be ",
-            architectureNameList(" or "), ", found '", architecture, "'");
+    require(isArchitecture(architecture), "architecture must be ", architectureNameList(" or "),
+            ", found '", architecture, "'");
     require(batch_size > 0, "batch size must be positive, found ", batch_size);
     require(total_steps > 0, "steps must be positive, found ", total_steps);
     require(d_sae >= 0, "d_sae must be >= 0, found ", d_sae);
