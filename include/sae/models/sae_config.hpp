@@ -55,16 +55,24 @@ struct SaeConfig {
     require(std::isfinite(lp_norm) && lp_norm >= 1.0, "lp_norm must be >= 1, found ", lp_norm);
     require(std::isfinite(decoder_init_norm) && decoder_init_norm > 0,
             "decoder_init_norm must be positive, found ", decoder_init_norm);
-    checkCoefficient("l0_coefficient", l0_coefficient);
-    checkCoefficient("pre_act_loss_coefficient", pre_act_loss_coefficient);
-    require(std::isfinite(jumprelu_bandwidth) && jumprelu_bandwidth > 0,
-            "jumprelu_bandwidth must be positive, found ", jumprelu_bandwidth);
-    require(std::isfinite(jumprelu_tanh_scale) && jumprelu_tanh_scale > 0,
-            "jumprelu_tanh_scale must be positive, found ", jumprelu_tanh_scale);
-    require(std::isfinite(jumprelu_init_threshold),
-            "jumprelu_init_threshold must be finite, found ", jumprelu_init_threshold);
+    checkJumpReLU(l0_coefficient, pre_act_loss_coefficient, jumprelu_bandwidth, jumprelu_tanh_scale,
+                  jumprelu_init_threshold);
     require(std::isfinite(topk_threshold_lr) && topk_threshold_lr > 0 && topk_threshold_lr <= 1,
             "topk_threshold_lr must be in (0, 1], found ", topk_threshold_lr);
+  }
+
+  /// @brief ConfigError naming the first invalid JumpReLU hyperparameter (coefficients >= 0,
+  /// bandwidth and tanh scale > 0, initial threshold finite).
+  static void checkJumpReLU(double l0_coefficient, double pre_act_loss_coefficient,
+                            double bandwidth, double tanh_scale, double init_threshold) {
+    checkCoefficient("l0_coefficient", l0_coefficient);
+    checkCoefficient("pre_act_loss_coefficient", pre_act_loss_coefficient);
+    require(std::isfinite(bandwidth) && bandwidth > 0,
+            "jumprelu_bandwidth must be positive, found ", bandwidth);
+    require(std::isfinite(tanh_scale) && tanh_scale > 0,
+            "jumprelu_tanh_scale must be positive, found ", tanh_scale);
+    require(std::isfinite(init_threshold), "jumprelu_init_threshold must be finite, found ",
+            init_threshold);
   }
 
   static void checkCoefficient(const char* name, double value) {

@@ -253,14 +253,8 @@ struct TrainerConfig {
               architectureNameList(" or ", [](const ArchitectureInfo& a) { return a.uses_widths; }),
               " only, not ", architecture);
     jumprelu_sparsity_loss_mode.check("jumprelu_sparsity_loss_mode");
-    SaeConfig::checkCoefficient("l0_coefficient", l0_coefficient);
-    SaeConfig::checkCoefficient("pre_act_loss_coefficient", pre_act_loss_coefficient);
-    require(std::isfinite(jumprelu_bandwidth) && jumprelu_bandwidth > 0,
-            "jumprelu_bandwidth must be positive, found ", jumprelu_bandwidth);
-    require(std::isfinite(jumprelu_tanh_scale) && jumprelu_tanh_scale > 0,
-            "jumprelu_tanh_scale must be positive, found ", jumprelu_tanh_scale);
-    require(std::isfinite(jumprelu_init_threshold),
-            "jumprelu_init_threshold must be finite, found ", jumprelu_init_threshold);
+    SaeConfig::checkJumpReLU(l0_coefficient, pre_act_loss_coefficient, jumprelu_bandwidth,
+                             jumprelu_tanh_scale, jumprelu_init_threshold);
     precision.check("precision");
     if (precision == Precision::Bf16) require(kernels::bf16Available(), kernels::kBf16Unavailable);
   }
