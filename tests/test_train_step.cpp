@@ -219,8 +219,8 @@ sae::train::TrainerConfig toyConfig(const std::string& arch, const std::string& 
   return c;
 }
 
-template <typename T>
-bool sameBits(const T& a, const T& b) {
+template <typename A, typename B>
+bool sameBits(const A& a, const B& b) {
   return a.size() == b.size() &&
          std::memcmp(a.data(), b.data(), sizeof(a[0]) * std::size_t(a.size())) == 0;
 }
@@ -280,7 +280,7 @@ TEST_CASE("TrainStep on its own: the loss goes down on a toy problem", "[TrainSt
   CHECK(step.reconstruction().rows() == cfg.batch_size);
 
   // reset(seed) starts again: the same steps give the same bits.
-  const auto params = step.model().parameters().flat();
+  const sae::Vector<float> params = step.model().parameters().flat();
   step.reset(11);
   CHECK(step.optimizer().stepCount() == 0);
   CHECK(step.deadLatents().deadCount() == 0);
@@ -321,7 +321,7 @@ TEST_CASE("TrainStep: backward and apply are the two halves of run", "[TrainStep
   CHECK(one.model().decoderNorms().isApproxToConstant(1.0f, 1e-5f));
 
   // A non-finite loss is reported by backward and changes nothing.
-  const auto before = one.model().parameters().flat();
+  const sae::Vector<float> before = one.model().parameters().flat();
   x(0, 0) = std::numeric_limits<float>::infinity();
   CHECK_THROWS_AS(one.run(x, 1e-3, 1.0), sae::NumericError);
   CHECK(sameBits(one.model().parameters().flat(), before));
