@@ -21,7 +21,7 @@
 namespace sae {
 
 /// @brief Architecture policy of the gated SAE; see SparseAutoencoder.
-struct GatedArch {
+struct GatedArch : detail::DenseCodesDecode {
   static constexpr const char* kName = "gated";
 
   template <typename S>
@@ -78,12 +78,6 @@ struct GatedArch {
     detail::centerAndEncode(p, cfg, x, ws);
     ws.exp_r_mag = p.flat("r_mag").array().exp();
     activate<S>(p, ws.pre, ws.exp_r_mag, codes.values, nullptr);
-  }
-
-  template <typename S>
-  static void decode(const ParameterSet<S>& p, const SaeConfig&, const Codes<S>& codes,
-                     RowMatrix<S>& out) {
-    detail::denseDecode(p, codes.values, out);
   }
 
   template <typename S>

@@ -36,7 +36,7 @@
 namespace sae {
 
 /// @brief Architecture policy of the JumpReLU SAE; see SparseAutoencoder.
-struct JumpReLUArch {
+struct JumpReLUArch : detail::DenseCodesDecode {
   static constexpr const char* kName = "jumprelu";
 
   template <typename S>
@@ -104,12 +104,6 @@ struct JumpReLUArch {
                      Codes<S>& codes, Workspace<S>& ws) {
     detail::centerAndEncode(p, cfg, x, ws);
     activate<S>(p, ws, codes.values);
-  }
-
-  template <typename S>
-  static void decode(const ParameterSet<S>& p, const SaeConfig&, const Codes<S>& codes,
-                     RowMatrix<S>& out) {
-    detail::denseDecode(p, codes.values, out);
   }
 
   /// Constants of the per-entry gradient of one step.
