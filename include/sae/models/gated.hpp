@@ -21,11 +21,8 @@
 namespace sae {
 
 /// @brief Architecture policy of the gated SAE; see SparseAutoencoder.
-struct GatedArch : detail::DenseCodesDecode {
+struct GatedArch : detail::DenseCodesArch {
   static constexpr const char* kName = "gated";
-
-  template <typename S>
-  using Codes = DenseCodes<S>;
 
   template <typename S>
   struct Workspace : detail::DenseWorkspace<S> {  // pre: P = xc W_enc; pattern: open gates

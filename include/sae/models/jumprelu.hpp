@@ -36,11 +36,8 @@
 namespace sae {
 
 /// @brief Architecture policy of the JumpReLU SAE; see SparseAutoencoder.
-struct JumpReLUArch : detail::DenseCodesDecode {
+struct JumpReLUArch : detail::DenseCodesArch {
   static constexpr const char* kName = "jumprelu";
-
-  template <typename S>
-  using Codes = DenseCodes<S>;
 
   /// Workspace: pre holds h; pattern the active (b, i), h > t. The sparse path is taken
   /// below `sparse_threshold` of entries carrying a value or a gradient (active, inside the

@@ -182,9 +182,12 @@ void denseDecode(const ParameterSet<Scalar>& params, const RowMatrix<Scalar>& f,
   out.rowwise() += params.flat("b_dec").transpose();
 }
 
-/// @brief decode() of the architectures with dense codes (y = f W_dec + b_dec), a base of
-/// their policies.
-struct DenseCodesDecode {
+/// @brief The codes type and decode() (y = f W_dec + b_dec) of the architectures with dense
+/// codes, a base of their policies.
+struct DenseCodesArch {
+  template <typename S>
+  using Codes = DenseCodes<S>;
+
   template <typename S>
   static void decode(const ParameterSet<S>& p, const SaeConfig&, const DenseCodes<S>& codes,
                      RowMatrix<S>& out) {
@@ -628,7 +631,7 @@ struct HasPenaltyGradient<
 ///     gradients of its extra parameters into `g`.
 /// `used_sparse` and `pattern` in the workspace tell which path the step took.
 template <typename Activation_>
-struct ActivationArch : detail::DenseCodesDecode {
+struct ActivationArch : detail::DenseCodesArch {
   using Activation = Activation_;
   static_assert(detail::HasKName<Activation>::value,
                 "ActivationArch: the activation policy must declare static constexpr const "
@@ -665,9 +668,6 @@ struct ActivationArch : detail::DenseCodesDecode {
                 "d_norms, ParameterSet<S>& g)");
 
   static constexpr const char* kName = Activation::kName;
-
-  template <typename S>
-  using Codes = DenseCodes<S>;
 
   /// @brief The shared dense workspace, the activation's Scratch, and the per-entry buffers
   /// of the sparse path. `pre` holds h after a forward pass (then, on the dense path of a
