@@ -175,21 +175,9 @@ TEST_CASE("A policy defined outside the library has gradients that match finite 
         CHECK(terms.contains("square_l1_loss") == true);
         auto& params = m.parameters();
         for (const auto& entry : params.entries()) {
-          auto value = params.flat(entry.name);
           const auto analytic = grads.flat(entry.name);
-          double worst = 0;
-          for (Index i = 0; i < value.size(); ++i) {
-            const double saved = value[i];
-            const double step = 1e-5;
-            value[i] = saved + step;
-            const double up = m.loss(x, opts).total();
-            value[i] = saved - step;
-            const double down = m.loss(x, opts).total();
-            value[i] = saved;
-            const double numeric = (up - down) / (2 * step);
-            worst = std::max(worst, std::abs(numeric - analytic[i]) /
-                                        std::max({std::abs(numeric), std::abs(analytic[i]), 1e-3}));
-          }
+          const double worst = sae::test::worstFiniteDifferenceError(
+              params.flat(entry.name), analytic, [&] { return m.loss(x, opts).total(); });
           INFO("parameter " << entry.name);
           CHECK(worst < 1e-6);
           CHECK(analytic.cwiseAbs().maxCoeff() > 1e-6);

@@ -21,11 +21,8 @@
 namespace sae {
 
 /// @brief Architecture policy of the gated SAE; see SparseAutoencoder.
-struct GatedArch {
+struct GatedArch : detail::DenseCodesArch {
   static constexpr const char* kName = "gated";
-
-  template <typename S>
-  using Codes = DenseCodes<S>;
 
   template <typename S>
   struct Workspace : detail::DenseWorkspace<S> {  // pre: P = xc W_enc; pattern: open gates
@@ -78,12 +75,6 @@ struct GatedArch {
     detail::centerAndEncode(p, cfg, x, ws);
     ws.exp_r_mag = p.flat("r_mag").array().exp();
     activate<S>(p, ws.pre, ws.exp_r_mag, codes.values, nullptr);
-  }
-
-  template <typename S>
-  static void decode(const ParameterSet<S>& p, const SaeConfig&, const Codes<S>& codes,
-                     RowMatrix<S>& out) {
-    detail::denseDecode(p, codes.values, out);
   }
 
   template <typename S>

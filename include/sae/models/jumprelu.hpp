@@ -36,11 +36,8 @@
 namespace sae {
 
 /// @brief Architecture policy of the JumpReLU SAE; see SparseAutoencoder.
-struct JumpReLUArch {
+struct JumpReLUArch : detail::DenseCodesArch {
   static constexpr const char* kName = "jumprelu";
-
-  template <typename S>
-  using Codes = DenseCodes<S>;
 
   /// Workspace: pre holds h; pattern the active (b, i), h > t. The sparse path is taken
   /// below `sparse_threshold` of entries carrying a value or a gradient (active, inside the
@@ -104,12 +101,6 @@ struct JumpReLUArch {
                      Codes<S>& codes, Workspace<S>& ws) {
     detail::centerAndEncode(p, cfg, x, ws);
     activate<S>(p, ws, codes.values);
-  }
-
-  template <typename S>
-  static void decode(const ParameterSet<S>& p, const SaeConfig&, const Codes<S>& codes,
-                     RowMatrix<S>& out) {
-    detail::denseDecode(p, codes.values, out);
   }
 
   /// Constants of the per-entry gradient of one step.

@@ -1,6 +1,34 @@
 /// @file sparse_autoencoder.hpp
 /// @brief SparseAutoencoder: one model template for every architecture, parameterised by an
-/// architecture policy (see StandardArch, GatedArch, TopKArch).
+/// architecture policy (see StandardArch, GatedArch, TopKArch), and what the policies share.
+///
+/// ## Writing a new architecture
+///
+/// Most architectures are an activation of the pre-activations plus penalty terms:
+/// `f = act(xc W_enc + b_enc)`, `y = f W_dec + b_dec`, loss = mse_loss + penalties. For those,
+/// write an activation policy and use `SparseAutoencoder<S, ActivationArch<MyActivation>>`:
+/// ```
+/// struct MyActivation {
+///   static constexpr const char* kName = "my_arch";
+///   template <typename S> struct Scratch {};            // kept from forward to backward
+///   static void validate(const SaeConfig&);             // its options
+///   template <typename S> static void addParameters(ParameterSet<S>&, const SaeConfig&);
+///   template <typename S> static void initialize(ParameterSet<S>&, const SaeConfig&, Rng&);
+///   template <typename S> static void activate(p, cfg, RowMatrix<S>& pre, RowMatrix<S>& f);
+///   template <typename S> static void addPenalties(p, cfg, opts, ws, scratch, terms);
+///   template <typename S> static Rule gradientRule(p, cfg, opts, ws, scratch);
+///   template <typename S> static void penaltyGradient(p, cfg, opts, ws, scratch, d_norms, g);
+/// };
+/// ```
+/// ActivationArch documents each member and checks it with a static_assert; it supplies the
+/// parameters W_enc, b_enc, W_dec, b_dec, the centring (apply_b_dec_to_input), the encoder
+/// product in fp32 or bf16, the choice of sparse or dense kernels, decode, mse_loss, and the
+/// gradients of W_enc, W_dec, b_enc and b_dec from the policy's d loss / d h. StandardActivation
+/// (standard.hpp) is the library's own example; tests/test_policies.cpp defines a squared-ReLU
+/// SAE in the test file. An architecture with another shape (several decodes as gated, codes
+/// kept sparse as TopK) implements the full interface of SparseAutoencoder's `Arch_` itself,
+/// using the shared pieces here (DenseWorkspace, centerAndEncode, decodeDense, decodeSparse,
+/// setDecoderBiasGradient, ...).
 #pragma once
 
 #include <cmath>
@@ -154,6 +182,19 @@ void denseDecode(const ParameterSet<Scalar>& params, const RowMatrix<Scalar>& f,
   out.rowwise() += params.flat("b_dec").transpose();
 }
 
+/// @brief The codes type and decode() (y = f W_dec + b_dec) of the architectures with dense
+/// codes, a base of their policies.
+struct DenseCodesArch {
+  template <typename S>
+  using Codes = DenseCodes<S>;
+
+  template <typename S>
+  static void decode(const ParameterSet<S>& p, const SaeConfig&, const DenseCodes<S>& codes,
+                     RowMatrix<S>& out) {
+    denseDecode(p, codes.values, out);
+  }
+};
+
 /// out = f W_dec + b_dec: over the entries of `pattern` when `sparse` (their values of f
 /// gathered into `coef`, in the pattern's order), else as a dense product.
 template <typename S>
@@ -257,6 +298,14 @@ struct HasBuffers<Arch, std::void_t<decltype(Arch::addBuffers(std::declval<Param
                                                               std::declval<const SaeConfig&>()))>>
     : std::true_type {};
 
+/// True when the architecture policy declares the Codes and Workspace templates.
+template <typename Arch, typename = void>
+struct HasCodesAndWorkspace : std::false_type {};
+template <typename Arch>
+struct HasCodesAndWorkspace<Arch, std::void_t<typename Arch::template Codes<double>,
+                                              typename Arch::template Workspace<double>>>
+    : std::true_type {};
+
 /// Mean over rows of the squared error, summed over columns; accumulated in double.
 template <typename Scalar>
 double meanSquaredError(const Eigen::Ref<const RowMatrix<Scalar>>& a,
@@ -309,6 +358,9 @@ class SparseAutoencoder {
                 "SparseAutoencoder: Scalar_ must be float or double");
   static_assert(std::is_convertible<decltype(Arch_::kName), const char*>::value,
                 "SparseAutoencoder: Arch_ must declare static constexpr const char* kName");
+  static_assert(detail::HasCodesAndWorkspace<Arch_>::value,
+                "SparseAutoencoder: Arch_ must declare template <typename S> using Codes and "
+                "template <typename S> struct Workspace (ActivationArch supplies both)");
 
  public:
   using Scalar = Scalar_;
@@ -598,7 +650,7 @@ struct HasPenaltyGradient<
 ///     gradients of its extra parameters into `g`.
 /// `used_sparse` and `pattern` in the workspace tell which path the step took.
 template <typename Activation_>
-struct ActivationArch {
+struct ActivationArch : detail::DenseCodesArch {
   using Activation = Activation_;
   static_assert(detail::HasKName<Activation>::value,
                 "ActivationArch: the activation policy must declare static constexpr const "
@@ -636,9 +688,6 @@ struct ActivationArch {
 
   static constexpr const char* kName = Activation::kName;
 
-  template <typename S>
-  using Codes = DenseCodes<S>;
-
   /// @brief The shared dense workspace, the activation's Scratch, and the per-entry buffers
   /// of the sparse path. `pre` holds h after a forward pass (then, on the dense path of a
   /// backward pass, d loss / d h).
@@ -672,12 +721,6 @@ struct ActivationArch {
   }
 
   template <typename S>
-  static void decode(const ParameterSet<S>& p, const SaeConfig&, const Codes<S>& codes,
-                     RowMatrix<S>& out) {
-    detail::denseDecode(p, codes.values, out);
-  }
-
-  template <typename S>
   static void forward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
                       const TrainOptions& opts, Workspace<S>& ws, LossTerms<S>& terms) {
     const Index B = x.rows();
@@ -695,11 +738,11 @@ struct ActivationArch {
   template <typename S>
   static void backward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
                        const TrainOptions& opts, Workspace<S>& ws, ParameterSet<S>& g) {
+    detail::squaredErrorGradient(ws.reconstruction, x, ws.grad_y);
+    const auto& f = ws.codes.values;
     const Index B = x.rows();
     const Index n = cfg.d_sae;
     const auto W_dec = p.rowMajor("W_dec");
-    const auto& f = ws.codes.values;
-    detail::squaredErrorGradient(ws.reconstruction, x, ws.grad_y);
     const auto rule = Activation::gradientRule(p, cfg, opts, ws, ws);
     auto gW_dec = g.rowMajor("W_dec");
     auto gb_enc = g.flat("b_enc");
