@@ -430,6 +430,8 @@ TEST_CASE("--resume with a larger --steps or --tokens extends a finished run", "
   const sae::train::Checkpoint ck(*sae::train::CheckpointDir(dir + "/run/checkpoints").latest());
   CHECK(ck.state().at("step") == 160);
   CHECK(ck.state().at("config").at("total_steps") == 160);
+  // train_config.json describes the resumed run.
+  CHECK(nlohmann::json::parse(readFile(dir + "/run/train_config.json")).at("total_steps") == 160);
 
   // --tokens: 256 tokens per step, 51200 tokens = 200 steps.
   const CliResult by_tokens =

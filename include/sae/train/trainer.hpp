@@ -590,6 +590,8 @@ class Trainer {
     m_ckdir.prepare();
     m_last_checkpoint = path;
     truncateMetrics();
+    // The configuration of the resumed run (a longer total_steps, changed free fields).
+    writeText(m_cfg.out_dir + "/train_config.json", m_cfg.toJson().dump(2) + "\n");
   }
 
   /// @brief Newest checkpoint of the run folder (via checkpoints/latest), if any.
