@@ -51,6 +51,7 @@
 #include <sae/optim/clip.hpp>
 #include <sae/optim/schedule.hpp>
 #include <sae/runtime/codes.hpp>
+#include <sae/runtime/sae.hpp>
 #include <sae/steer/steering.hpp>
 #include <sae/train/batch_source.hpp>
 #include <sae/train/callbacks.hpp>
