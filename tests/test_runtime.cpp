@@ -258,8 +258,11 @@ TEMPLATE_TEST_CASE("Sae: edit equals x + decode(f') - decode(f), every architect
     for (Index r = 0; r < kRows; ++r) {
       const bool chosen = r == 1 || r == 4 || r == 5;
       INFO("row " << r);
-      const RowMatrix<float>& reference = chosen ? h : x;
-      CHECK(RowMatrix<float>(s.row(r)) == RowMatrix<float>(reference.row(r)));
+      if (chosen)  // as the whole-batch edit, to the rounding of a smaller encoder product
+        CHECK(relativeError(toDouble(RowMatrix<float>(s.row(r))),
+                            toDouble(RowMatrix<float>(h.row(r)))) < 1e-6);
+      else
+        CHECK(RowMatrix<float>(s.row(r)) == RowMatrix<float>(x.row(r)));
     }
 
     // No edits, or edits that change no code: bitwise unchanged.
@@ -313,7 +316,9 @@ TEMPLATE_TEST_CASE("Sae: a normalised SAE applies normalize_activations inside",
     CHECK(relativeError(toDouble(h), want_edit) < 2e-5);
     RowMatrix<float> s = x;
     sae.edit(s, edits, RowSelection::range(2, 3));
-    CHECK(RowMatrix<float>(s.middleRows(2, 3)) == RowMatrix<float>(h.middleRows(2, 3)));
+    // The same rows as the whole-batch edit, to the rounding of a smaller encoder product.
+    CHECK(relativeError(toDouble(RowMatrix<float>(s.middleRows(2, 3))),
+                        toDouble(RowMatrix<float>(h.middleRows(2, 3)))) < 1e-6);
     CHECK(RowMatrix<float>(s.topRows(2)) == RowMatrix<float>(x.topRows(2)));
   }
 }
