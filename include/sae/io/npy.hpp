@@ -52,25 +52,11 @@ struct PyValue {
 
 /// "a dict", "an int"...: the kind of a value, for messages.
 inline const char* describeKind(PyValue::Kind k) {
-  switch (k) {
-    case PyValue::Kind::Dict:
-      return "a dict";
-    case PyValue::Kind::Tuple:
-      return "a tuple";
-    case PyValue::Kind::List:
-      return "a list";
-    case PyValue::Kind::Str:
-      return "a string";
-    case PyValue::Kind::Int:
-      return "an int";
-    case PyValue::Kind::Float:
-      return "a float";
-    case PyValue::Kind::Bool:
-      return "a bool";
-    case PyValue::Kind::None:
-      return "None";
-  }
-  return "?";
+  using K = PyValue::Kind;
+  static constexpr std::pair<K, const char*> names[] = {
+      {K::Dict, "a dict"}, {K::Tuple, "a tuple"}, {K::List, "a list"}, {K::Str, "a string"},
+      {K::Int, "an int"},  {K::Float, "a float"}, {K::Bool, "a bool"}, {K::None, "None"}};
+  return sae::detail::findName(names, k);
 }
 
 /// @brief Recursive-descent parser for one Python literal (the npy header dict).
