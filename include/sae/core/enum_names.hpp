@@ -14,9 +14,11 @@
 /// strings as before the enum.
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -36,14 +38,20 @@ struct HasEnumNames : std::false_type {};
 template <typename E>
 struct HasEnumNames<E, std::void_t<decltype(EnumNames<E>::table)>> : std::true_type {};
 
+/// @brief The name of `e` in `table` (the first listed), "?" when it has none.
+template <typename E, std::size_t N>
+constexpr const char* findName(const std::pair<E, const char*> (&table)[N], E e) {
+  for (const auto& entry : table)
+    if (entry.first == e) return entry.second;
+  return "?";
+}
+
 }  // namespace detail
 
 /// @brief The name `e` is written as.
 template <typename E>
-const char* enumName(E e) {
-  for (const auto& [value, name] : EnumNames<E>::table)
-    if (value == e) return name;
-  return "?";
+constexpr const char* enumName(E e) {
+  return detail::findName(EnumNames<E>::table, e);
 }
 
 /// @brief The names of `E`, each value once (its written name), in table order.

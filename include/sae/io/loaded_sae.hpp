@@ -22,6 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sae/core/enum_names.hpp>
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
 #include <sae/io/dtype.hpp>
@@ -39,18 +40,21 @@ enum class SaeFormat {
   GemmaScope  ///< `params.npz` (Gemma Scope JumpReLU SAEs)
 };
 
+}  // namespace sae::io
+
+/// The names of the formats, as `sae info` prints them.
+template <>
+struct sae::EnumNames<sae::io::SaeFormat> {
+  static constexpr std::pair<io::SaeFormat, const char*> table[] = {
+      {io::SaeFormat::SaeLens, "saelens"},
+      {io::SaeFormat::Sparsify, "sparsify"},
+      {io::SaeFormat::GemmaScope, "gemma_scope"}};
+};
+
+namespace sae::io {
+
 /// @brief Name of a format as `sae info` prints it: "saelens", "sparsify", "gemma_scope".
-inline const char* saeFormatName(SaeFormat f) {
-  switch (f) {
-    case SaeFormat::SaeLens:
-      return "saelens";
-    case SaeFormat::Sparsify:
-      return "sparsify";
-    case SaeFormat::GemmaScope:
-      return "gemma_scope";
-  }
-  return "?";
-}
+inline const char* saeFormatName(SaeFormat f) { return enumName(f); }
 
 /// SAELens cfg.json format version this library writes (metadata.sae_lens_version). SAELens
 /// reads a config without a version of at least 6.0 as a pre-6.0 one.
@@ -417,6 +421,33 @@ RowMatrix<Scalar> readFinite(const File& f, const std::string& name) {
   return m;
 }
 
+/// An SAE source, checked: description, weight plan and the open weights file.
+template <typename File>
+struct WeightSource {
+  SaeDescription desc;
+  WeightPlan plan;
+  File file;
+};
+
+/// @brief Checks `plan` against `file` (checkWeightPlan(), shapes from `shapes_from`) and
+/// describes the SAE of format `format` at `path`, read from `weights_path` with `cfg`.
+/// `keep_cfg_dtype` false: cfg.json's dtype becomes the storage dtype ("float32" if mixed).
+template <typename File>
+WeightSource<File> checkedSource(SaeFormat format, const std::string& path,
+                                 const std::string& weights_path, File file, WeightPlan plan,
+                                 SaeLensConfig cfg, const std::string& shapes_from,
+                                 bool keep_cfg_dtype) {
+  SaeDescription d;
+  d.format = format;
+  d.path = path;
+  d.weights_path = weights_path;
+  d.storage_dtype = checkWeightPlan(file, plan, cfg, shapes_from);
+  d.tensors = storedTensors(file);
+  if (!keep_cfg_dtype) cfg.dtype = d.storage_dtype == "mixed" ? "float32" : d.storage_dtype;
+  d.config = std::move(cfg);
+  return WeightSource<File>{std::move(d), std::move(plan), std::move(file)};
+}
+
 /// Builds the model of `desc` from a file checked with checkWeightPlan().
 template <typename Scalar, typename File>
 LoadedSae<Scalar> assembleSae(const SaeDescription& desc, const WeightPlan& plan, const File& f) {
@@ -450,6 +481,12 @@ LoadedSae<Scalar> assembleSae(const SaeDescription& desc, const WeightPlan& plan
       },
       out.model);
   return out;
+}
+
+/// Builds the model of a checked source.
+template <typename Scalar, typename File>
+LoadedSae<Scalar> assembleSae(const WeightSource<File>& src) {
+  return assembleSae<Scalar>(src.desc, src.plan, src.file);
 }
 
 }  // namespace detail

@@ -387,12 +387,7 @@ inline std::vector<NpzArrayInfo> parseNpz(const unsigned char* data, std::uint64
     a.memberSize = z.size;
     a.dataOffset = z.dataOffset + h.dataOffset;
     a.descr = h.descr;
-    a.dtype = h.dtype;
-    a.order = h.order;
-    a.fortran = h.fortran;
-    a.shape = h.shape;
-    a.rows = h.flat.rows;
-    a.cols = h.flat.cols;
+    copyArrayLayout(a, h, h.flat.rows, h.flat.cols);
     arrays.push_back(std::move(a));
   }
   return arrays;
@@ -478,12 +473,7 @@ class NpzFile {
       detail::ArrayView v;
       v.where = sae::detail::concat(path, ": array '", a.name, "'");
       v.data = a.rows * a.cols > 0 ? m_file.data() + a.dataOffset : nullptr;
-      v.dtype = a.dtype;
-      v.order = a.order;
-      v.fortran = a.fortran;
-      v.shape = a.shape;
-      v.rows = a.rows;
-      v.cols = a.cols;
+      detail::copyArrayLayout(v, a, a.rows, a.cols);
       m_views.push_back(std::move(v));
     }
   }

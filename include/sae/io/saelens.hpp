@@ -268,11 +268,7 @@ inline SaeLensConfig readSaeLensConfig(const std::string& dir) {
 namespace detail {
 
 /// An SAELens folder, checked: description, weight plan and the open weights file.
-struct SaeLensSource {
-  SaeDescription desc;
-  WeightPlan plan;
-  SafetensorsFile file;
-};
+using SaeLensSource = WeightSource<SafetensorsFile>;
 
 inline SaeLensSource openSaeLens(const std::string& dir) {
   using sae::detail::concat;
@@ -319,16 +315,11 @@ inline SaeLensSource openSaeLens(const std::string& dir) {
         concat("tensor '", name, "' (finetuning_scaling_factor) folded into the rows of W_dec"));
   }
 
-  SaeDescription d;
-  d.format = SaeFormat::SaeLens;
-  d.path = dir;
-  d.weights_path = weights;
-  d.storage_dtype = checkWeightPlan(file, plan, cfg, kSaeCfgFilename);
-  d.tensors = storedTensors(file);
+  SaeLensSource src = checkedSource(SaeFormat::SaeLens, dir, weights, std::move(file),
+                                    std::move(plan), std::move(cfg), kSaeCfgFilename, true);
   const std::string sparsity = joinPath(dir, kSparsityFilename);
-  if (isRegularFile(sparsity)) d.sparsity_path = sparsity;
-  d.config = std::move(cfg);
-  return SaeLensSource{std::move(d), std::move(plan), std::move(file)};
+  if (isRegularFile(sparsity)) src.desc.sparsity_path = sparsity;
+  return src;
 }
 
 }  // namespace detail
@@ -346,8 +337,7 @@ inline SaeDescription describeSaeLens(const std::string& dir) {
 /// non-finite weight).
 template <typename Scalar>
 LoadedSae<Scalar> loadSaeLens(const std::string& dir) {
-  const detail::SaeLensSource src = detail::openSaeLens(dir);
-  return detail::assembleSae<Scalar>(src.desc, src.plan, src.file);
+  return detail::assembleSae<Scalar>(detail::openSaeLens(dir));
 }
 
 /// @brief Options of saveSaeLens().

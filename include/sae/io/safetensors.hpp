@@ -85,22 +85,10 @@ inline const SafetensorsDType* findSafetensorsDType(const std::string& name) {
 
 /// The safetensors name of a writable DType.
 inline const char* safetensorsName(DType t) {
-  switch (t) {
-    case DType::F32:
-      return "F32";
-    case DType::F64:
-      return "F64";
-    case DType::BF16:
-      return "BF16";
-    case DType::F16:
-      return "F16";
-    case DType::I32:
-      return "I32";
-    case DType::I64:
-      return "I64";
-    default:
-      return "?";
-  }
+  static constexpr std::pair<DType, const char*> names[] = {
+      {DType::F32, "F32"}, {DType::F64, "F64"}, {DType::BF16, "BF16"},
+      {DType::F16, "F16"}, {DType::I32, "I32"}, {DType::I64, "I64"}};
+  return sae::detail::findName(names, t);
 }
 
 /// A JSON value printed for a message, cut to a readable length.
@@ -471,10 +459,9 @@ class SafetensorsWriter {
   /// @param storeAs Defaults to F32 for float and F64 for double data; F16 and BF16 are allowed.
   template <typename Derived>
   void add(const std::string& name, const Eigen::MatrixBase<Derived>& m,
-           DType storeAs = std::is_same_v<typename Derived::Scalar, float> ? DType::F32
-                                                                           : DType::F64) {
+           DType storeAs = kDTypeOf<typename Derived::Scalar>) {
     using Scalar = typename Derived::Scalar;
-    static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
+    static_assert(kFloatOrDouble<Scalar>,
                   "safetensors tensors are added from float or double data");
     auto copy = std::make_shared<RowMatrix<Scalar>>(m);
     std::vector<Index> shape;

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include <sae/core/config.hpp>
+#include <sae/core/enum_names.hpp>
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
 #include <sae/models/sae_config.hpp>
@@ -53,20 +54,22 @@ enum class EditOp {
   Zero       ///< f' = 0 (ablate); the value is ignored.
 };
 
+}  // namespace steer
+
+/// The names of the edit operations.
+template <>
+struct EnumNames<steer::EditOp> {
+  static constexpr std::pair<steer::EditOp, const char*> table[] = {
+      {steer::EditOp::Set, "Set"},
+      {steer::EditOp::Add, "Add"},
+      {steer::EditOp::Multiply, "Multiply"},
+      {steer::EditOp::Zero, "Zero"}};
+};
+
+namespace steer {
+
 /// @brief Name of an operation ("Set", "Add", "Multiply", "Zero").
-inline const char* editOpName(EditOp op) {
-  switch (op) {
-    case EditOp::Set:
-      return "Set";
-    case EditOp::Add:
-      return "Add";
-    case EditOp::Multiply:
-      return "Multiply";
-    case EditOp::Zero:
-      return "Zero";
-  }
-  return "unknown";
-}
+inline const char* editOpName(EditOp op) { return enumName(op); }
 
 /// @brief One edit of one latent's code. Values are in the units of the model's codes (what
 /// encode() returns; for TopK with rescale_acts_by_decoder_norm, decoder-norm-scaled units).
