@@ -150,7 +150,7 @@ AccuracyResult trainSynthetic(const Options& o, bool bf16) {
   schedule.warmup_steps = std::min<std::int64_t>(100, o.acc_steps / 10);
   schedule.decay_steps = o.acc_steps / 5;
   schedule.validate();
-  sae::DeadLatentTracker dead(cfg.d_sae, 250);
+  sae::train::DeadLatentTracker dead(cfg.d_sae, 250);
   sae::TopKSAE<float>::Workspace ws;
   ws.bf16_encoder = bf16;
   sae::RowMatrix<float> x;

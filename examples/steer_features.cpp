@@ -127,7 +127,7 @@ int main(int argc, char** argv) {
     schedule.warmup_steps = std::min<std::int64_t>(100, steps / 10);
     schedule.decay_steps = steps / 5;
     schedule.validate();
-    sae::DeadLatentTracker dead(cfg.d_sae, 250);
+    sae::train::DeadLatentTracker dead(cfg.d_sae, 250);
     sae::TopKSAE<float>::Workspace ws;
     sae::RowMatrix<float> x;
     const auto start = std::chrono::steady_clock::now();

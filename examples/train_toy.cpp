@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
     schedule.warmup_steps = std::min<std::int64_t>(100, steps / 10);
     schedule.decay_steps = steps / 5;
     schedule.validate();
-    sae::DeadLatentTracker dead(cfg.d_sae, dead_window);
+    sae::train::DeadLatentTracker dead(cfg.d_sae, dead_window);
     sae::TopKSAE<float>::Workspace ws;
     sae::RowMatrix<float> x;
     sae::eval::ReconstructionMetrics recon;

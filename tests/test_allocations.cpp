@@ -4,10 +4,24 @@
 // points. The sizes are small enough for Eigen to keep its GEMM blocking buffers on the stack
 // (below EIGEN_STACK_ALLOCATION_LIMIT); at large sizes those buffers are Eigen's only
 // per-product allocations.
+// Eigen allocates with malloc, not operator new. With EIGEN_RUNTIME_NO_MALLOC, every Eigen
+// allocation checks an eigen_assert; warmAllocations() disallows them while it counts, and the
+// assertion handler below counts each one. Every other Eigen assertion that fails aborts the
+// program with its text (assertions are on in this program only).
+#define EIGEN_RUNTIME_NO_MALLOC
+namespace {
+void eigenAssertion(bool ok, const char* condition);
+}  // namespace
+#define eigen_assert(x) eigenAssertion(static_cast<bool>(x), #x)
+
 #include <atomic>
 #include <cstddef>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <new>
+#include <type_traits>
+#include <vector>
 
 #include <catch2/catch.hpp>
 
@@ -63,6 +77,18 @@ void* operator new(std::size_t size, std::align_val_t align, const std::nothrow_
 void* operator new[](std::size_t size, std::align_val_t align, const std::nothrow_t&) noexcept {
   return countedAlloc(size, static_cast<std::size_t>(align));
 }
+namespace {
+void eigenAssertion(bool ok, const char* condition) {
+  if (ok) return;
+  if (std::strstr(condition, "heap allocation is forbidden") != nullptr) {
+    g_allocations.fetch_add(1);  // an Eigen allocation while warmAllocations() counts
+    return;
+  }
+  std::fprintf(stderr, "Eigen assertion failed: %s\n", condition);
+  std::abort();
+}
+}  // namespace
+
 void operator delete(void* p) noexcept { std::free(p); }
 void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
@@ -212,33 +238,220 @@ TEST_CASE("BatchTopK and Matryoshka training steps do not allocate",
   CHECK(allocationsPerStep<sae::MatryoshkaBatchTopKSAE<float>>(cfg, [](auto&) {}) == 0);
 }
 
-TEMPLATE_TEST_CASE("Feature steering allocates nothing beyond the model's encode",
-                   "[allocations][steering]", sae::StandardSAE<float>, sae::GatedSAE<float>,
-                   sae::TopKSAE<float>, sae::JumpReLUSAE<float>) {
-  const TestType model(config(), 1);
+namespace {
+
+// Allocations made by three calls of `fn` after two warm-up calls: operator new and Eigen's
+// own (malloc) allocations both. Eigen's GEMM runs on one thread here: on several, each
+// product allocates its blocking buffers (Eigen's parallel session), a cost of Eigen's kernel
+// and not of the code measured (the large products go to oneDNN in oneDNN builds).
+template <typename Fn>
+long warmAllocations(Fn&& fn) {
+  const int eigen_threads = Eigen::nbThreads();
+  Eigen::setNbThreads(1);
+  fn();
+  fn();
+  g_allocations = 0;
+  g_largest = 0;
+  g_counting = true;
+  Eigen::internal::set_is_malloc_allowed(false);
+  for (int i = 0; i < 3; ++i) fn();
+  Eigen::internal::set_is_malloc_allowed(true);
+  g_counting = false;
+  Eigen::setNbThreads(eigen_threads);
+  return g_allocations.load();
+}
+
+// config() for `Model` (Matryoshka levels added), with or without rescale_acts_by_decoder_norm.
+template <typename Model>
+sae::SaeConfig configFor(bool rescale) {
+  sae::SaeConfig cfg = config();
+  cfg.rescale_acts_by_decoder_norm = rescale;
+  if (std::is_same<typename Model::Arch, sae::MatryoshkaBatchTopKArch>::value)
+    cfg.matryoshka_widths = {32, 96, 256};
+  return cfg;
+}
+
+template <typename Model>
+Model modelFor(bool rescale) {
+  Model model(configFor<Model>(rescale), 1);
+  if constexpr (Model::kHasBuffers) model.buffers().flat("topk_threshold")[0] = 0.02;
+  return model;
+}
+
+sae::RowMatrix<float> hiddenBatch(Index rows) {
   sae::eval::SyntheticOptions data_opts;
   data_opts.d_in = config().d_in;
   sae::eval::SyntheticFeatures<float> data(data_opts, 3);
-  sae::RowMatrix<float> x = data.sample(16);
+  return data.sample(rows);
+}
+
+const sae::steer::EditList& someEdits() {
+  static const sae::steer::EditList edits = {
+      sae::steer::FeatureEdit::zero(3), sae::steer::FeatureEdit::multiply(7, 2.0),
+      sae::steer::FeatureEdit::set(100, 0.5), sae::steer::FeatureEdit::add(9, 0.1)};
+  return edits;
+}
+
+// The normalisations a facade is measured with: none and SAELens's three modes.
+std::vector<sae::ActivationNormalizer> normalizers() {
+  return {sae::ActivationNormalizer(),
+          sae::ActivationNormalizer(sae::NormalizeActivations::LayerNorm),
+          sae::ActivationNormalizer(sae::NormalizeActivations::ConstantNormRescale),
+          sae::ActivationNormalizer(sae::NormalizeActivations::ExpectedAverageOnlyIn, 2.0)};
+}
+
+// Allocations of warm calls of each path of a sae::Sae that a hook calls.
+struct FacadeAllocations {
+  long encode = -1, decode = -1, decode_buffer = -1, forward = -1, forward_buffer = -1, edit = -1,
+       edit_rows = -1, edit_buffer = -1;
+};
+
+template <typename Model>
+FacadeAllocations facadeAllocations(bool rescale, const sae::ActivationNormalizer& normalizer) {
+  sae::Sae<float> sae(modelFor<Model>(rescale), normalizer);
+  const sae::RowMatrix<float> x = hiddenBatch(16);
+  sae::RowMatrix<float> hidden = x;
+  sae::Sae<float>::Codes codes;
+  sae::RowMatrix<float> out;
+  std::vector<float> buffer(static_cast<std::size_t>(x.size()));
+  Eigen::Map<sae::RowMatrix<float>> view(buffer.data(), x.rows(), x.cols());
   const std::vector<Index> ids = {0, 5, 6, 15};
-  const sae::RowMatrix<float> x_sel = x(ids, Eigen::all);
-  typename TestType::Codes codes;
-  auto count = [](auto&& fn) {
-    fn();
-    fn();
-    g_allocations = 0;
-    g_counting = true;
-    for (int i = 0; i < 3; ++i) fn();
-    g_counting = false;
-    return g_allocations.load();
+  FacadeAllocations a;
+  a.encode = warmAllocations([&] { sae.encode(x, codes); });
+  a.decode = warmAllocations([&] { sae.decode(codes, out); });
+  a.decode_buffer = warmAllocations([&] { sae.decode(codes, view); });
+  a.forward = warmAllocations([&] { sae.forward(x, out); });
+  a.forward_buffer = warmAllocations([&] { sae.forward(x, view); });
+  // Each call edits the same hidden state (copied into the same buffer: no allocation), as a
+  // hook sees a new batch of the same size.
+  a.edit = warmAllocations([&] {
+    hidden = x;
+    sae.edit(hidden, someEdits());
+  });
+  REQUIRE(hidden != x);  // the edits did change the buffer
+  a.edit_rows = warmAllocations([&] {
+    hidden = x;
+    sae.edit(hidden, someEdits(), sae::steer::RowSelection::indices(ids));
+  });
+  a.edit_buffer = warmAllocations([&] {
+    hidden = x;
+    sae.edit(hidden.data(), hidden.rows(), hidden.cols(), someEdits());
+  });
+  REQUIRE(hidden.allFinite());
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("The counter sees Eigen's allocations", "[allocations]") {
+  const long n = warmAllocations([] {
+    Eigen::VectorXf v(100);
+    v.setZero();
+    REQUIRE(v.sum() == 0.0f);
+  });
+  CHECK(n == 3);
+}
+
+#define SAE_ALLOCATION_ARCHITECTURES                                                           \
+  sae::StandardSAE<float>, sae::GatedSAE<float>, sae::JumpReLUSAE<float>, sae::TopKSAE<float>, \
+      sae::BatchTopKSAE<float>, sae::MatryoshkaBatchTopKSAE<float>
+
+TEMPLATE_TEST_CASE("Feature steering allocates nothing once warm", "[allocations][steering]",
+                   SAE_ALLOCATION_ARCHITECTURES) {
+  const TestType model = modelFor<TestType>(true);
+  const sae::RowMatrix<float> x0 = hiddenBatch(16);
+  sae::RowMatrix<float> x = x0;
+  const std::vector<Index> ids = {0, 5, 6, 15};
+  sae::steer::FeatureEditor<TestType> editor(model, someEdits());
+  // Each call edits the same hidden state (copied into the same buffer: no allocation).
+  auto fresh = [&](auto&& call) {
+    return [&, call] {
+      x = x0;
+      call();
+    };
   };
-  const long encode_all = count([&] { model.encode(x, codes); });
-  const long encode_sel = count([&] { model.encode(x_sel, codes); });
-  sae::steer::FeatureEditor<TestType> editor(
-      model, {sae::steer::FeatureEdit::zero(3), sae::steer::FeatureEdit::multiply(7, 2.0),
-              sae::steer::FeatureEdit::set(100, 0.5)});
-  CHECK(count([&] { editor.apply(x); }) == encode_all);
-  CHECK(count([&] { editor.apply(x.data(), x.rows(), x.cols()); }) == encode_all);
-  CHECK(count([&] { editor.apply(x, sae::steer::RowSelection::indices(ids)); }) == encode_sel);
-  CHECK(count([&] { editor.addDirection(x, 9, 0.5f); }) == 0);
+  CHECK(warmAllocations(fresh([&] { editor.apply(x); })) == 0);
+  CHECK(warmAllocations(fresh([&] { editor.apply(x.data(), x.rows(), x.cols()); })) == 0);
+  CHECK(warmAllocations(fresh([&] { editor.apply(x, sae::steer::RowSelection::indices(ids)); })) ==
+        0);
+  CHECK(x != x0);  // the edits did change the buffer
+  CHECK(warmAllocations(fresh([&] { editor.addDirection(x, 9, 0.5f); })) == 0);
+  // A layer-normed SAE's output scale per row.
+  const sae::Vector<float> scale = sae::Vector<float>::Constant(16, 1.5f);
+  CHECK(warmAllocations(fresh([&] { editor.applyScaled(x0, x, scale); })) == 0);
+  CHECK(warmAllocations(fresh([&] {
+          editor.applyScaled(x0, x, scale, sae::steer::RowSelection::indices(ids));
+        })) == 0);
+}
+
+TEMPLATE_TEST_CASE("sae::Sae: warm encode, decode, forward and edit do not allocate",
+                   "[allocations][runtime]", SAE_ALLOCATION_ARCHITECTURES) {
+  constexpr bool topk_family =
+      std::is_same<typename TestType::Arch, sae::TopKArch>::value ||
+      std::is_base_of<sae::detail::BatchTopKFamily, typename TestType::Arch>::value;
+  for (const bool rescale : {false, true}) {
+    if (rescale && !topk_family) continue;
+    for (const auto& normalizer : normalizers()) {
+      INFO(sae::normalizeActivationsName(normalizer.mode())
+           << ", scale " << normalizer.scale() << ", rescale_acts_by_decoder_norm " << rescale);
+      const FacadeAllocations a = facadeAllocations<TestType>(rescale, normalizer);
+      CHECK(a.encode == 0);
+      CHECK(a.edit == 0);
+      CHECK(a.edit_rows == 0);
+      CHECK(a.edit_buffer == 0);
+      if (rescale) continue;  // the rescaled decode: the case below
+      CHECK(a.decode == 0);
+      CHECK(a.decode_buffer == 0);
+      CHECK(a.forward == 0);
+      CHECK(a.forward_buffer == 0);
+    }
+  }
+}
+
+// rescale_acts_by_decoder_norm: the model's decode computes its decoder norms into scratch it
+// keeps, so the facade's decode and forward allocate nothing once warm here too.
+TEMPLATE_TEST_CASE(
+    "sae::Sae: warm decode and forward of a rescaled TopK-family SAE do not allocate",
+    "[allocations][runtime][rescaled]", sae::TopKSAE<float>, sae::BatchTopKSAE<float>,
+    sae::MatryoshkaBatchTopKSAE<float>) {
+  const FacadeAllocations a = facadeAllocations<TestType>(true, sae::ActivationNormalizer());
+  CHECK(a.decode == 0);
+  CHECK(a.decode_buffer == 0);
+  CHECK(a.forward == 0);
+  CHECK(a.forward_buffer == 0);
+}
+
+TEMPLATE_TEST_CASE("Warm encode and decode of rescaled TopK and BatchTopK do not allocate",
+                   "[allocations][TopKSAE][BatchTopKSAE]", sae::TopKSAE<float>,
+                   sae::BatchTopKSAE<float>) {
+  sae::SaeConfig cfg = config();
+  REQUIRE(cfg.rescale_acts_by_decoder_norm);
+  TestType model(cfg, 1);
+  // Decoder rows of unequal norms, so that the rescaling changes the reconstruction.
+  auto W_dec = model.parameters().rowMajor("W_dec");
+  for (Index i = 0; i < cfg.d_sae; ++i) W_dec.row(i) *= float(1 + i % 5);
+  if constexpr (TestType::kHasBuffers) model.buffers().flat("topk_threshold")[0] = 0.05;
+  sae::eval::SyntheticOptions data_opts;
+  data_opts.d_in = cfg.d_in;
+  sae::eval::SyntheticFeatures<float> data(data_opts, 4);
+  const sae::RowMatrix<float> x = data.sample(48);
+  typename TestType::Codes codes;
+  typename TestType::Workspace ws;
+  sae::RowMatrix<float> out;
+  auto run = [&] {
+    model.encode(x, codes, ws);
+    model.decode(codes, out);
+  };
+  run();
+  run();
+  g_allocations = 0;
+  g_counting = true;
+  for (int i = 0; i < 3; ++i) run();
+  g_counting = false;
+  CHECK(g_allocations.load() == 0);
+  // The reconstruction is still decode(encode(x)) with fresh buffers.
+  const sae::RowMatrix<float> fresh = model.decode(model.encode(x));
+  REQUIRE(out.rows() == x.rows());
+  CHECK(out == fresh);
+  CHECK(codes.l0() > 0);
 }

@@ -647,7 +647,7 @@ TEST_CASE("CsrCodes: dense form, L0, firing statistics and dead latents", "[batc
   CHECK(f.density()[0] == Approx(1.0 / 3.0));
   CHECK(f.density()[2] == Approx(2.0 / 3.0));
   CHECK(f.density()[3] == 0.0);
-  sae::DeadLatentTracker t(4, 2);
+  sae::train::DeadLatentTracker t(4, 2);
   t.update(c);                      // steps since: 0, 1, 0, 1
   t.update(csr(4, {{{1, 1.0f}}}));  // 1, 0, 1, 2
   CHECK(t.mask() == (sae::LatentMask(4) << 0, 0, 0, 1).finished());
@@ -795,7 +795,6 @@ TEMPLATE_TEST_CASE(
   cfg.out_dir = sae::test::scratchDir("batchtopk", arch + "_train", false);
   Source src(o, 1, cfg.batch_size);
   sae::train::Trainer<float, TestType, Source> t(cfg, src);
-  t.setProgress(false);
   t.initialize();
   const auto r = t.train();
   REQUIRE(r.completed);

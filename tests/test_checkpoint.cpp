@@ -124,7 +124,6 @@ TEST_CASE("Resume refuses a corrupted or mismatched checkpoint and changes nothi
   cfg.out_dir = tempDir("resume");
   Source src(o, 0, cfg.batch_size);
   sae::train::Trainer<float, sae::TopKArch, Source> t(cfg, src);
-  t.setProgress(false);
   t.initialize();
   t.train(4);
   const std::string path = *t.latestCheckpoint();

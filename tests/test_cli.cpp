@@ -18,6 +18,7 @@
 #include <support/cli_runner.hpp>
 #include <support/test_support.hpp>
 
+#include <sae/io/codes_file.hpp>
 #include <sae/io/npy.hpp>
 #include <sae/io/saelens.hpp>
 #include <sae/sae.hpp>
@@ -137,6 +138,11 @@ TEST_CASE("sae train on synthetic data recovers the features; the saved SAE relo
   REQUIRE(dense.status == 0);
   const auto dmat = sae::io::readNpy<float>(dir + "/codes.npy");
   CHECK(dmat == want.toDense());
+  // The sparse file reads back through the library's codes-file reader.
+  const sae::io::CodesFile codes_file(dir + "/codes.safetensors");
+  CHECK(codes_file.k() == 4);
+  CHECK(codes_file.architecture() == "topk");
+  CHECK(codes_file.toDense() == want.toDense());
 
   const CliResult ev = runCli({"eval", "--sae", dir + "/run", "--data", dir + "/acts.npy"});
   INFO(ev.err);
@@ -361,6 +367,81 @@ TEST_CASE("SIGTERM writes a checkpoint and exits 143; the resumed run matches", 
   INFO(r.err);
   REQUIRE(r.status == 0);
   CHECK(readFile(out + "/sae_weights.safetensors") == readFile(full + "/sae_weights.safetensors"));
+}
+
+TEST_CASE("--resume accepts the run's original command line unchanged", "[cli]") {
+  const std::string full = referenceRun();
+  const std::string out = tempDir("same_flags") + "/run";
+  const int st = interruptRun(out, SIGTERM, 50);
+  CHECK((st == 143 || st == 0));
+  // Every flag of the first command repeated, plus --resume.
+  const CliResult r = runCli(cat({"train", "--out", out, "--resume"}, kResumeArgs));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK(readFile(out + "/sae_weights.safetensors") == readFile(full + "/sae_weights.safetensors"));
+  CHECK(readFile(out + "/cfg.json") == readFile(full + "/cfg.json"));
+}
+
+TEST_CASE("--resume refuses a changed value, naming the flag and both values", "[cli]") {
+  const std::string out = tempDir("changed") + "/run";
+  const CliResult r = runCli(cat({"train", "--out", out, "--steps", "60"}, kSmall));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const std::vector<std::string> resume = {"train", "--out", out, "--resume", "--quiet"};
+  checkCliFails(cat(resume, {"--k", "8"}),
+                "--k cannot be changed when resuming (the run has k = 4, the command line "
+                "gives 8)");
+  checkCliFails(cat(resume, {"--seed", "4", "--k", "4"}),
+                "--seed cannot be changed when resuming (the run has seed = 3, the command "
+                "line gives 4)");
+  checkCliFails(cat(resume, {"--arch", "gated"}),
+                "--arch cannot be changed when resuming (the run has architecture = \"topk\", "
+                "the command line gives \"gated\")");
+  checkCliFails(cat(resume, {"--steps", "50"}),
+                "--steps cannot be lowered when resuming (the run has total_steps = 60, the "
+                "command line gives 50)");
+  checkCliFails(cat(resume, {"--synthetic-d-in", "16"}),
+                "--synthetic-d-in cannot be changed when resuming");
+  checkCliFails(cat(resume, {"--data", out + "/cfg.json"}), "--data cannot be changed when resuming");
+  // The finished run is left as it was.
+  const auto summary = nlohmann::json::parse(r.out.substr(0, r.out.find('\n')));
+  CHECK(summary.at("steps") == 60);
+}
+
+TEST_CASE("--resume with a larger --steps or --tokens extends a finished run", "[cli]") {
+  const std::string dir = tempDir("extend");
+  const CliResult first = runCli(cat({"train", "--out", dir + "/run", "--steps", "100"}, kSmall));
+  INFO(first.err);
+  REQUIRE(first.status == 0);
+  const CliResult extended =
+      runCli(cat({"train", "--out", dir + "/run", "--resume", "--steps", "160"}, kSmall));
+  INFO(extended.err);
+  REQUIRE(extended.status == 0);
+  const auto summary = nlohmann::json::parse(extended.out.substr(0, extended.out.find('\n')));
+  CHECK(summary.at("steps") == 160);
+  // The metrics go on to the new end: the last logged step is 160.
+  std::ifstream in(dir + "/run/metrics.jsonl");
+  std::int64_t last = 0;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("step")) last = std::max(last, j.at("step").get<std::int64_t>());
+  }
+  CHECK(last == 160);
+  const sae::train::Checkpoint ck(*sae::train::CheckpointDir(dir + "/run/checkpoints").latest());
+  CHECK(ck.state().at("step") == 160);
+  CHECK(ck.state().at("config").at("total_steps") == 160);
+  // train_config.json describes the resumed run.
+  CHECK(nlohmann::json::parse(readFile(dir + "/run/train_config.json")).at("total_steps") == 160);
+
+  // --tokens: 256 tokens per step, 51200 tokens = 200 steps.
+  const CliResult by_tokens =
+      runCli(cat({"train", "--out", dir + "/run", "--resume", "--tokens", "51200"}, kSmall));
+  INFO(by_tokens.err);
+  REQUIRE(by_tokens.status == 0);
+  CHECK(nlohmann::json::parse(by_tokens.out.substr(0, by_tokens.out.find('\n'))).at("steps") ==
+        200);
+  const auto loaded = sae::io::loadSaeLens<float>(dir + "/run");
+  CHECK(loaded.config.sae_cfg.d_sae == 128);
 }
 
 TEST_CASE("A corrupted checkpoint is reported and not loaded", "[cli]") {

@@ -94,7 +94,7 @@ TEST_CASE("SyntheticFeatures: unit directions, sparse firing, deterministic", "[
 }
 
 TEST_CASE("DeadLatentTracker marks latents dead after a window without firing", "[train][dead]") {
-  sae::DeadLatentTracker t(3, 2);
+  sae::train::DeadLatentTracker t(3, 2);
   sae::SparseCodes<float> c;
   c.d_sae = 3;
   c.indices.resize(1, 1);
@@ -110,7 +110,7 @@ TEST_CASE("DeadLatentTracker marks latents dead after a window without firing", 
   t.update(c);       // 2, 1, 3
   CHECK(t.mask() == (sae::LatentMask(3) << 1, 0, 1).finished());
   CHECK(t.deadFraction() == Approx(2.0 / 3.0));
-  CHECK_THROWS_AS(sae::DeadLatentTracker(3, 0), sae::ConfigError);
+  CHECK_THROWS_AS(sae::train::DeadLatentTracker(3, 0), sae::ConfigError);
   sae::SparseCodes<float> wrong = c;
   wrong.d_sae = 4;
   CHECK_THROWS_AS(t.update(wrong), sae::ConfigError);

@@ -67,7 +67,6 @@ void checkResumeIdentical(sae::train::TrainerConfig cfg, const std::string& name
   cfg.out_dir = tempDir(name + "_full");
   Source src_a(smallData(), cfg.seed, cfg.batch_size);
   Trainer a(cfg, src_a);
-  a.setProgress(false);
   a.initialize();
   const auto ra = a.train();
   REQUIRE(ra.completed);
@@ -77,7 +76,6 @@ void checkResumeIdentical(sae::train::TrainerConfig cfg, const std::string& name
   {
     Source src_b(smallData(), cfg.seed, cfg.batch_size);
     Trainer b(cfg, src_b);
-    b.setProgress(false);
     b.initialize();
     const auto rb = b.train(17);
     REQUIRE_FALSE(rb.completed);
@@ -86,7 +84,6 @@ void checkResumeIdentical(sae::train::TrainerConfig cfg, const std::string& name
   // A fresh process-like state: new source, new trainer, resume from the latest checkpoint.
   Source src_c(smallData(), cfg.seed, cfg.batch_size);
   Trainer c(cfg, src_c);
-  c.setProgress(false);
   const auto latest = c.latestCheckpoint();
   REQUIRE(latest);
   c.resume(*latest);
@@ -166,7 +163,6 @@ TEST_CASE("Checkpoints are kept up to keep_checkpoints", "[Trainer]") {
   cfg.keep_checkpoints = 2;
   Source src(smallData(), cfg.seed, cfg.batch_size);
   sae::train::Trainer<float, sae::TopKArch, Source> t(cfg, src);
-  t.setProgress(false);
   t.initialize();
   REQUIRE(t.train().completed);
   int files = 0;
@@ -201,7 +197,6 @@ TEST_CASE("A non-finite loss stops training, names the step, keeps the last chec
   cfg.checkpoint_every = 10;
   PoisonedSource src(23);
   sae::train::Trainer<float, sae::StandardArch, PoisonedSource> t(cfg, src);
-  t.setProgress(false);
   t.initialize();
   try {
     t.train();
@@ -247,7 +242,6 @@ TEST_CASE("Initialisation and normalisation options", "[Trainer]") {
   cfg.norm_estimate_batches = 4;
   Source src(smallData(), cfg.seed, cfg.batch_size);
   sae::train::Trainer<float, sae::TopKArch, Source> t(cfg, src);
-  t.setProgress(false);
   t.initialize();
 
   // s = sqrt(d_in) / mean ||x|| over the first 4 batches, which the source yields again.
@@ -304,7 +298,6 @@ TEST_CASE("The trainer recovers synthetic features (MMCS >= 0.9)", "[Trainer]") 
   cfg.eval_every = 0;
   Source src(o, 1, cfg.batch_size);
   sae::train::Trainer<float, sae::TopKArch, Source> t(cfg, src);
-  t.setProgress(false);
   t.initialize();
   const auto r = t.train();
   REQUIRE(r.completed);
@@ -378,7 +371,6 @@ TEST_CASE("JumpReLU training lowers the loss and L0 falls far below d_sae", "[Tr
     cfg.eval_every = 0;
     Source src(o, 1, cfg.batch_size);
     sae::train::Trainer<float, sae::JumpReLUArch, Source> t(cfg, src);
-    t.setProgress(false);
     t.initialize();
     const auto r = t.train();
     REQUIRE(r.completed);

@@ -1,31 +1,61 @@
 /// @file sae.hpp
-/// @brief Umbrella header: everything a user of the library needs.
+/// @brief Umbrella header: every public part of the library (see the README's "Layout" for
+/// what each folder holds). Each header also compiles on its own.
 #pragma once
 
 #include <sae/core/config.hpp>
+#include <sae/core/enum_names.hpp>
 #include <sae/core/error.hpp>
 #include <sae/core/parameters.hpp>
 #include <sae/core/rng.hpp>
 #include <sae/core/types.hpp>
+#include <sae/eval/density_decades.hpp>
+#include <sae/eval/density_window.hpp>
 #include <sae/eval/feature_stats.hpp>
 #include <sae/eval/metrics.hpp>
 #include <sae/eval/synthetic.hpp>
+#include <sae/io/activation_files.hpp>
 #include <sae/io/activation_stream.hpp>
+#include <sae/io/array_view.hpp>
+#include <sae/io/atomic_write.hpp>
+#include <sae/io/codes_file.hpp>
+#include <sae/io/dtype.hpp>
+#include <sae/io/gemma_scope.hpp>
+#include <sae/io/loaded_sae.hpp>
+#include <sae/io/mapped_file.hpp>
+#include <sae/io/npy.hpp>
 #include <sae/io/npz.hpp>
+#include <sae/io/raw.hpp>
 #include <sae/io/sae_formats.hpp>
+#include <sae/io/saelens.hpp>
+#include <sae/io/safetensors.hpp>
+#include <sae/io/sparsify.hpp>
+#include <sae/kernels/bf16_matmul.hpp>
+#include <sae/kernels/gemm.hpp>
+#include <sae/kernels/onednn.hpp>
 #include <sae/kernels/sparse.hpp>
 #include <sae/kernels/topk.hpp>
 #include <sae/models/batchtopk.hpp>
-#include <sae/models/config.hpp>
+#include <sae/models/codes.hpp>
 #include <sae/models/gated.hpp>
 #include <sae/models/jumprelu.hpp>
+#include <sae/models/loss_terms.hpp>
 #include <sae/models/matryoshka.hpp>
 #include <sae/models/normalization.hpp>
+#include <sae/models/registry.hpp>
+#include <sae/models/sae_config.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
 #include <sae/models/standard.hpp>
 #include <sae/models/topk.hpp>
 #include <sae/optim/adam.hpp>
 #include <sae/optim/clip.hpp>
 #include <sae/optim/schedule.hpp>
+#include <sae/runtime/codes.hpp>
+#include <sae/runtime/sae.hpp>
 #include <sae/steer/steering.hpp>
+#include <sae/train/batch_source.hpp>
+#include <sae/train/callbacks.hpp>
+#include <sae/train/checkpoint.hpp>
 #include <sae/train/dead_latents.hpp>
+#include <sae/train/step.hpp>
+#include <sae/train/trainer.hpp>

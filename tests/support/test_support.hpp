@@ -6,6 +6,7 @@
 // SAE_DEFAULT_FIXTURES_DIR (tests/data) that tests/CMakeLists.txt gives the test program.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -66,6 +67,27 @@ void perturb(Model& model, std::uint64_t seed, double scale) {
   Rng rng(seed);
   auto flat = model.parameters().flat();
   for (Index i = 0; i < flat.size(); ++i) flat[i] += typename Model::Scalar(scale * rng.normal());
+}
+
+/// Largest relative error, max(|numeric|, |analytic|, 1e-3) in the denominator, between
+/// `analytic` and the centred finite differences of `loss()` over every scalar of `value`
+/// (each perturbed by +-step in turn and restored).
+template <typename Value, typename Analytic, typename Loss>
+double worstFiniteDifferenceError(Value&& value, const Analytic& analytic, const Loss& loss,
+                                  double step = 1e-5) {
+  double worst = 0;
+  for (Index i = 0; i < value.size(); ++i) {
+    const double saved = value[i];
+    value[i] = saved + step;
+    const double up = loss();
+    value[i] = saved - step;
+    const double down = loss();
+    value[i] = saved;
+    const double numeric = (up - down) / (2 * step);
+    const double scale = std::max({std::abs(numeric), std::abs(double(analytic[i])), 1e-3});
+    worst = std::max(worst, std::abs(numeric - double(analytic[i])) / scale);
+  }
+  return worst;
 }
 
 /// `got` is `want` exactly: the same sign for zeros, any NaN for a NaN.

@@ -48,6 +48,15 @@ class ParameterSet {
 
   ParameterSet() = default;
 
+  /// @brief A set that records the tensors added to it (names, shapes, layouts, offsets) but
+  /// holds no values: what a model of a config consists of, without allocating it (for
+  /// checking a file's tensors before reading them). Its data accessors throw ConfigError.
+  static ParameterSet layoutOnly() {
+    ParameterSet p;
+    p.m_layout_only = true;
+    return p;
+  }
+
   /// @brief Appends a zero-initialised tensor of the given logical shape (1 or 2 dimensions).
   void add(std::string name, std::vector<Index> shape, Layout layout = Layout::RowMajor) {
     require(shape.size() == 1 || shape.size() == 2, "parameter '", name,
@@ -58,8 +67,9 @@ class ParameterSet {
       require(d > 0, "parameter '", name, "': every dimension must be positive, found ", d);
       size *= d;
     }
-    const Index offset = m_data.size();
+    const Index offset = m_entries.empty() ? 0 : m_entries.back().offset + m_entries.back().size;
     m_entries.push_back(ParameterInfo{std::move(name), std::move(shape), layout, offset, size});
+    if (m_layout_only) return;
     m_data.conservativeResize(offset + size);
     m_data.segment(offset, size).setZero();
   }
@@ -82,19 +92,27 @@ class ParameterSet {
   const std::vector<ParameterInfo>& entries() const { return m_entries; }
 
   /// @brief Total number of scalars.
-  Index size() const { return m_data.size(); }
+  Index size() const {
+    return m_entries.empty() ? 0 : m_entries.back().offset + m_entries.back().size;
+  }
 
   /// @brief The whole buffer.
-  FlatMap flat() { return FlatMap(m_data.data(), m_data.size()); }
-  ConstFlatMap flat() const { return ConstFlatMap(m_data.data(), m_data.size()); }
+  FlatMap flat() {
+    checkStorage();
+    return FlatMap(m_data.data(), m_data.size());
+  }
+  ConstFlatMap flat() const {
+    checkStorage();
+    return ConstFlatMap(m_data.data(), m_data.size());
+  }
 
   /// @brief Tensor `name` as a flat vector in storage order.
   FlatMap flat(std::string_view name) {
-    const ParameterInfo& e = info(name);
+    const ParameterInfo& e = dataInfo(name);
     return FlatMap(m_data.data() + e.offset, e.size);
   }
   ConstFlatMap flat(std::string_view name) const {
-    const ParameterInfo& e = info(name);
+    const ParameterInfo& e = dataInfo(name);
     return ConstFlatMap(m_data.data() + e.offset, e.size);
   }
 
@@ -120,7 +138,7 @@ class ParameterSet {
 
   /// @brief Copy of tensor `name` in row-major order, as `[rows, cols]` (`[1, n]` for 1-D).
   RowMatrix<Scalar> rowMajorCopy(std::string_view name) const {
-    const ParameterInfo& e = info(name);
+    const ParameterInfo& e = dataInfo(name);
     if (e.shape.size() == 2 && e.layout == Layout::ColMajor) return colMajor(name);
     return Eigen::Map<const RowMatrix<Scalar>>(m_data.data() + e.offset, e.rows(), e.cols());
   }
@@ -128,7 +146,7 @@ class ParameterSet {
   /// @brief Overwrites tensor `name` from row-major values of its logical shape
   /// (`[1, n]` or `[n, 1]` accepted for 1-D tensors).
   void assignRowMajor(std::string_view name, const Eigen::Ref<const RowMatrix<Scalar>>& values) {
-    const ParameterInfo& e = info(name);
+    const ParameterInfo& e = dataInfo(name);
     const bool vector_ok = e.shape.size() == 1 && values.size() == e.size &&
                            (values.rows() == 1 || values.cols() == 1);
     const bool matrix_ok =
@@ -180,8 +198,17 @@ class ParameterSet {
     return nullptr;
   }
 
+  void checkStorage() const {
+    require(!m_layout_only, "this parameter set describes a layout only and holds no values");
+  }
+
+  const ParameterInfo& dataInfo(std::string_view name) const {
+    checkStorage();
+    return info(name);
+  }
+
   const ParameterInfo& matrixInfo(std::string_view name, Layout layout) const {
-    const ParameterInfo& e = info(name);
+    const ParameterInfo& e = dataInfo(name);
     require(e.shape.size() == 2, "parameter '", e.name, "' is not a matrix");
     require(e.layout == layout, "parameter '", e.name, "' is stored ",
             e.layout == Layout::RowMajor ? "row-major" : "column-major");
@@ -190,6 +217,7 @@ class ParameterSet {
 
   std::vector<ParameterInfo> m_entries;
   Vector<Scalar> m_data;
+  bool m_layout_only = false;
 };
 
 }  // namespace sae

@@ -22,7 +22,7 @@
 #include <sae/core/config.hpp>
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
-#include <sae/models/config.hpp>
+#include <sae/models/sae_config.hpp>
 
 namespace sae {
 namespace eval {
@@ -125,44 +125,30 @@ class FeatureStatistics {
     reset();
   }
 
-  /// @brief Adds a batch of sparse codes whose row b is global row `row_offset + b`.
-  /// Throws ConfigError for a wrong d_sae, an index out of [0, d_sae) or a bad offset, and
-  /// NumericError for a non-finite activation (before changing anything).
-  template <typename Scalar>
-  void add(const SparseCodes<Scalar>& codes, std::int64_t row_offset) {
-    const Index rows = codes.indices.rows(), k = codes.indices.cols();
-    require(codes.d_sae == m_d_sae, "codes have ", codes.d_sae, " latents, expected ", m_d_sae);
-    require(codes.values.rows() == rows && codes.values.cols() == k, "sparse codes: values are [",
-            codes.values.rows(), ", ", codes.values.cols(), "] but indices are [", rows, ", ", k,
-            "]");
+  /// @brief Adds a batch of sparse codes (SparseCodes or CsrCodes) whose row b is global row
+  /// `row_offset + b`. Throws ConfigError for a wrong d_sae, a latent index out of [0, d_sae)
+  /// or a bad offset, and NumericError for a non-finite activation (before changing anything).
+  template <typename Codes>
+  void add(const Codes& codes, std::int64_t row_offset) {
+    const Index rows = codes.rows();
+    require(codes.latents() == m_d_sae, "codes have ", codes.latents(), " latents, expected ",
+            m_d_sae);
+    checkLatentIds(codes);
     checkRows(rows, row_offset);
-    if (!codes.values.allFinite()) {
-      for (Index b = 0; b < rows; ++b)
-        for (Index j = 0; j < k; ++j)
-          checkFinite(codes.values(b, j), codes.indices(b, j), row_offset + b);
-    }
-    // Counting sort of the firing pairs by feature; rows stay in increasing order per feature.
+    // Counting sort of the firing pairs by feature (forEachActive goes row by row, so rows stay
+    // in increasing order per feature); the first pass also checks every activation.
     m_start.assign(static_cast<std::size_t>(m_d_sae) + 1, 0);
-    for (Index b = 0; b < rows; ++b) {
-      for (Index j = 0; j < k; ++j) {
-        const std::int32_t f = codes.indices(b, j);
-        if (f < 0 || Index(f) >= m_d_sae)
-          throw ConfigError(sae::detail::concat("sparse codes: row ", b, " holds latent index ", f,
-                                                ", outside [0, ", m_d_sae, ")"));
-        if (codes.values(b, j) != Scalar(0)) ++m_start[static_cast<std::size_t>(f) + 1];
-      }
-    }
+    forEachActive(codes, [&](Index b, Index f, auto v) {
+      checkFinite(v, f, row_offset + b);
+      ++m_start[static_cast<std::size_t>(f) + 1];
+    });
     for (Index f = 0; f < m_d_sae; ++f) m_start[f + 1] += m_start[f];
     m_entries.resize(static_cast<std::size_t>(m_start.back()));
     m_fill.assign(m_start.begin(), m_start.end() - 1);
-    for (Index b = 0; b < rows; ++b) {
-      for (Index j = 0; j < k; ++j) {
-        const Scalar v = codes.values(b, j);
-        if (v == Scalar(0)) continue;
-        auto& at = m_fill[static_cast<std::size_t>(codes.indices(b, j))];
-        m_entries[static_cast<std::size_t>(at++)] = {static_cast<double>(v), row_offset + b};
-      }
-    }
+    forEachActive(codes, [&](Index b, Index f, auto v) {
+      auto& at = m_fill[static_cast<std::size_t>(f)];
+      m_entries[static_cast<std::size_t>(at++)] = {static_cast<double>(v), row_offset + b};
+    });
     const Index blocks = (m_d_sae + kBlock - 1) / kBlock;
     const std::int64_t work = m_start.back() + m_d_sae;
     SAE_PRAGMA_OMP(parallel for schedule(static) if (work >= kParallelWork))
@@ -176,7 +162,8 @@ class FeatureStatistics {
   }
 
   /// @brief Adds a batch of dense codes `[rows, d_sae]` whose row b is global row
-  /// `row_offset + b`. Errors as for SparseCodes.
+  /// `row_offset + b`. Errors as for sparse codes. (Not through forEachActive: it scans the
+  /// dense matrix in parallel over blocks of features, with no sorted copy of the entries.)
   template <typename Scalar>
   void add(const DenseCodes<Scalar>& codes, std::int64_t row_offset) {
     const RowMatrix<Scalar>& values = codes.values;
@@ -339,6 +326,31 @@ class FeatureStatistics {
     require(row_offset >= 0, "feature statistics: row offset must be >= 0, found ", row_offset);
     require(row_offset <= std::numeric_limits<std::int64_t>::max() - rows,
             "feature statistics: row offset ", row_offset, " + ", rows, " rows overflows");
+  }
+
+  /// Every stored latent index in [0, d_sae) (zero activations included), and SparseCodes'
+  /// values shaped as its indices.
+  template <typename Codes>
+  void checkLatentIds(const Codes& codes) const {
+    auto check = [&](Index row, std::int64_t f) {
+      if (f < 0 || f >= m_d_sae)
+        throw ConfigError(sae::detail::concat("sparse codes: row ", row, " holds latent index ", f,
+                                              ", outside [0, ", m_d_sae, ")"));
+    };
+    if constexpr (isSparseCodes<Codes>) {
+      const Index rows = codes.indices.rows(), k = codes.indices.cols();
+      require(codes.values.rows() == rows && codes.values.cols() == k, "sparse codes: values are [",
+              codes.values.rows(), ", ", codes.values.cols(), "] but indices are [", rows, ", ", k,
+              "]");
+      for (Index b = 0; b < rows; ++b)
+        for (Index j = 0; j < k; ++j) check(b, codes.indices(b, j));
+    } else {
+      const kernels::CsrPattern& p = codes.pattern;
+      require(p.row.size() == p.latent.size() && codes.values.size() == p.latent.size(),
+              "sparse codes: ", p.latent.size(), " latents, ", p.row.size(), " rows and ",
+              codes.values.size(), " values");
+      for (std::size_t e = 0; e < p.latent.size(); ++e) check(p.row[e], p.latent[e]);
+    }
   }
 
   template <typename Scalar>

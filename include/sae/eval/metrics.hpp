@@ -8,7 +8,7 @@
 
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
-#include <sae/models/config.hpp>
+#include <sae/models/codes.hpp>
 
 namespace sae {
 namespace eval {
@@ -68,31 +68,11 @@ class FiringStats {
   explicit FiringStats(Index d_sae = 0) : m_counts(Eigen::VectorXd::Zero(d_sae)) {}
 
   /// @brief Adds the codes of a batch (DenseCodes, SparseCodes or CsrCodes).
-  template <typename Scalar>
-  void add(const CsrCodes<Scalar>& codes) {
-    checkWidth(codes.d_sae);
-    for (Index e = 0; e < codes.nnz(); ++e)
-      if (codes.values[e] != Scalar(0)) m_counts[codes.pattern.latent[e]] += 1;
+  template <typename Codes>
+  void add(const Codes& codes) {
+    checkWidth(codes.latents());
+    forEachActive(codes, [&](Index, Index latent, auto) { m_counts[latent] += 1; });
     m_tokens += codes.rows();
-  }
-  template <typename Scalar>
-  void add(const SparseCodes<Scalar>& codes) {
-    checkWidth(codes.d_sae);
-    for (Index b = 0; b < codes.indices.rows(); ++b)
-      for (Index j = 0; j < codes.indices.cols(); ++j)
-        if (codes.values(b, j) != Scalar(0)) m_counts[codes.indices(b, j)] += 1;
-    m_tokens += codes.indices.rows();
-  }
-  template <typename Scalar>
-  void add(const DenseCodes<Scalar>& codes) {
-    checkWidth(codes.values.cols());
-    m_counts += (codes.values.array() != Scalar(0))
-                    .template cast<double>()
-                    .colwise()
-                    .sum()
-                    .matrix()
-                    .transpose();
-    m_tokens += codes.values.rows();
   }
 
   std::int64_t tokens() const { return m_tokens; }

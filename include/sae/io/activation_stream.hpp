@@ -403,12 +403,7 @@ inline ShardInfo openShard(const std::string& path, const StreamOptions& options
     s.format = ShardFormat::Npz;
     s.where = concat(path, ": array '", a.name, "'");
     s.dataOffset = a.dataOffset;
-    s.dtype = a.dtype;
-    s.order = a.order;
-    s.fortran = a.fortran;
-    s.shape = a.shape;
-    s.rows = a.rows;
-    s.cols = a.cols;
+    detail::copyArrayLayout(s, a, a.rows, a.cols);
   } else if (ext == ".safetensors") {
     const SafetensorsFile f(path);
     std::vector<std::pair<std::string, std::vector<Index>>> arrays;
@@ -510,33 +505,12 @@ class ShardRowReader {
   // (array_view.hpp); runs of rows with consecutive offsets are read per column in one piece.
   template <typename Scalar>
   void readFortran(int fd, const ShardInfo& s, Index begin, Index n, Scalar* dst) {
-    const std::size_t lead = s.shape.empty() ? 0 : s.shape.size() - 1;
-    std::vector<Index> offset(static_cast<std::size_t>(n));
-    std::vector<Index> idx(lead);
-    for (Index i = 0; i < n; ++i) {
-      Index r = begin + i;
-      Index off = 0;
-      Index stride = 1;
-      for (std::size_t d = lead; d-- > 0;) {
-        idx[d] = r % s.shape[d];
-        r /= s.shape[d];
-      }
-      for (std::size_t d = 0; d < lead; ++d) {
-        off += idx[d] * stride;
-        stride *= s.shape[d];
-      }
-      offset[static_cast<std::size_t>(i)] = off;
-    }
+    const std::vector<Index> offset = detail::fortranRowOffsets(s.shape, begin, n);
     const std::size_t isz = dtypeSize(s.dtype);
     const Index chunk = static_cast<Index>(kStagingBytes / isz);
     m_staging.resize(kStagingBytes);
     std::vector<Scalar> values(static_cast<std::size_t>(chunk));
-    for (Index i = 0; i < n;) {
-      Index len = 1;
-      while (i + len < n && offset[static_cast<std::size_t>(i + len)] ==
-                                offset[static_cast<std::size_t>(i)] + len) {
-        ++len;
-      }
+    for (const auto& [i, len] : detail::consecutiveRuns(offset)) {
       for (Index k = 0; k < s.cols; ++k) {
         for (Index done = 0; done < len;) {
           const Index count = std::min(chunk, len - done);
@@ -550,7 +524,6 @@ class ShardRowReader {
           done += count;
         }
       }
-      i += len;
     }
   }
 
@@ -638,8 +611,7 @@ template <typename Scalar_>
 class ActivationStream {
  public:
   using Scalar = Scalar_;
-  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
-                "ActivationStream serves float or double rows");
+  static_assert(kFloatOrDouble<Scalar>, "ActivationStream serves float or double rows");
 
   /// @brief Opens every shard, checks them and the options, and estimates the median norm.
   /// @param specs Files, directories and glob patterns (see expandShardPaths()).

@@ -19,6 +19,7 @@
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
 #include <sae/io/dtype.hpp>
+#include <sae/io/mapped_file.hpp>
 
 namespace sae::io::detail {
 
@@ -74,6 +75,60 @@ inline FlatShape flattenShape(const std::vector<Index>& shape, DType dtype,
   return f;
 }
 
+/// @brief Copies an array's element type, byte order, storage order and shape from `from`
+/// (a parsed header or an array's description) to `to` (a view or a description), with the
+/// flattened `[rows, cols]` given.
+template <typename Target, typename Source>
+void copyArrayLayout(Target& to, const Source& from, Index rows, Index cols) {
+  to.dtype = from.dtype;
+  to.order = from.order;
+  to.fortran = from.fortran;
+  to.shape = from.shape;
+  to.rows = rows;
+  to.cols = cols;
+}
+
+/// @brief Fortran-order element offsets of the first column of rows [begin, begin + n) of the
+/// flattened view of an array of `shape`: element (r, k) lives at offset(r) + k * rows, where
+/// offset(r) is the offset of the leading multi-index of row r (rows flatten in C order).
+inline std::vector<Index> fortranRowOffsets(const std::vector<Index>& shape, Index begin, Index n) {
+  const std::size_t lead = shape.empty() ? 0 : shape.size() - 1;
+  std::vector<Index> offset(static_cast<std::size_t>(n));
+  std::vector<Index> idx(lead);
+  for (Index i = 0; i < n; ++i) {
+    Index r = begin + i;
+    Index off = 0;
+    Index stride = 1;
+    for (std::size_t d = lead; d-- > 0;) {
+      idx[d] = r % shape[d];
+      r /= shape[d];
+    }
+    for (std::size_t d = 0; d < lead; ++d) {
+      off += idx[d] * stride;
+      stride *= shape[d];
+    }
+    offset[static_cast<std::size_t>(i)] = off;
+  }
+  return offset;
+}
+
+/// @brief The runs of consecutive offsets in `offset`, as (first index, length): rows of a
+/// Fortran-order array whose columns can be read in one piece.
+inline std::vector<std::pair<Index, Index>> consecutiveRuns(const std::vector<Index>& offset) {
+  const Index n = static_cast<Index>(offset.size());
+  std::vector<std::pair<Index, Index>> runs;
+  for (Index i = 0; i < n;) {
+    Index len = 1;
+    while (i + len < n &&
+           offset[static_cast<std::size_t>(i + len)] == offset[static_cast<std::size_t>(i)] + len) {
+      ++len;
+    }
+    runs.emplace_back(i, len);
+    i += len;
+  }
+  return runs;
+}
+
 /// @brief A dense array inside a mapped file, seen as a `[rows, cols]` matrix.
 /// The owner has checked that `data` holds `rows * cols` elements.
 struct ArrayView {
@@ -90,8 +145,7 @@ struct ArrayView {
   /// Throws ConfigError for a range outside [0, rows] or an output of the wrong size.
   template <typename Scalar>
   void readRows(Index begin, Index end, Eigen::Ref<RowMatrix<Scalar>> out) const {
-    static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
-                  "rows are read into float or double matrices");
+    static_assert(kFloatOrDouble<Scalar>, "rows are read into float or double matrices");
     if (begin < 0 || end < begin || end > rows) {
       throw ConfigError(sae::detail::concat(where, ": readRows range [", begin, ", ", end,
                                             ") is out of bounds for ", rows, " rows"));
@@ -107,6 +161,14 @@ struct ArrayView {
     } else {
       readC<Scalar>(begin, n, out);
     }
+  }
+
+  /// @brief The whole array as a `[rows, cols]` matrix.
+  template <typename Scalar>
+  RowMatrix<Scalar> readAll() const {
+    RowMatrix<Scalar> m(rows, cols);
+    readRows<Scalar>(0, rows, m);
+    return m;
   }
 
  private:
@@ -137,36 +199,8 @@ struct ArrayView {
 
   template <typename Scalar>
   void readFortran(Index begin, Index n, Eigen::Ref<RowMatrix<Scalar>>& out) const {
-    // Element (r, k) of the flattened view lives at offset(r) + k * rows, where offset(r) is the
-    // Fortran-order offset of the leading multi-index of row r (rows flatten in C order).
-    const std::size_t lead = shape.empty() ? 0 : shape.size() - 1;
-    std::vector<Index> offset(static_cast<std::size_t>(n));
-    std::vector<Index> idx(lead);
-    for (Index i = 0; i < n; ++i) {
-      Index r = begin + i;
-      Index off = 0;
-      Index stride = 1;
-      for (std::size_t d = lead; d-- > 0;) {
-        idx[d] = r % shape[d];
-        r /= shape[d];
-      }
-      for (std::size_t d = 0; d < lead; ++d) {
-        off += idx[d] * stride;
-        stride *= shape[d];
-      }
-      offset[static_cast<std::size_t>(i)] = off;
-    }
-    // Rows whose offsets are consecutive form runs that convert in one call per column.
-    std::vector<std::pair<Index, Index>> runs;  // (first row, length)
-    for (Index i = 0; i < n;) {
-      Index len = 1;
-      while (i + len < n && offset[static_cast<std::size_t>(i + len)] ==
-                                offset[static_cast<std::size_t>(i)] + len) {
-        ++len;
-      }
-      runs.emplace_back(i, len);
-      i += len;
-    }
+    const std::vector<Index> offset = fortranRowOffsets(shape, begin, n);
+    const std::vector<std::pair<Index, Index>> runs = consecutiveRuns(offset);
     const Index isz = static_cast<Index>(dtypeSize(dtype));
     Vector<Scalar> column(n);
     for (Index k = 0; k < cols; ++k) {
@@ -177,6 +211,46 @@ struct ArrayView {
       out.col(k) = column;
     }
   }
+};
+
+/// @brief A memory-mapped file holding one dense array, read as a `[rows, cols]` matrix: what
+/// the readers of single-array files (NpyReader, RawReader) share. The reader's constructor
+/// maps the file and fills the view.
+class MappedArray {
+ public:
+  /// @brief Path the reader was opened with.
+  const std::string& path() const noexcept { return m_file.path(); }
+  /// @brief Rows of the flattened view.
+  Index rows() const noexcept { return m_view.rows; }
+  /// @brief Columns of the flattened view (the last dimension).
+  Index cols() const noexcept { return m_view.cols; }
+  /// @brief Element type.
+  DType dtype() const noexcept { return m_view.dtype; }
+  /// @brief Byte order of the elements (Little for one-byte types).
+  ByteOrder byteOrder() const noexcept { return m_view.order; }
+
+  /// @brief Converts rows [begin, end) of the flattened view into `out`.
+  /// @tparam Scalar float or double.
+  /// @param begin First row. @param end One past the last row.
+  /// @param out Output of exactly `end - begin` rows and cols() columns (may be a block of a
+  ///        larger row-major matrix). Throws ConfigError for a bad range or output size.
+  template <typename Scalar>
+  void readRows(Index begin, Index end, Eigen::Ref<RowMatrix<Scalar>> out) const {
+    m_view.readRows<Scalar>(begin, end, out);
+  }
+
+  /// @brief The whole array as a `[rows, cols]` matrix.
+  template <typename Scalar>
+  RowMatrix<Scalar> readAll() const {
+    return m_view.readAll<Scalar>();
+  }
+
+ protected:
+  /// Maps `path` (IoError when it cannot be opened or mapped).
+  explicit MappedArray(const std::string& path) : m_file(path) {}
+
+  MappedFile m_file;
+  ArrayView m_view;
 };
 
 }  // namespace sae::io::detail

@@ -60,19 +60,15 @@ class AtomicFileWriter {
 
   /// @brief Appends `n` bytes.
   void write(const void* data, std::size_t n) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    while (n > 0) {
-      const std::size_t chunk = std::min<std::size_t>(n, std::size_t(1) << 30);
-      const ssize_t k = ::write(m_fd, p, chunk);
-      if (k < 0) {
-        if (errno == EINTR) continue;
-        fail("cannot write", errno);
-      }
-      if (k == 0) fail("cannot write", EIO);
-      p += k;
-      n -= static_cast<std::size_t>(k);
-    }
-    m_written += static_cast<std::uint64_t>(p - static_cast<const unsigned char*>(data));
+    writeAt(nullptr, data, n);
+    m_written += n;
+  }
+
+  /// @brief Replaces `n` bytes already written, from byte `offset` on (a header fixed up once
+  /// the data are known). IoError naming `path` when the range goes past what was written.
+  void overwrite(std::uint64_t offset, const void* data, std::size_t n) {
+    if (offset > m_written || n > m_written - offset) fail("cannot overwrite past the end", EINVAL);
+    writeAt(&offset, data, n);
   }
 
   /// @brief Appends `n` floats or doubles as little-endian elements of `as` (F32, F64, F16, BF16).
@@ -121,6 +117,24 @@ class AtomicFileWriter {
   std::uint64_t bytesWritten() const noexcept { return m_written; }
 
  private:
+  // Writes all `n` bytes: appended when `offset` is null, else from *offset on (advanced).
+  void writeAt(std::uint64_t* offset, const void* data, std::size_t n) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    while (n > 0) {
+      const std::size_t chunk = std::min<std::size_t>(n, std::size_t(1) << 30);
+      const ssize_t k = offset ? ::pwrite(m_fd, p, chunk, static_cast<off_t>(*offset))
+                               : ::write(m_fd, p, chunk);
+      if (k < 0) {
+        if (errno == EINTR) continue;
+        fail("cannot write", errno);
+      }
+      if (k == 0) fail("cannot write", EIO);
+      p += k;
+      n -= static_cast<std::size_t>(k);
+      if (offset) *offset += static_cast<std::uint64_t>(k);
+    }
+  }
+
   [[noreturn]] void fail(const char* what, int err) {
     const std::string temp = m_temp;
     discard();

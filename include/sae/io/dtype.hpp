@@ -19,6 +19,7 @@
 #include <type_traits>
 
 #include <sae/core/config.hpp>
+#include <sae/core/enum_names.hpp>
 
 namespace sae::io {
 
@@ -39,12 +40,36 @@ enum class DType : std::uint8_t {
   U64    ///< unsigned 64-bit integer.
 };
 
+}  // namespace sae::io
+
+/// The readable names of the element types, used in messages.
+template <>
+struct sae::EnumNames<sae::io::DType> {
+  static constexpr std::pair<io::DType, const char*> table[] = {
+      {io::DType::F64, "float64"},   {io::DType::F32, "float32"}, {io::DType::F16, "float16"},
+      {io::DType::BF16, "bfloat16"}, {io::DType::U8, "uint8"},    {io::DType::Bool, "bool"},
+      {io::DType::I8, "int8"},       {io::DType::I16, "int16"},   {io::DType::I32, "int32"},
+      {io::DType::I64, "int64"},     {io::DType::U16, "uint16"},  {io::DType::U32, "uint32"},
+      {io::DType::U64, "uint64"}};
+};
+
+namespace sae::io {
+
 /// @brief Byte order of multi-byte elements in a file.
 enum class ByteOrder : std::uint8_t { Little, Big };
 
 /// Byte order of the machine the library runs on.
 inline constexpr ByteOrder kNativeByteOrder =
     __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? ByteOrder::Little : ByteOrder::Big;
+
+/// @brief True for the scalar types the readers and writers convert to and from: float, double.
+template <typename Scalar>
+inline constexpr bool kFloatOrDouble =
+    std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>;
+
+/// @brief The DType of a float or double scalar: F32 or F64 (the default of the writers).
+template <typename Scalar>
+inline constexpr DType kDTypeOf = std::is_same_v<Scalar, float> ? DType::F32 : DType::F64;
 
 /// @brief Size in bytes of one element of type `t`.
 inline constexpr std::size_t dtypeSize(DType t) {
@@ -88,37 +113,7 @@ inline constexpr bool dtypeIsInteger(DType t) {
 }
 
 /// @brief Readable name of `t` ("float32", "bfloat16", ...), used in messages.
-inline constexpr const char* dtypeName(DType t) {
-  switch (t) {
-    case DType::F64:
-      return "float64";
-    case DType::F32:
-      return "float32";
-    case DType::F16:
-      return "float16";
-    case DType::BF16:
-      return "bfloat16";
-    case DType::U8:
-      return "uint8";
-    case DType::Bool:
-      return "bool";
-    case DType::I8:
-      return "int8";
-    case DType::I16:
-      return "int16";
-    case DType::I32:
-      return "int32";
-    case DType::I64:
-      return "int64";
-    case DType::U16:
-      return "uint16";
-    case DType::U32:
-      return "uint32";
-    case DType::U64:
-      return "uint64";
-  }
-  return "?";
-}
+inline constexpr const char* dtypeName(DType t) { return enumName(t); }
 
 namespace detail {
 
@@ -319,8 +314,7 @@ inline void convertElementsImpl(const unsigned char* src, DType dtype, Index n, 
 template <typename Scalar>
 inline void convertElements(const unsigned char* src, DType dtype, ByteOrder order, Index n,
                             Scalar* dst) {
-  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
-                "array files are read into float or double");
+  static_assert(kFloatOrDouble<Scalar>, "array files are read into float or double");
   if (n <= 0) return;
   if (order == kNativeByteOrder || dtypeSize(dtype) == 1) {
     convertElementsImpl<false>(src, dtype, n, dst);
@@ -370,8 +364,7 @@ inline std::int64_t decodeInteger(const unsigned char* src, DType dtype, ByteOrd
 /// (F32, F64, F16 or BF16, the types the writers produce).
 template <typename Scalar>
 inline void encodeLittleEndian(const Scalar* src, DType dtype, Index n, unsigned char* dst) {
-  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
-                "writers take float or double data");
+  static_assert(kFloatOrDouble<Scalar>, "writers take float or double data");
   constexpr bool swap = kNativeByteOrder != ByteOrder::Little;
   auto store = [dst](Index i, auto bits) {
     if constexpr (swap) bits = byteSwap(bits);

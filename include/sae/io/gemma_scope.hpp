@@ -29,11 +29,7 @@ inline constexpr const char* kGemmaScopeFilename = "params.npz";
 namespace detail {
 
 /// A Gemma Scope archive, checked: description, weight plan and the open archive.
-struct GemmaScopeSource {
-  SaeDescription desc;
-  WeightPlan plan;
-  NpzFile file;
-};
+using GemmaScopeSource = WeightSource<NpzFile>;
 
 inline GemmaScopeSource openGemmaScope(const std::string& path) {
   using sae::detail::concat;
@@ -69,15 +65,8 @@ inline GemmaScopeSource openGemmaScope(const std::string& path) {
       "Gemma Scope params.npz: a JumpReLU SAE, b_dec not subtracted from the input");
   if (enc.source != enc.param) cfg.notes.push_back("arrays w_enc / w_dec read as W_enc / W_dec");
 
-  SaeDescription d;
-  d.format = SaeFormat::GemmaScope;
-  d.path = path;
-  d.weights_path = file_path;
-  d.storage_dtype = checkWeightPlan(file, plan, cfg, "the shape of W_enc");
-  d.tensors = storedTensors(file);
-  cfg.dtype = d.storage_dtype == "mixed" ? "float32" : d.storage_dtype;
-  d.config = std::move(cfg);
-  return GemmaScopeSource{std::move(d), std::move(plan), std::move(file)};
+  return checkedSource(SaeFormat::GemmaScope, path, file_path, std::move(file), std::move(plan),
+                       std::move(cfg), "the shape of W_enc", false);
 }
 
 }  // namespace detail
@@ -94,8 +83,7 @@ inline SaeDescription describeGemmaScope(const std::string& path) {
 /// extra array, non-float dtype), NumericError (a non-finite weight).
 template <typename Scalar>
 LoadedSae<Scalar> loadGemmaScope(const std::string& path) {
-  const detail::GemmaScopeSource src = detail::openGemmaScope(path);
-  return detail::assembleSae<Scalar>(src.desc, src.plan, src.file);
+  return detail::assembleSae<Scalar>(detail::openGemmaScope(path));
 }
 
 }  // namespace sae::io

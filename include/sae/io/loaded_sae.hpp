@@ -22,17 +22,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sae/core/enum_names.hpp>
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
 #include <sae/io/dtype.hpp>
 #include <sae/io/npz.hpp>
 #include <sae/io/safetensors.hpp>
-#include <sae/models/gated.hpp>
-#include <sae/models/jumprelu.hpp>
 #include <sae/models/normalization.hpp>
-#include <sae/models/sparse_autoencoder.hpp>
-#include <sae/models/standard.hpp>
-#include <sae/models/topk.hpp>
+#include <sae/models/registry.hpp>
 
 namespace sae::io {
 
@@ -43,21 +40,21 @@ enum class SaeFormat {
   GemmaScope  ///< `params.npz` (Gemma Scope JumpReLU SAEs)
 };
 
-/// @brief Name of a format as `sae info` prints it: "saelens", "sparsify", "gemma_scope".
-inline const char* saeFormatName(SaeFormat f) {
-  switch (f) {
-    case SaeFormat::SaeLens:
-      return "saelens";
-    case SaeFormat::Sparsify:
-      return "sparsify";
-    case SaeFormat::GemmaScope:
-      return "gemma_scope";
-  }
-  return "?";
-}
+}  // namespace sae::io
 
-/// The architectures a LoadedSae can hold, for messages.
-inline constexpr const char* kSaeArchitectures = "standard, gated, topk, jumprelu";
+/// The names of the formats, as `sae info` prints them.
+template <>
+struct sae::EnumNames<sae::io::SaeFormat> {
+  static constexpr std::pair<io::SaeFormat, const char*> table[] = {
+      {io::SaeFormat::SaeLens, "saelens"},
+      {io::SaeFormat::Sparsify, "sparsify"},
+      {io::SaeFormat::GemmaScope, "gemma_scope"}};
+};
+
+namespace sae::io {
+
+/// @brief Name of a format as `sae info` prints it: "saelens", "sparsify", "gemma_scope".
+inline const char* saeFormatName(SaeFormat f) { return enumName(f); }
 
 /// SAELens cfg.json format version this library writes (metadata.sae_lens_version). SAELens
 /// reads a config without a version of at least 6.0 as a pre-6.0 one.
@@ -66,7 +63,7 @@ inline constexpr const char* kSaeLensFormatVersion = "6.18.0";
 /// @brief An SAE described in SAELens's terms: the fields of a SAELens 6 `cfg.json` that
 /// decide what the SAE computes. Every reader fills one, whatever the source format.
 struct SaeLensConfig {
-  std::string architecture;                    ///< "standard", "gated", "topk" or "jumprelu".
+  std::string architecture;                    ///< One of LoadableArchitectures (registry.hpp).
   SaeConfig sae_cfg;                           ///< d_in, d_sae, k and the two flags.
   std::string dtype = "float32";               ///< cfg.json's dtype (of the weights as written).
   std::string normalize_activations = "none";  ///< One of kNormalizeActivationsNames.
@@ -98,7 +95,7 @@ struct SaeLensConfig {
     j["apply_b_dec_to_input"] = sae_cfg.apply_b_dec_to_input;
     j["normalize_activations"] = normalize_activations;
     j["reshape_activations"] = reshape_activations;
-    if (architecture == "topk") {
+    if (architectureInfo(architecture).uses_k) {
       j["k"] = sae_cfg.k;
       j["rescale_acts_by_decoder_norm"] = sae_cfg.rescale_acts_by_decoder_norm;
     }
@@ -126,21 +123,24 @@ struct SaeDescription {
   std::string storage_dtype;
 };
 
-/// @brief An SAE of any supported architecture (runtime choice at the edge, see STYLE.md).
+/// @brief An SAE of any architecture an SAE file can hold (the registry's
+/// LoadableArchitectures; runtime choice at the edge, see STYLE.md).
 template <typename Scalar>
-using AnySae =
-    std::variant<StandardSAE<Scalar>, GatedSAE<Scalar>, TopKSAE<Scalar>, JumpReLUSAE<Scalar>>;
+using AnySae = AnyModel<Scalar, LoadableArchitectures>;
+
+/// @brief The architectures an SAE file can hold, for messages: "standard, gated, ...".
+inline std::string loadableArchitectureNames() {
+  return architectureNameList<LoadableArchitectures>();
+}
 
 /// @brief A model of architecture `architecture` with every parameter zero.
 /// @throws FormatError naming the supported architectures for an unknown name.
 template <typename Scalar>
 AnySae<Scalar> makeSae(const std::string& architecture, const SaeConfig& cfg) {
-  if (architecture == "standard") return StandardSAE<Scalar>(cfg);
-  if (architecture == "gated") return GatedSAE<Scalar>(cfg);
-  if (architecture == "topk") return TopKSAE<Scalar>(cfg);
-  if (architecture == "jumprelu") return JumpReLUSAE<Scalar>(cfg);
-  throw FormatError(sae::detail::concat("unsupported architecture '", architecture,
-                                        "' (supported: ", kSaeArchitectures, ")"));
+  if (!isArchitecture<LoadableArchitectures>(architecture))
+    throw FormatError(sae::detail::concat("unsupported architecture '", architecture,
+                                          "' (supported: ", loadableArchitectureNames(), ")"));
+  return makeModel<Scalar, LoadableArchitectures>(architecture, cfg);
 }
 
 /// @brief An SAE read from disk: its description in SAELens's terms and its model.
@@ -264,19 +264,12 @@ inline std::string stringField(const nlohmann::ordered_json& j, const char* name
   return j.at(name).get<std::string>();
 }
 
-/// The names of the parameters of an architecture, in model order.
-inline std::vector<std::string> parameterNames(const std::string& arch) {
-  if (arch == "gated") return {"W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec"};
-  if (arch == "jumprelu") return {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"};
-  return {"W_enc", "b_enc", "W_dec", "b_dec"};
-}
-
-/// Logical shape of parameter `name` of an SAE of config `c`.
-inline std::vector<Index> parameterShape(const std::string& name, const SaeConfig& c) {
-  if (name == "W_enc") return {c.d_in, c.d_sae};
-  if (name == "W_dec") return {c.d_sae, c.d_in};
-  if (name == "b_dec") return {c.d_in};
-  return {c.d_sae};
+/// The parameters of an SAE of architecture `arch` and config `c` (names, logical shapes),
+/// in model order, as its policy declares them; nothing is allocated.
+inline std::vector<ParameterInfo> parameterLayout(const std::string& arch, const SaeConfig& c) {
+  return visitArchitecture<LoadableArchitectures>(arch, [&](auto tag) {
+    return SparseAutoencoder<float, typename decltype(tag)::Arch>::parameterLayout(c);
+  });
 }
 
 /// "[a, b]".
@@ -309,10 +302,12 @@ struct WeightPlan {
   /// Stored tensors that are read by nobody and are fine to ignore (a scaling factor of ones).
   std::vector<std::string> ignored;
 
-  /// The plan that reads every parameter of `arch` from the tensor of the same name.
-  static WeightPlan identity(const std::string& arch) {
+  /// The plan that reads every parameter of an SAE of `arch` and `cfg` from the tensor of the
+  /// same name.
+  static WeightPlan identity(const std::string& arch, const SaeConfig& cfg) {
     WeightPlan p;
-    for (const auto& n : parameterNames(arch)) p.bindings.push_back({n, n, TensorTransform::Copy});
+    for (const auto& e : parameterLayout(arch, cfg))
+      p.bindings.push_back({e.name, e.name, TensorTransform::Copy});
     return p;
   }
 
@@ -387,8 +382,13 @@ std::string checkWeightPlan(const File& f, const WeightPlan& plan, const SaeLens
     storage = storage.empty() || storage == name ? name : "mixed";
     used.push_back(source);
   };
+  const std::vector<ParameterInfo> layout = parameterLayout(cfg.architecture, cfg.sae_cfg);
   for (const auto& b : plan.bindings) {
-    std::vector<Index> shape = parameterShape(b.param, cfg.sae_cfg);
+    const auto e = std::find_if(layout.begin(), layout.end(),
+                                [&](const ParameterInfo& p) { return p.name == b.param; });
+    if (e == layout.end())
+      throw FormatError(concat(cfg.architecture, " SAEs have no parameter '", b.param, "'"));
+    std::vector<Index> shape = e->shape;
     if (b.transform == TensorTransform::Transpose) std::reverse(shape.begin(), shape.end());
     check(b.source, shape, b.param);
   }
@@ -419,6 +419,33 @@ RowMatrix<Scalar> readFinite(const File& f, const std::string& name) {
                                                  ") at flat index ", r * m.cols() + c));
   }
   return m;
+}
+
+/// An SAE source, checked: description, weight plan and the open weights file.
+template <typename File>
+struct WeightSource {
+  SaeDescription desc;
+  WeightPlan plan;
+  File file;
+};
+
+/// @brief Checks `plan` against `file` (checkWeightPlan(), shapes from `shapes_from`) and
+/// describes the SAE of format `format` at `path`, read from `weights_path` with `cfg`.
+/// `keep_cfg_dtype` false: cfg.json's dtype becomes the storage dtype ("float32" if mixed).
+template <typename File>
+WeightSource<File> checkedSource(SaeFormat format, const std::string& path,
+                                 const std::string& weights_path, File file, WeightPlan plan,
+                                 SaeLensConfig cfg, const std::string& shapes_from,
+                                 bool keep_cfg_dtype) {
+  SaeDescription d;
+  d.format = format;
+  d.path = path;
+  d.weights_path = weights_path;
+  d.storage_dtype = checkWeightPlan(file, plan, cfg, shapes_from);
+  d.tensors = storedTensors(file);
+  if (!keep_cfg_dtype) cfg.dtype = d.storage_dtype == "mixed" ? "float32" : d.storage_dtype;
+  d.config = std::move(cfg);
+  return WeightSource<File>{std::move(d), std::move(plan), std::move(file)};
 }
 
 /// Builds the model of `desc` from a file checked with checkWeightPlan().
@@ -454,6 +481,12 @@ LoadedSae<Scalar> assembleSae(const SaeDescription& desc, const WeightPlan& plan
       },
       out.model);
   return out;
+}
+
+/// Builds the model of a checked source.
+template <typename Scalar, typename File>
+LoadedSae<Scalar> assembleSae(const WeightSource<File>& src) {
+  return assembleSae<Scalar>(src.desc, src.plan, src.file);
 }
 
 }  // namespace detail

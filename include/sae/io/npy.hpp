@@ -1,7 +1,7 @@
 /// @file npy.hpp
 /// @brief NumPy `.npy` files: NpyReader (memory-mapped, row ranges), readNpy(), readNpyMask(),
 /// NpyIntegerReader / readNpyIntegers() (integer arrays such as token ids, read exactly),
-/// writeNpy(), writeNpyVector(), writeNpyMask().
+/// writeNpy(), writeNpyVector(), writeNpyMask(), NpyStreamWriter (rows appended in chunks).
 ///
 /// Format (numpy.lib.format, versions 1.0, 2.0 and 3.0): the magic `\x93NUMPY`, two version
 /// bytes, the header length (little-endian u16 for 1.0, u32 for 2.0 and 3.0), then the header:
@@ -52,25 +52,11 @@ struct PyValue {
 
 /// "a dict", "an int"...: the kind of a value, for messages.
 inline const char* describeKind(PyValue::Kind k) {
-  switch (k) {
-    case PyValue::Kind::Dict:
-      return "a dict";
-    case PyValue::Kind::Tuple:
-      return "a tuple";
-    case PyValue::Kind::List:
-      return "a list";
-    case PyValue::Kind::Str:
-      return "a string";
-    case PyValue::Kind::Int:
-      return "an int";
-    case PyValue::Kind::Float:
-      return "a float";
-    case PyValue::Kind::Bool:
-      return "a bool";
-    case PyValue::Kind::None:
-      return "None";
-  }
-  return "?";
+  using K = PyValue::Kind;
+  static constexpr std::pair<K, const char*> names[] = {
+      {K::Dict, "a dict"}, {K::Tuple, "a tuple"}, {K::List, "a list"}, {K::Str, "a string"},
+      {K::Int, "an int"},  {K::Float, "a float"}, {K::Bool, "a bool"}, {K::None, "None"}};
+  return sae::detail::findName(names, k);
 }
 
 /// @brief Recursive-descent parser for one Python literal (the npy header dict).
@@ -360,58 +346,54 @@ struct NpyHeader {
 /// masks) or integers (NpyIntegerReader).
 enum class NpyElements { Real, Integer };
 
-/// The integer descr strings NpyIntegerReader accepts.
-inline bool parseIntegerDescr(const std::string& d, DType& dtype, ByteOrder& order) {
+/// One element type of a descr string: its type code ("f4") and DType.
+struct DescrType {
+  const char* code;
+  DType dtype;
+};
+
+/// Parses a descr "<byte order><type code>" against the accepted types: a one-byte type takes
+/// any of '|', '<' and '>' (and reads as little-endian), a multi-byte type '<' or '>'.
+template <std::size_t OneByte, std::size_t MultiByte>
+bool parseDescrFrom(const std::string& d, const DescrType (&oneByte)[OneByte],
+                    const DescrType (&multiByte)[MultiByte], DType& dtype, ByteOrder& order) {
   if (d.size() != 3) return false;
   const char bo = d[0];
   const std::string type = d.substr(1);
-  if (type == "i1" || type == "u1") {
+  for (const auto& t : oneByte) {
+    if (type != t.code) continue;
     if (bo != '|' && bo != '<' && bo != '>') return false;
-    dtype = type == "i1" ? DType::I8 : DType::U8;
+    dtype = t.dtype;
     order = ByteOrder::Little;
     return true;
   }
   if (bo != '<' && bo != '>') return false;
   order = bo == '<' ? ByteOrder::Little : ByteOrder::Big;
-  static const struct {
-    const char* name;
-    DType dtype;
-  } table[] = {{"i2", DType::I16}, {"i4", DType::I32}, {"i8", DType::I64},
-               {"u2", DType::U16}, {"u4", DType::U32}, {"u8", DType::U64}};
-  for (const auto& t : table) {
-    if (type == t.name) {
-      dtype = t.dtype;
-      return true;
-    }
+  for (const auto& t : multiByte) {
+    if (type != t.code) continue;
+    dtype = t.dtype;
+    return true;
   }
   return false;
+}
+
+/// The integer descr strings NpyIntegerReader accepts.
+inline bool parseIntegerDescr(const std::string& d, DType& dtype, ByteOrder& order) {
+  static constexpr DescrType oneByte[] = {{"i1", DType::I8}, {"u1", DType::U8}};
+  static constexpr DescrType multiByte[] = {{"i2", DType::I16}, {"i4", DType::I32},
+                                            {"i8", DType::I64}, {"u2", DType::U16},
+                                            {"u4", DType::U32}, {"u8", DType::U64}};
+  return parseDescrFrom(d, oneByte, multiByte, dtype, order);
 }
 
 /// The descr strings the reader accepts.
 inline bool parseDescr(const std::string& d, DType& dtype, ByteOrder& order,
                        NpyElements elements = NpyElements::Real) {
   if (elements == NpyElements::Integer) return parseIntegerDescr(d, dtype, order);
-  if (d.size() != 3) return false;
-  const char bo = d[0];
-  const std::string type = d.substr(1);
-  if (type == "u1" || type == "b1") {
-    if (bo != '|' && bo != '<' && bo != '>') return false;
-    dtype = type == "u1" ? DType::U8 : DType::Bool;
-    order = ByteOrder::Little;
-    return true;
-  }
-  if (bo != '<' && bo != '>') return false;
-  order = bo == '<' ? ByteOrder::Little : ByteOrder::Big;
-  if (type == "f4") {
-    dtype = DType::F32;
-  } else if (type == "f8") {
-    dtype = DType::F64;
-  } else if (type == "f2") {
-    dtype = DType::F16;
-  } else {
-    return false;
-  }
-  return true;
+  static constexpr DescrType oneByte[] = {{"u1", DType::U8}, {"b1", DType::Bool}};
+  static constexpr DescrType multiByte[] = {
+      {"f4", DType::F32}, {"f8", DType::F64}, {"f2", DType::F16}};
+  return parseDescrFrom(d, oneByte, multiByte, dtype, order);
 }
 
 /// Hex dump "93 4e 55" of up to n bytes.
@@ -585,8 +567,7 @@ inline std::string npyPreamble(const std::string& descr, const std::vector<Index
 
 template <typename Scalar>
 constexpr const char* npyDescrOf() {
-  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
-                "writeNpy writes float (<f4) or double (<f8) matrices");
+  static_assert(kFloatOrDouble<Scalar>, "writeNpy writes float (<f4) or double (<f8) matrices");
   return std::is_same_v<Scalar, float> ? "<f4" : "<f8";
 }
 
@@ -598,34 +579,19 @@ constexpr const char* npyDescrOf() {
 /// on demand with readRows(), straight from the mapping. 1-D arrays are one row `[1, n]`;
 /// N-D arrays flatten their leading dimensions into rows (`[batch, seq, d]` ->
 /// `[batch*seq, d]`). C and Fortran order, both byte orders.
-class NpyReader {
+class NpyReader : public detail::MappedArray {
  public:
   /// @brief Opens and validates `path`.
   /// @param path The .npy file. Throws IoError when it cannot be opened or mapped, FormatError
   ///        when it is not a valid npy file of a supported dtype (the message names the file,
   ///        the byte offset and expected vs found).
-  explicit NpyReader(const std::string& path) : m_file(path) {
+  explicit NpyReader(const std::string& path) : MappedArray(path) {
     m_header = detail::parseNpyHeader(m_file.data(), m_file.size(), path);
     m_view.where = path;
     m_view.data = m_header.flat.elements > 0 ? m_file.data() + m_header.dataOffset : nullptr;
-    m_view.dtype = m_header.dtype;
-    m_view.order = m_header.order;
-    m_view.fortran = m_header.fortran;
-    m_view.shape = m_header.shape;
-    m_view.rows = m_header.flat.rows;
-    m_view.cols = m_header.flat.cols;
+    detail::copyArrayLayout(m_view, m_header, m_header.flat.rows, m_header.flat.cols);
   }
 
-  /// @brief Path the reader was opened with.
-  const std::string& path() const noexcept { return m_file.path(); }
-  /// @brief Rows of the flattened view (product of the leading dimensions; 1 for 1-D).
-  Index rows() const noexcept { return m_view.rows; }
-  /// @brief Columns of the flattened view (the last dimension).
-  Index cols() const noexcept { return m_view.cols; }
-  /// @brief Element type.
-  DType dtype() const noexcept { return m_header.dtype; }
-  /// @brief Byte order of the elements (Little for one-byte types).
-  ByteOrder byteOrder() const noexcept { return m_header.order; }
   /// @brief The dtype string as written in the header, e.g. "<f4".
   const std::string& descr() const noexcept { return m_header.descr; }
   /// @brief The array's shape as stored.
@@ -637,28 +603,8 @@ class NpyReader {
   /// @brief Offset of the first data byte in the file.
   std::uint64_t dataOffset() const noexcept { return m_header.dataOffset; }
 
-  /// @brief Converts rows [begin, end) of the flattened view into `out`.
-  /// @tparam Scalar float or double.
-  /// @param begin First row. @param end One past the last row.
-  /// @param out Output of exactly `end - begin` rows and cols() columns (may be a block of a
-  ///        larger row-major matrix). Throws ConfigError for a bad range or output size.
-  template <typename Scalar>
-  void readRows(Index begin, Index end, Eigen::Ref<RowMatrix<Scalar>> out) const {
-    m_view.readRows<Scalar>(begin, end, out);
-  }
-
-  /// @brief The whole array as a `[rows, cols]` matrix.
-  template <typename Scalar>
-  RowMatrix<Scalar> readAll() const {
-    RowMatrix<Scalar> m(rows(), cols());
-    readRows<Scalar>(0, rows(), m);
-    return m;
-  }
-
  private:
-  MappedFile m_file;
   detail::NpyHeader m_header;
-  detail::ArrayView m_view;
 };
 
 /// @brief Reads a whole `.npy` file as a `[rows, cols]` matrix (1-D arrays as `[1, n]`).
@@ -790,7 +736,7 @@ void writeNpy(const std::string& path, const Eigen::MatrixBase<Derived>& m) {
   constexpr const char* descr = detail::npyDescrOf<Scalar>();
   const Eigen::Ref<const RowMatrix<Scalar>> mat(m.derived());
   const std::string pre = detail::npyPreamble(descr, {mat.rows(), mat.cols()});
-  const DType as = std::is_same_v<Scalar, float> ? DType::F32 : DType::F64;
+  const DType as = kDTypeOf<Scalar>;
   AtomicFileWriter w(path);
   w.write(pre.data(), pre.size());
   if (mat.outerStride() == mat.cols()) {
@@ -815,10 +761,71 @@ void writeNpyVector(const std::string& path, const Eigen::MatrixBase<Derived>& v
   const std::string pre = detail::npyPreamble(descr, {data.size()});
   AtomicFileWriter w(path);
   w.write(pre.data(), pre.size());
-  w.writeElements(data.data(), data.size(),
-                  std::is_same_v<Scalar, float> ? DType::F32 : DType::F64);
+  w.writeElements(data.data(), data.size(), kDTypeOf<Scalar>);
   w.commit();
 }
+
+/// @brief Writes a 2-D `.npy` file of `cols` columns whose rows arrive in chunks, so that the
+/// whole array never has to be in memory; atomically (see AtomicFileWriter).
+///
+/// The header is written first with room for the row count to grow in place (as numpy's own
+/// writer leaves it) and fixed up by commit() with the rows actually appended: the file is byte
+/// for byte what writeNpy() writes for the same matrix. Nothing appears at `path` before
+/// commit(); a writer destroyed without commit() leaves `path` as it was.
+///
+/// @code
+/// sae::io::NpyStreamWriter out("codes.npy", d_sae, sae::io::DType::F32);
+/// for (...) out.append(chunk);   // [n, d_sae] rows
+/// out.commit();
+/// @endcode
+class NpyStreamWriter {
+ public:
+  /// @param path Destination (IoError naming it when it cannot be created).
+  /// @param cols Columns of every row (>= 0). @param as Element type stored: F32 or F64.
+  NpyStreamWriter(const std::string& path, Index cols, DType as = DType::F32)
+      : m_out(path), m_cols(cols), m_as(as) {
+    require(cols >= 0, path, ": NpyStreamWriter needs cols >= 0, found ", cols);
+    require(as == DType::F32 || as == DType::F64, path, ": NpyStreamWriter stores F32 or F64, not ",
+            dtypeName(as));
+    m_header = header();
+    m_out.write(m_header.data(), m_header.size());
+  }
+
+  /// @brief Appends the rows of `rows` (float or double, `cols` columns; ConfigError otherwise).
+  template <typename Derived>
+  void append(const Eigen::MatrixBase<Derived>& rows) {
+    using Scalar = typename Derived::Scalar;
+    static_assert(kFloatOrDouble<Scalar>, "NpyStreamWriter appends float or double rows");
+    require(rows.cols() == m_cols, m_out.path(), ": rows of ", rows.cols(),
+            " columns appended to an array of ", m_cols, " columns");
+    const Eigen::Ref<const RowMatrix<Scalar>> m(rows.derived());
+    for (Index r = 0; r < m.rows(); ++r) m_out.writeElements(m.row(r).data(), m_cols, m_as);
+    m_rows += m.rows();
+  }
+
+  /// @brief Rows appended so far.
+  Index rows() const noexcept { return m_rows; }
+
+  /// @brief Writes the final row count into the header and moves the file into place.
+  void commit() {
+    const std::string h = header();
+    require(h.size() == m_header.size(), m_out.path(), ": the npy header grew from ",
+            m_header.size(), " to ", h.size(), " bytes");
+    m_out.overwrite(0, h.data(), h.size());
+    m_out.commit();
+  }
+
+ private:
+  std::string header() const {
+    return detail::npyPreamble(m_as == DType::F32 ? "<f4" : "<f8", {m_rows, m_cols});
+  }
+
+  AtomicFileWriter m_out;
+  Index m_cols;
+  DType m_as;
+  Index m_rows = 0;
+  std::string m_header;
+};
 
 /// @brief Writes a mask as a 1-D `|u1` `.npy` file, atomically (the format of dead_mask.npy).
 inline void writeNpyMask(const std::string& path, const Eigen::Ref<const LatentMask>& mask) {

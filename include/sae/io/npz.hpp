@@ -1,6 +1,6 @@
 /// @file npz.hpp
-/// @brief NumPy `.npz` archives as written by `np.savez`: NpzFile (memory-mapped reader) and
-/// readNpz().
+/// @brief NumPy `.npz` archives as written by `np.savez`: NpzFile (memory-mapped reader),
+/// readNpz() and listNpz() (the members, compressed ones included).
 ///
 /// An `.npz` file is a zip archive holding one `.npy` member per array (`a.npy` for the array
 /// saved as `a`, `arr_0.npy`... for positional arguments). `np.savez` stores the members
@@ -387,18 +387,63 @@ inline std::vector<NpzArrayInfo> parseNpz(const unsigned char* data, std::uint64
     a.memberSize = z.size;
     a.dataOffset = z.dataOffset + h.dataOffset;
     a.descr = h.descr;
-    a.dtype = h.dtype;
-    a.order = h.order;
-    a.fortran = h.fortran;
-    a.shape = h.shape;
-    a.rows = h.flat.rows;
-    a.cols = h.flat.cols;
+    copyArrayLayout(a, h, h.flat.rows, h.flat.cols);
     arrays.push_back(std::move(a));
   }
   return arrays;
 }
 
 }  // namespace detail
+
+/// @brief One member of an `.npz` archive, as listNpz() reports it.
+struct NpzMemberInfo {
+  std::string name;          ///< Array name: the member name without ".npy" (else the member name).
+  std::string member;        ///< Member name in the archive.
+  bool compressed = false;   ///< Stored compressed (np.savez_compressed): no header read.
+  bool npy = false;          ///< An uncompressed `.npy` member whose header was read.
+  std::string descr;         ///< numpy dtype string, e.g. "<f4" (when npy).
+  bool fortran = false;      ///< Fortran order (when npy).
+  std::vector<Index> shape;  ///< Shape as stored (when npy).
+};
+
+/// @brief Lists the members of an `.npz` archive, compressed ones included (which NpzFile
+/// rejects): the zip structure is validated as by NpzFile, then each uncompressed `.npy`
+/// member's header (float, mask or integer dtypes) is read. FormatError naming the archive and
+/// member for anything malformed; IoError when the file cannot be opened.
+inline std::vector<NpzMemberInfo> listNpz(const std::string& path) {
+  const MappedFile f(path);
+  const std::vector<detail::ZipEntry> entries = detail::parseZipDirectory(f.data(), f.size(), path);
+  std::vector<NpzMemberInfo> out;
+  for (const detail::ZipEntry& z : entries) {
+    NpzMemberInfo m;
+    m.member = z.name;
+    const bool isNpy = z.name.size() > 4 && z.name.compare(z.name.size() - 4, 4, ".npy") == 0;
+    m.name = isNpy ? z.name.substr(0, z.name.size() - 4) : z.name;
+    m.compressed = z.method != 0;
+    if (isNpy && !m.compressed) {
+      const std::string where = sae::detail::concat(
+          path, ": member '", detail::printableName(z.name), "' at offset ", z.dataOffset);
+      detail::NpyHeader h;
+      try {
+        h = detail::parseNpyHeader(f.data() + z.dataOffset, z.size, where);
+      } catch (const FormatError& real) {
+        // Not a float or mask array: an integer one, or the first error stands.
+        try {
+          h = detail::parseNpyHeader(f.data() + z.dataOffset, z.size, where,
+                                     detail::NpyElements::Integer);
+        } catch (const FormatError&) {
+          throw real;
+        }
+      }
+      m.npy = true;
+      m.descr = h.descr;
+      m.fortran = h.fortran;
+      m.shape = h.shape;
+    }
+    out.push_back(std::move(m));
+  }
+  return out;
+}
 
 /// @brief Memory-mapped reader of an `.npz` archive written by `np.savez`.
 ///
@@ -428,12 +473,7 @@ class NpzFile {
       detail::ArrayView v;
       v.where = sae::detail::concat(path, ": array '", a.name, "'");
       v.data = a.rows * a.cols > 0 ? m_file.data() + a.dataOffset : nullptr;
-      v.dtype = a.dtype;
-      v.order = a.order;
-      v.fortran = a.fortran;
-      v.shape = a.shape;
-      v.rows = a.rows;
-      v.cols = a.cols;
+      detail::copyArrayLayout(v, a, a.rows, a.cols);
       m_views.push_back(std::move(v));
     }
   }

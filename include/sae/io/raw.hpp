@@ -20,7 +20,7 @@
 namespace sae::io {
 
 /// @brief Memory-mapped reader of a raw row-major dump with a known dtype and column count.
-class RawReader {
+class RawReader : public detail::MappedArray {
  public:
   /// @brief Opens `path` and infers the row count from its size.
   /// @param path The file; IoError when it cannot be opened or mapped.
@@ -29,7 +29,7 @@ class RawReader {
   /// @param order Byte order of multi-byte elements (little-endian by default).
   /// Throws FormatError when the file size is not a whole number of rows.
   RawReader(const std::string& path, DType dtype, Index cols, ByteOrder order = ByteOrder::Little)
-      : m_file(path) {
+      : MappedArray(path) {
     require(cols > 0, path, ": RawReader needs a positive column count, found ", cols);
     std::int64_t rowBytes = 0;
     require(detail::checkedMul(cols, static_cast<std::int64_t>(dtypeSize(dtype)), rowBytes), path,
@@ -50,36 +50,6 @@ class RawReader {
     m_view.cols = cols;
     m_view.shape = {m_view.rows, cols};
   }
-
-  /// @brief Path the reader was opened with.
-  const std::string& path() const noexcept { return m_file.path(); }
-  /// @brief Number of rows (file size / row size).
-  Index rows() const noexcept { return m_view.rows; }
-  /// @brief Number of columns, as given.
-  Index cols() const noexcept { return m_view.cols; }
-  /// @brief Element type, as given.
-  DType dtype() const noexcept { return m_view.dtype; }
-  /// @brief Byte order, as given.
-  ByteOrder byteOrder() const noexcept { return m_view.order; }
-
-  /// @brief Converts rows [begin, end) into `out` (`end - begin` by cols()).
-  /// @tparam Scalar float or double. ConfigError for a bad range or output size.
-  template <typename Scalar>
-  void readRows(Index begin, Index end, Eigen::Ref<RowMatrix<Scalar>> out) const {
-    m_view.readRows<Scalar>(begin, end, out);
-  }
-
-  /// @brief The whole file as a `[rows, cols]` matrix.
-  template <typename Scalar>
-  RowMatrix<Scalar> readAll() const {
-    RowMatrix<Scalar> m(rows(), cols());
-    readRows<Scalar>(0, rows(), m);
-    return m;
-  }
-
- private:
-  MappedFile m_file;
-  detail::ArrayView m_view;
 };
 
 /// @brief Writes a matrix as a raw row-major little-endian dump, atomically.
@@ -88,11 +58,9 @@ class RawReader {
 /// @param as Element type to store: F32, F64 or BF16 (defaults to the matrix's own type).
 template <typename Derived>
 void writeRaw(const std::string& path, const Eigen::MatrixBase<Derived>& m,
-              DType as = std::is_same_v<typename Derived::Scalar, float> ? DType::F32
-                                                                         : DType::F64) {
+              DType as = kDTypeOf<typename Derived::Scalar>) {
   using Scalar = typename Derived::Scalar;
-  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
-                "writeRaw writes float or double matrices");
+  static_assert(kFloatOrDouble<Scalar>, "writeRaw writes float or double matrices");
   require(as == DType::F32 || as == DType::F64 || as == DType::BF16, path,
           ": writeRaw stores F32, F64 or BF16, not ", dtypeName(as));
   const Eigen::Ref<const RowMatrix<Scalar>> mat(m.derived());

@@ -182,14 +182,14 @@ inline SaeLensConfig parseSaeLensConfig(const std::string& text, const std::stri
     c.notes.push_back("architecture 'standard' with " + act_key + " 'topk': read as topk");
   }
   const std::string arch = c.architecture;
-  if (arch != "standard" && arch != "gated" && arch != "topk" && arch != "jumprelu") {
+  if (!isArchitecture<LoadableArchitectures>(arch)) {
     std::string hint;
-    if (arch == "batchtopk" || arch == "matryoshka_batchtopk")
+    if (isArchitecture(arch))
       hint =
-          "; this is a training checkpoint: SAELens's save_inference_model writes it as a "
-          "jumprelu SAE";
+          concat("; this is a training checkpoint: SAELens's save_inference_model writes it as a ",
+                 architectureInfo(arch).saved_as, " SAE");
     throw FormatError(concat(where, ": unsupported architecture '", arch,
-                             "' (supported: ", kSaeArchitectures, ")", hint));
+                             "' (supported: ", loadableArchitectureNames(), ")", hint));
   }
   if (act != "relu" && act != "topk")
     throw FormatError(concat(where, ": activation function '", act, "' (", act_key,
@@ -202,7 +202,7 @@ inline SaeLensConfig parseSaeLensConfig(const std::string& text, const std::stri
   c.sae_cfg.d_in = detail::positiveIntField(j, "d_in", where);
   c.sae_cfg.d_sae = detail::positiveIntField(j, "d_sae", where);
   c.sae_cfg.apply_b_dec_to_input = detail::boolField(j, "apply_b_dec_to_input", true, where);
-  if (arch == "topk") {
+  if (architectureInfo(arch).uses_k) {
     if (j.contains("k") && !j.at("k").is_null()) {
       c.sae_cfg.k = detail::positiveInt(j.at("k"), "k", where);
     } else if (j.contains("activation_fn_kwargs") && j.at("activation_fn_kwargs").is_object() &&
@@ -268,11 +268,7 @@ inline SaeLensConfig readSaeLensConfig(const std::string& dir) {
 namespace detail {
 
 /// An SAELens folder, checked: description, weight plan and the open weights file.
-struct SaeLensSource {
-  SaeDescription desc;
-  WeightPlan plan;
-  SafetensorsFile file;
-};
+using SaeLensSource = WeightSource<SafetensorsFile>;
 
 inline SaeLensSource openSaeLens(const std::string& dir) {
   using sae::detail::concat;
@@ -282,7 +278,7 @@ inline SaeLensSource openSaeLens(const std::string& dir) {
     throw IoError(
         concat(weights, ": missing (the SAE folder has ", kSaeCfgFilename, " but no weights)"));
   SafetensorsFile file(weights);
-  WeightPlan plan = WeightPlan::identity(cfg.architecture);
+  WeightPlan plan = WeightPlan::identity(cfg.architecture, cfg.sae_cfg);
   if (cfg.architecture == "jumprelu" && !file.contains("threshold") &&
       file.contains("log_threshold")) {
     for (auto& b : plan.bindings)
@@ -311,7 +307,7 @@ inline SaeLensSource openSaeLens(const std::string& dir) {
     if (!plan.decoder_row_scale.empty())
       throw FormatError(concat(weights, ": both '", plan.decoder_row_scale, "' and '", name,
                                "' scale the decoder input"));
-    if (cfg.architecture == "topk" && cfg.sae_cfg.rescale_acts_by_decoder_norm)
+    if (architectureInfo(cfg.architecture).uses_k && cfg.sae_cfg.rescale_acts_by_decoder_norm)
       throw FormatError(concat(weights, ": a decoder-input scale '", name,
                                "' with rescale_acts_by_decoder_norm cannot be represented"));
     plan.decoder_row_scale = name;
@@ -319,16 +315,11 @@ inline SaeLensSource openSaeLens(const std::string& dir) {
         concat("tensor '", name, "' (finetuning_scaling_factor) folded into the rows of W_dec"));
   }
 
-  SaeDescription d;
-  d.format = SaeFormat::SaeLens;
-  d.path = dir;
-  d.weights_path = weights;
-  d.storage_dtype = checkWeightPlan(file, plan, cfg, kSaeCfgFilename);
-  d.tensors = storedTensors(file);
+  SaeLensSource src = checkedSource(SaeFormat::SaeLens, dir, weights, std::move(file),
+                                    std::move(plan), std::move(cfg), kSaeCfgFilename, true);
   const std::string sparsity = joinPath(dir, kSparsityFilename);
-  if (isRegularFile(sparsity)) d.sparsity_path = sparsity;
-  d.config = std::move(cfg);
-  return SaeLensSource{std::move(d), std::move(plan), std::move(file)};
+  if (isRegularFile(sparsity)) src.desc.sparsity_path = sparsity;
+  return src;
 }
 
 }  // namespace detail
@@ -346,8 +337,7 @@ inline SaeDescription describeSaeLens(const std::string& dir) {
 /// non-finite weight).
 template <typename Scalar>
 LoadedSae<Scalar> loadSaeLens(const std::string& dir) {
-  const detail::SaeLensSource src = detail::openSaeLens(dir);
-  return detail::assembleSae<Scalar>(src.desc, src.plan, src.file);
+  return detail::assembleSae<Scalar>(detail::openSaeLens(dir));
 }
 
 /// @brief Options of saveSaeLens().
@@ -480,7 +470,7 @@ void saveSaeLens(const SparseAutoencoder<Scalar, Arch>& model, const std::string
     tensor("W_dec") /= s;
     tensor("b_dec") /= s;
   }
-  if (std::string(Arch::kName) == "topk" && c.rescale_acts_by_decoder_norm &&
+  if (ArchitectureTraits<Arch>::uses_k && c.rescale_acts_by_decoder_norm &&
       options.fold_decoder_norms) {
     RowMatrix<double>& W_dec = tensor("W_dec");
     RowMatrix<double>& W_enc = tensor("W_enc");

@@ -1,5 +1,6 @@
 /// @file safetensors.hpp
-/// @brief `.safetensors` files: SafetensorsFile (memory-mapped reader) and SafetensorsWriter.
+/// @brief `.safetensors` files: SafetensorsFile (memory-mapped reader) and SafetensorsWriter
+/// (float tensors stored as F32, F64, F16 or BF16; int32 / int64 tensors as I32 / I64).
 ///
 /// Format (https://github.com/huggingface/safetensors): an 8-byte little-endian u64 header
 /// length N, N bytes of UTF-8 JSON, then the data section. The JSON maps each tensor name to
@@ -11,8 +12,9 @@
 /// every entry's fields, shape arithmetic (checked against 64-bit overflow), that each byte
 /// range lies inside the data section, matches shape x item size and overlaps no other tensor.
 /// Tensors of every dtype of the format are listed; F32, F64, F16 and BF16 can be read (into
-/// float or double). A dtype name the reader does not know is listed too, with its byte range
-/// checked but its size unchecked, and reading it is a FormatError.
+/// float or double), the integer dtypes with readIntegers() (as int64). A dtype name the reader
+/// does not know is listed too, with its byte range checked but its size unchecked, and reading it
+/// is a FormatError.
 #pragma once
 
 #include <algorithm>
@@ -83,18 +85,10 @@ inline const SafetensorsDType* findSafetensorsDType(const std::string& name) {
 
 /// The safetensors name of a writable DType.
 inline const char* safetensorsName(DType t) {
-  switch (t) {
-    case DType::F32:
-      return "F32";
-    case DType::F64:
-      return "F64";
-    case DType::BF16:
-      return "BF16";
-    case DType::F16:
-      return "F16";
-    default:
-      return "?";
-  }
+  static constexpr std::pair<DType, const char*> names[] = {
+      {DType::F32, "F32"}, {DType::F64, "F64"}, {DType::BF16, "BF16"},
+      {DType::F16, "F16"}, {DType::I32, "I32"}, {DType::I64, "I64"}};
+  return sae::detail::findName(names, t);
 }
 
 /// A JSON value printed for a message, cut to a readable length.
@@ -165,6 +159,36 @@ class SafetensorsFile {
     RowMatrix<Scalar> m(e.view.rows, e.view.cols);
     e.view.readRows<Scalar>(0, e.view.rows, m);
     return m;
+  }
+
+  /// @brief Reads a whole integer tensor (I8, I16, I32, I64, U8, U16, U32 or U64) exactly, as
+  /// int64 in row-major order. Throws FormatError naming the file and tensor for a missing name,
+  /// another dtype, or a U64 element beyond the int64 range.
+  std::vector<std::int64_t> readIntegers(const std::string& name) const {
+    const Entry& e = entry(name);
+    const auto* type = detail::findSafetensorsDType(e.info.dtype);
+    const std::string& d = e.info.dtype;
+    const bool isSigned = d == "I8" || d == "I16" || d == "I32" || d == "I64";
+    if (type == nullptr || (!isSigned && d != "U8" && d != "U16" && d != "U32" && d != "U64")) {
+      fail(sae::detail::concat("tensor '", name, "' has dtype ", d,
+                               ", not an integer dtype (I8, I16, I32, I64, U8, U16, U32, U64)"));
+    }
+    const std::size_t width = static_cast<std::size_t>(type->bits / 8);
+    const std::uint64_t count = (e.info.end - e.info.begin) / width;
+    std::vector<std::int64_t> out(static_cast<std::size_t>(count));
+    const unsigned char* p = e.view.data;
+    for (std::size_t i = 0; i < out.size(); ++i, p += width) {
+      std::uint64_t u = 0;
+      for (std::size_t b = width; b-- > 0;) u = (u << 8) | p[b];
+      if (isSigned && width < 8 && (u >> (8 * width - 1)) != 0)
+        u |= ~std::uint64_t(0) << (8 * width);
+      if (!isSigned && width == 8 && u > std::uint64_t(std::numeric_limits<std::int64_t>::max())) {
+        fail(sae::detail::concat("tensor '", name, "' element ", i, " = ", u,
+                                 " does not fit in int64"));
+      }
+      out[i] = static_cast<std::int64_t>(u);
+    }
+    return out;
   }
 
   /// @brief Converts rows [begin, end) of the flattened view of tensor `name` into `out`.
@@ -408,14 +432,26 @@ class SafetensorsWriter {
   /// @param data `product(shape)` floats. @param storeAs F32 (default), F64, F16 or BF16.
   void add(const std::string& name, std::vector<Index> shape, const float* data,
            DType storeAs = DType::F32) {
-    addEntry(name, std::move(shape), data, false, storeAs, nullptr);
+    addEntry(name, std::move(shape), data, Kind::Float, storeAs, nullptr);
   }
 
   /// @brief Adds a tensor of row-major double data that stays owned by the caller until
   /// write(). @param storeAs F64 (default), F32, F16 or BF16.
   void add(const std::string& name, std::vector<Index> shape, const double* data,
            DType storeAs = DType::F64) {
-    addEntry(name, std::move(shape), data, true, storeAs, nullptr);
+    addEntry(name, std::move(shape), data, Kind::Double, storeAs, nullptr);
+  }
+
+  /// @brief Adds a tensor of int32 data (stored as I32) that stays owned by the caller until
+  /// write(). @param name Unique, non-empty, not "__metadata__". @param shape Dimensions.
+  void add(const std::string& name, std::vector<Index> shape, const std::int32_t* data) {
+    addEntry(name, std::move(shape), data, Kind::Int32, DType::I32, nullptr);
+  }
+
+  /// @brief Adds a tensor of int64 data (stored as I64) that stays owned by the caller until
+  /// write(). @param name Unique, non-empty, not "__metadata__". @param shape Dimensions.
+  void add(const std::string& name, std::vector<Index> shape, const std::int64_t* data) {
+    addEntry(name, std::move(shape), data, Kind::Int64, DType::I64, nullptr);
   }
 
   /// @brief Adds a copy of an Eigen matrix or vector (of float or double), stored row-major.
@@ -423,10 +459,9 @@ class SafetensorsWriter {
   /// @param storeAs Defaults to F32 for float and F64 for double data; F16 and BF16 are allowed.
   template <typename Derived>
   void add(const std::string& name, const Eigen::MatrixBase<Derived>& m,
-           DType storeAs = std::is_same_v<typename Derived::Scalar, float> ? DType::F32
-                                                                           : DType::F64) {
+           DType storeAs = kDTypeOf<typename Derived::Scalar>) {
     using Scalar = typename Derived::Scalar;
-    static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
+    static_assert(kFloatOrDouble<Scalar>,
                   "safetensors tensors are added from float or double data");
     auto copy = std::make_shared<RowMatrix<Scalar>>(m);
     std::vector<Index> shape;
@@ -435,7 +470,8 @@ class SafetensorsWriter {
     } else {
       shape = {copy->rows(), copy->cols()};
     }
-    addEntry(name, std::move(shape), copy->data(), std::is_same_v<Scalar, double>, storeAs, copy);
+    addEntry(name, std::move(shape), copy->data(),
+             std::is_same_v<Scalar, double> ? Kind::Double : Kind::Float, storeAs, copy);
   }
 
   /// @brief Sets a `__metadata__` entry (string to string).
@@ -478,34 +514,60 @@ class SafetensorsWriter {
     w.write(length, 8);
     w.write(text.data(), text.size());
     for (const auto& e : m_entries) {
-      if (e.isDouble) {
+      if (e.kind == Kind::Double) {
         w.writeElements(static_cast<const double*>(e.data), e.count, e.storeAs);
-      } else {
+      } else if (e.kind == Kind::Float) {
         w.writeElements(static_cast<const float*>(e.data), e.count, e.storeAs);
+      } else {
+        writeIntegers(w, e);
       }
     }
     w.commit();
   }
 
  private:
+  /// The element type of the caller's data.
+  enum class Kind { Float, Double, Int32, Int64 };
+
   struct Entry {
     std::string name;
     std::vector<Index> shape;
     Index count;
     const void* data;
-    bool isDouble;
+    Kind kind;
     DType storeAs;
     std::shared_ptr<const void> owned;
   };
 
-  void addEntry(const std::string& name, std::vector<Index> shape, const void* data, bool isDouble,
+  /// Integers as little-endian elements of their own width, whatever the machine's order.
+  static void writeIntegers(AtomicFileWriter& w, const Entry& e) {
+    const std::size_t width = e.kind == Kind::Int64 ? 8 : 4;
+    std::vector<unsigned char> buf;
+    constexpr Index kChunk = 1 << 16;
+    for (Index first = 0; first < e.count; first += kChunk) {
+      const Index len = std::min(kChunk, e.count - first);
+      buf.resize(static_cast<std::size_t>(len) * width);
+      for (Index i = 0; i < len; ++i) {
+        const std::uint64_t u =
+            e.kind == Kind::Int64
+                ? static_cast<std::uint64_t>(static_cast<const std::int64_t*>(e.data)[first + i])
+                : static_cast<std::uint32_t>(static_cast<const std::int32_t*>(e.data)[first + i]);
+        for (std::size_t b = 0; b < width; ++b)
+          buf[static_cast<std::size_t>(i) * width + b] = static_cast<unsigned char>(u >> (8 * b));
+      }
+      w.write(buf.data(), buf.size());
+    }
+  }
+
+  void addEntry(const std::string& name, std::vector<Index> shape, const void* data, Kind kind,
                 DType storeAs, std::shared_ptr<const void> owned) {
     require(!name.empty(), "SafetensorsWriter: a tensor name must not be empty");
     require(name != "__metadata__", "SafetensorsWriter: '__metadata__' is reserved");
     for (const auto& e : m_entries) {
       require(e.name != name, "SafetensorsWriter: tensor '", name, "' added twice");
     }
-    require(storeAs == DType::F32 || storeAs == DType::F64 || storeAs == DType::F16 ||
+    const bool integer = kind == Kind::Int32 || kind == Kind::Int64;
+    require(integer || storeAs == DType::F32 || storeAs == DType::F64 || storeAs == DType::F16 ||
                 storeAs == DType::BF16,
             "SafetensorsWriter: tensor '", name, "' cannot be stored as ", dtypeName(storeAs),
             " (F32, F64, F16 or BF16)");
@@ -520,7 +582,7 @@ class SafetensorsWriter {
             "SafetensorsWriter: tensor '", name, "' has more bytes than fit in 64 bits");
     require(data != nullptr || count == 0, "SafetensorsWriter: tensor '", name, "' has no data");
     m_entries.push_back(
-        Entry{name, std::move(shape), count, data, isDouble, storeAs, std::move(owned)});
+        Entry{name, std::move(shape), count, data, kind, storeAs, std::move(owned)});
   }
 
   std::vector<Entry> m_entries;

@@ -103,11 +103,7 @@ inline SaeLensConfig parseSparsifyConfig(const std::string& text, const std::str
 namespace detail {
 
 /// A sparsify folder, checked: description, weight plan and the open weights file.
-struct SparsifySource {
-  SaeDescription desc;
-  WeightPlan plan;
-  SafetensorsFile file;
-};
+using SparsifySource = WeightSource<SafetensorsFile>;
 
 inline WeightPlan sparsifyPlan() {
   WeightPlan p;
@@ -136,15 +132,8 @@ inline SparsifySource openSparsify(const std::string& dir) {
                              ": tensor 'W_skip' (a skip connection) cannot be "
                              "represented as a TopK SAE"));
   WeightPlan plan = sparsifyPlan();
-  SaeDescription d;
-  d.format = SaeFormat::Sparsify;
-  d.path = dir;
-  d.weights_path = weights;
-  d.storage_dtype = checkWeightPlan(file, plan, cfg, kSparsifyCfgFilename);
-  d.tensors = storedTensors(file);
-  cfg.dtype = d.storage_dtype == "mixed" ? "float32" : d.storage_dtype;
-  d.config = std::move(cfg);
-  return SparsifySource{std::move(d), std::move(plan), std::move(file)};
+  return checkedSource(SaeFormat::Sparsify, dir, weights, std::move(file), std::move(plan),
+                       std::move(cfg), kSparsifyCfgFilename, false);
 }
 
 }  // namespace detail
@@ -160,10 +149,7 @@ inline SaeDescription describeSparsify(const std::string& dir) {
 /// setting with no TopK equivalent), NumericError (a non-finite weight).
 template <typename Scalar>
 LoadedSae<Scalar> loadSparsify(const std::string& dir) {
-  const detail::SparsifySource src = detail::openSparsify(dir);
-  LoadedSae<Scalar> out = detail::assembleSae<Scalar>(src.desc, src.plan, src.file);
-  out.format = SaeFormat::Sparsify;
-  return out;
+  return detail::assembleSae<Scalar>(detail::openSparsify(dir));
 }
 
 /// @brief Options of saveSparsify().

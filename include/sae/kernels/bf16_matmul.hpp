@@ -35,11 +35,26 @@
 #include <vector>
 
 #include <sae/core/config.hpp>
+#include <sae/core/enum_names.hpp>
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
 #include <sae/kernels/onednn.hpp>
 
 namespace sae {
+
+/// @brief Precision of the encoder product, the GEMM that dominates encoding and training.
+enum class Precision {
+  Fp32,  ///< fp32 throughout.
+  Bf16   ///< bf16 inputs, fp32 accumulation (oneDNN; AMX where the CPU has it).
+};
+
+/// The names of Precision ("fp32", "bf16": `sae train / encode / eval --precision`).
+template <>
+struct EnumNames<Precision> {
+  static constexpr std::pair<Precision, const char*> table[] = {{Precision::Fp32, "fp32"},
+                                                                {Precision::Bf16, "bf16"}};
+};
+
 namespace kernels {
 
 /// @brief True when this build has the bf16 GEMM (it was compiled with oneDNN).

@@ -64,6 +64,9 @@ struct BatchTopKLevels {
 /// @brief What BatchTopK and Matryoshka BatchTopK share: everything but the name, validation
 /// and the levels of the loss (see BatchTopKArch and MatryoshkaBatchTopKArch).
 struct BatchTopKFamily {
+  static constexpr bool kUsesK = true;  ///< See ArchitectureTraits (registry.hpp).
+  /// Saved for inference as a JumpReLU SAE (the EMA threshold as every latent's threshold).
+  static constexpr const char* kSavedAs = "jumprelu";
   /// Name of the buffer holding the EMA threshold (SAELens's `topk_threshold`).
   static constexpr const char* kThresholdName = "topk_threshold";
 
@@ -168,18 +171,7 @@ struct BatchTopKFamily {
   template <typename S>
   static void decode(const ParameterSet<S>& p, const SaeConfig& cfg, const Codes<S>& codes,
                      RowMatrix<S>& out) {
-    const auto W_dec = p.rowMajor("W_dec");
-    out.resize(codes.rows(), cfg.d_in);
-    if (cfg.rescale_acts_by_decoder_norm) {
-      Vector<S> norms(cfg.d_sae);
-      kernels::rowNorms<S>(W_dec, norms);
-      std::vector<S> u(codes.values.size());
-      for (Index e = 0; e < codes.nnz(); ++e)
-        u[e] = codes.values[e] / norms[codes.pattern.latent[e]];
-      kernels::csrDecode<S>(codes.pattern, u.data(), W_dec, p.flat("b_dec"), out);
-    } else {
-      kernels::csrDecode<S>(codes.pattern, codes.values.data(), W_dec, p.flat("b_dec"), out);
-    }
+    decodeSparse(p, cfg, codes, out);
   }
 
   /// The batch's top k*B (into ws.codes and ws.u) and the AuxK selection, a tile at a time.
@@ -242,7 +234,7 @@ struct BatchTopKFamily {
     const S two_over_b = S(2) / S(B);
     // Block l of stacked becomes G_l = sum over levels m >= l of d loss / d y_m: the gradient
     // reaching a latent of level l (it is decoded into every reconstruction from l on).
-    ws.stacked.middleRows((L - 1) * B, B).noalias() = two_over_b * (ws.reconstruction - x);
+    squaredErrorGradient(ws.reconstruction, x, ws.stacked.middleRows((L - 1) * B, B));
     for (Index l = L - 2; l >= 0; --l) {
       auto block = ws.stacked.middleRows(l * B, B);
       block = two_over_b * (block - x) + ws.stacked.middleRows((l + 1) * B, B);

@@ -21,38 +21,18 @@
 namespace sae {
 
 /// @brief Architecture policy of the gated SAE; see SparseAutoencoder.
-struct GatedArch {
+struct GatedArch : detail::DenseCodesArch {
   static constexpr const char* kName = "gated";
 
   template <typename S>
-  using Codes = DenseCodes<S>;
-
-  template <typename S>
-  struct Workspace {
-    Codes<S> codes;               ///< f, `[B, d_sae]`.
-    RowMatrix<S> reconstruction;  ///< y, `[B, d_in]`.
-    RowMatrix<S> xc;              ///< centred input.
-    RowMatrix<S> pre;             ///< P = xc W_enc.
-    RowMatrix<S> gate;            ///< relu(pi_gate).
+  struct Workspace : detail::DenseWorkspace<S> {  // pre: P = xc W_enc; pattern: open gates
+    RowMatrix<S> gate;                            ///< relu(pi_gate).
     RowMatrix<S> aux_reconstruction;
-    RowMatrix<S> grad_y, grad_aux;
+    RowMatrix<S> grad_aux;
     RowMatrix<S> grad_f, grad_gate;
-    Vector<S> norms, exp_r_mag;
-    /// Below this fraction of open gates, decode and gradients use sparse kernels (the
-    /// encoder product stays dense); 0 forces dense, 1 forces sparse.
-    double sparse_threshold = kSparseThreshold;
-    bool used_sparse = false;     ///< Whether the last forward took the sparse path.
-    kernels::CsrPattern pattern;  // open gates (b, i)
+    Vector<S> exp_r_mag;
     std::vector<S> coef_f, coef_gate, grad_mag, grad_pre;
-    kernels::LatentBuckets buckets;
-    /// Encoder product in bf16 with fp32 accumulation, on AMX where the CPU has it (float
-    /// only; ConfigError without oneDNN). The bf16 copy of W_enc is refreshed on every call.
-    bool bf16_encoder = false;
-    kernels::Bf16MatmulFor<S> bf16;  // bf16 copy of W_enc and the oneDNN GEMM
   };
-
-  /// Fraction of open gates below which the sparse kernels are used by default.
-  static constexpr double kSparseThreshold = 0.05;
 
   static void validate(const SaeConfig&) {}
 
@@ -92,48 +72,26 @@ struct GatedArch {
   template <typename S>
   static void encode(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
                      Codes<S>& codes, Workspace<S>& ws) {
-    detail::centerInput(x, p, cfg, ws.xc);
-    detail::encoderProduct(p, ws.xc, ws.pre, ws.bf16_encoder, ws.bf16);
+    detail::centerAndEncode(p, cfg, x, ws);
     ws.exp_r_mag = p.flat("r_mag").array().exp();
     activate<S>(p, ws.pre, ws.exp_r_mag, codes.values, nullptr);
   }
 
   template <typename S>
-  static void decode(const ParameterSet<S>& p, const SaeConfig&, const Codes<S>& codes,
-                     RowMatrix<S>& out) {
-    detail::denseDecode(p, codes.values, out);
-  }
-
-  template <typename S>
   static void forward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
                       const TrainOptions& opts, Workspace<S>& ws, LossTerms<S>& terms) {
-    const auto W_dec = p.rowMajor("W_dec");
-    const auto b_dec = p.flat("b_dec");
-    detail::centerInput(x, p, cfg, ws.xc);
-    detail::encoderProduct(p, ws.xc, ws.pre, ws.bf16_encoder, ws.bf16);
+    detail::centerAndEncode(p, cfg, x, ws);
     ws.exp_r_mag = p.flat("r_mag").array().exp();
     activate<S>(p, ws.pre, ws.exp_r_mag, ws.codes.values, &ws.gate);
     const Index B = x.rows();
     ws.pattern.template buildPositive<S>(ws.gate);
-    const double density = double(ws.pattern.nnz()) / (double(B) * double(cfg.d_sae));
-    ws.used_sparse = density < ws.sparse_threshold;
-    if (ws.used_sparse) {
-      const Index nnz = ws.pattern.nnz();
-      ws.coef_f.resize(static_cast<std::size_t>(nnz));
-      ws.coef_gate.resize(static_cast<std::size_t>(nnz));
-      for (Index e = 0; e < nnz; ++e) {
-        ws.coef_f[e] = ws.codes.values(ws.pattern.row[e], ws.pattern.latent[e]);
-        ws.coef_gate[e] = ws.gate(ws.pattern.row[e], ws.pattern.latent[e]);
-      }
-      ws.reconstruction.resize(B, cfg.d_in);
-      ws.aux_reconstruction.resize(B, cfg.d_in);
-      kernels::csrDecode<S>(ws.pattern, ws.coef_f.data(), W_dec, b_dec, ws.reconstruction);
-      kernels::csrDecode<S>(ws.pattern, ws.coef_gate.data(), W_dec, b_dec, ws.aux_reconstruction);
-    } else {
-      detail::denseDecode(p, ws.codes.values, ws.reconstruction);
-      detail::denseDecode(p, ws.gate, ws.aux_reconstruction);
-    }
+    ws.used_sparse = detail::takeSparsePath(ws, ws.pattern.nnz(), B, cfg.d_sae);
+    detail::decodeDense(p, ws.codes.values, ws.used_sparse, ws.pattern, ws.coef_f,
+                        ws.reconstruction);
+    detail::decodeDense(p, ws.gate, ws.used_sparse, ws.pattern, ws.coef_gate,
+                        ws.aux_reconstruction);
 
+    const auto W_dec = p.rowMajor("W_dec");
     ws.norms.resize(cfg.d_sae);
     kernels::rowNorms<S>(W_dec, ws.norms);
     const double coef = cfg.l1_coefficient * opts.sparsity_scale;
@@ -152,10 +110,9 @@ struct GatedArch {
     const Index B = x.rows();
     const Index n = cfg.d_sae;
     const auto W_dec = p.rowMajor("W_dec");
-    const S scale = S(2) / S(B);
     const S coef = S(cfg.l1_coefficient * opts.sparsity_scale / double(B));
-    ws.grad_y.noalias() = scale * (ws.reconstruction - x);
-    ws.grad_aux.noalias() = scale * (ws.aux_reconstruction - x);
+    detail::squaredErrorGradient(ws.reconstruction, x, ws.grad_y);
+    detail::squaredErrorGradient(ws.aux_reconstruction, x, ws.grad_aux);
     if (ws.used_sparse) {
       backwardSparse(p, cfg, coef, ws, g);
       return;
@@ -197,12 +154,9 @@ struct GatedArch {
 
     auto gW_enc = g.colMajor("W_enc");
     kernels::gemm(gW_enc, ws.xc.transpose(), ws.grad_gate);
-    auto gb_dec = g.flat("b_dec");
-    gb_dec = (ws.grad_y.colwise().sum() + ws.grad_aux.colwise().sum()).transpose();
-    if (cfg.apply_b_dec_to_input) {
-      const Vector<S> g_pre_sum = ws.grad_gate.colwise().sum().transpose();
-      gb_dec.noalias() -= p.colMajor("W_enc") * g_pre_sum;
-    }
+    detail::setDecoderBiasGradient(
+        p, cfg, (ws.grad_y.colwise().sum() + ws.grad_aux.colwise().sum()).transpose(),
+        ws.grad_gate.colwise().sum().transpose(), g);
   }
 
   /// Backward over the open gates only (f is zero wherever the gate is closed).
@@ -254,14 +208,13 @@ struct GatedArch {
                                    gW_dec);
     detail::addDecoderNormGradient<S>(W_dec, ws.norms, d_norms, gW_dec);
 
-    auto gW_enc_flat = g.flat("W_enc");
-    Eigen::Map<RowMatrix<S>> gW_enc_t(gW_enc_flat.data(), n, cfg.d_in);
+    auto gW_enc_t = detail::encoderGradientRows(g);
     Vector<S> g_pre_sum = Vector<S>::Zero(n);
     kernels::sumByLatent<S>(ws.buckets, pat.row.data(), ws.grad_pre.data(), ws.xc, gW_enc_t,
                             g_pre_sum.data());
-    auto gb_dec = g.flat("b_dec");
-    gb_dec = (ws.grad_y.colwise().sum() + ws.grad_aux.colwise().sum()).transpose();
-    if (cfg.apply_b_dec_to_input) gb_dec.noalias() -= p.colMajor("W_enc") * g_pre_sum;
+    detail::setDecoderBiasGradient(
+        p, cfg, (ws.grad_y.colwise().sum() + ws.grad_aux.colwise().sum()).transpose(), g_pre_sum,
+        g);
   }
 };
 

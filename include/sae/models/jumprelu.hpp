@@ -36,46 +36,27 @@
 namespace sae {
 
 /// @brief Architecture policy of the JumpReLU SAE; see SparseAutoencoder.
-struct JumpReLUArch {
+struct JumpReLUArch : detail::DenseCodesArch {
   static constexpr const char* kName = "jumprelu";
 
+  /// Workspace: pre holds h; pattern the active (b, i), h > t. The sparse path is taken
+  /// below `sparse_threshold` of entries carrying a value or a gradient (active, inside the
+  /// threshold's rectangle window, or under the pre-activation loss).
   template <typename S>
-  using Codes = DenseCodes<S>;
-
-  template <typename S>
-  struct Workspace {
-    Codes<S> codes;                   ///< f, `[B, d_sae]`.
-    RowMatrix<S> reconstruction;      ///< y, `[B, d_in]`.
-    RowMatrix<S> xc;                  ///< centred input.
-    RowMatrix<S> pre;                 ///< h.
-    RowMatrix<S> grad_y;              ///< d loss / d y.
+  struct Workspace : detail::DenseWorkspace<S> {
     RowMatrix<S> grad_f;              ///< dense path: d mse / d f, then d loss / d h.
-    Vector<S> norms;                  ///< decoder row norms n.
     Vector<S> t;                      ///< relu(threshold).
     Vector<S> d_t, d_norms;           ///< d loss / d t (already masked by threshold > 0), / d n.
     Vector<S> grad_h_sum;             ///< sum over rows of d loss / d h.
     Eigen::VectorXd row_l0, row_pre;  // per-row partial sums of the penalties
     std::vector<std::int32_t> dead;   // dead latent ids (pre-activation loss)
-    /// Below this fraction of entries carrying a value or a gradient (active, inside the
-    /// threshold's rectangle window, or under the pre-activation loss), decode and gradients
-    /// use sparse kernels (the encoder product stays dense); 0 forces dense, 1 forces sparse.
-    double sparse_threshold = kSparseThreshold;
-    bool used_sparse = false;  ///< Whether the last forward took the sparse path.
     // Built on the sparse path only (stale after a dense step):
-    kernels::CsrPattern pattern;  // active (b, i): h > t
-    kernels::CsrPattern extra;    // inactive (b, i) in the window or under the pre-act loss
-    std::vector<S> coef;          // per active entry: f
+    kernels::CsrPattern extra;  // inactive (b, i) in the window or under the pre-act loss
+    std::vector<S> coef;        // per active entry: f
     std::vector<S> act_gh, act_gt, act_dn;  // per active entry: d/dh, d/dt, d/dn
     std::vector<S> ext_gh, ext_gt, ext_dn;  // per extra entry: the same
-    kernels::LatentBuckets buckets, extra_buckets;
-    /// Encoder product in bf16 with fp32 accumulation, on AMX where the CPU has it (float
-    /// only; ConfigError without oneDNN). The bf16 copy of W_enc is refreshed on every call.
-    bool bf16_encoder = false;
-    kernels::Bf16MatmulFor<S> bf16;  // bf16 copy of W_enc and the oneDNN GEMM
+    kernels::LatentBuckets extra_buckets;
   };
-
-  /// Density below which the sparse kernels are used by default (as standard and gated).
-  static constexpr double kSparseThreshold = 0.05;
 
   static void validate(const SaeConfig&) {}
 
@@ -93,18 +74,16 @@ struct JumpReLUArch {
     p.flat("threshold").setConstant(S(cfg.jumprelu_init_threshold));
   }
 
-  /// h = xc W_enc + b_enc into ws.pre, f = h 1[h > t] into `f`, t = relu(threshold) into
-  /// ws.t (xc from ws.xc).
+  /// ws.pre = xc W_enc becomes h = xc W_enc + b_enc, f = h 1[h > t] goes into `f`,
+  /// t = relu(threshold) into ws.t.
   template <typename S>
   static void activate(const ParameterSet<S>& p, Workspace<S>& ws, RowMatrix<S>& f) {
-    const RowMatrix<S>& xc = ws.xc;
     RowMatrix<S>& pre = ws.pre;
-    const Index B = xc.rows();
+    const Index B = pre.rows();
     const auto b_enc = p.flat("b_enc");
     const Index n = b_enc.size();
     ws.t = p.flat("threshold").cwiseMax(S(0));
     const Vector<S>& t = ws.t;
-    detail::encoderProduct(p, xc, pre, ws.bf16_encoder, ws.bf16);
     f.resize(B, n);
     SAE_PRAGMA_OMP(parallel for schedule(static))
     for (Index b = 0; b < B; ++b) {
@@ -120,14 +99,8 @@ struct JumpReLUArch {
   template <typename S>
   static void encode(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
                      Codes<S>& codes, Workspace<S>& ws) {
-    detail::centerInput(x, p, cfg, ws.xc);
+    detail::centerAndEncode(p, cfg, x, ws);
     activate<S>(p, ws, codes.values);
-  }
-
-  template <typename S>
-  static void decode(const ParameterSet<S>& p, const SaeConfig&, const Codes<S>& codes,
-                     RowMatrix<S>& out) {
-    detail::denseDecode(p, codes.values, out);
   }
 
   /// Constants of the per-entry gradient of one step.
@@ -229,7 +202,7 @@ struct JumpReLUArch {
     const auto theta = p.flat("threshold");
     const Index B = x.rows();
     const Index n = cfg.d_sae;
-    detail::centerInput(x, p, cfg, ws.xc);
+    detail::centerAndEncode(p, cfg, x, ws);
     activate<S>(p, ws, ws.codes.values);
     const auto& f = ws.codes.values;
     ws.norms.resize(n);
@@ -257,10 +230,10 @@ struct JumpReLUArch {
     auto active = [&](Index b, Index i) { return f(b, i) > S(0); };
     const double cells = double(B) * double(n);
     const Index nnz = countWhere(B, n, active);
-    ws.used_sparse = double(nnz) / cells < ws.sparse_threshold;
+    ws.used_sparse = detail::takeSparsePath(ws, nnz, B, n);
     if (ws.used_sparse) {
       const Index nnz_extra = countWhere(B, n, carries);
-      ws.used_sparse = double(nnz + nnz_extra) / cells < ws.sparse_threshold;
+      ws.used_sparse = detail::takeSparsePath(ws, nnz + nnz_extra, B, n);
       if (ws.used_sparse) {
         reserveEntries(ws, nnz, nnz_extra,
                        Index(std::min(cells, std::ceil(ws.sparse_threshold * cells))));
@@ -268,14 +241,7 @@ struct JumpReLUArch {
         ws.extra.buildWhere(B, n, carries);
       }
     }
-    if (ws.used_sparse) {
-      ws.coef.resize(static_cast<std::size_t>(nnz));
-      for (Index e = 0; e < nnz; ++e) ws.coef[e] = f(ws.pattern.row[e], ws.pattern.latent[e]);
-      ws.reconstruction.resize(B, cfg.d_in);
-      kernels::csrDecode<S>(ws.pattern, ws.coef.data(), W_dec, p.flat("b_dec"), ws.reconstruction);
-    } else {
-      detail::denseDecode(p, f, ws.reconstruction);
-    }
+    detail::decodeDense(p, f, ws.used_sparse, ws.pattern, ws.coef, ws.reconstruction);
     terms.add("mse_loss", S(detail::meanSquaredError<S>(ws.reconstruction, x)));
 
     // l0_loss: the count of active entries, or the tanh penalty over them (tanh(0) = 0).
@@ -327,7 +293,7 @@ struct JumpReLUArch {
     const auto& f = ws.codes.values;
     const EntryRule<S> rule = entryRule<S>(cfg, opts, B);
     const LatentMask* dead = cfg.pre_act_loss_coefficient > 0 ? opts.dead_mask : nullptr;
-    ws.grad_y.noalias() = (S(2) / S(B)) * (ws.reconstruction - x);
+    detail::squaredErrorGradient(ws.reconstruction, x, ws.grad_y);
     ws.d_t.resize(n);
     ws.d_norms.resize(n);
     ws.grad_h_sum.resize(n);
@@ -381,9 +347,7 @@ struct JumpReLUArch {
     detail::addDecoderNormGradient<S>(W_dec, ws.norms, ws.d_norms, gW_dec);
     g.flat("b_enc") = ws.grad_h_sum;
     g.flat("threshold") = ws.d_t;
-    auto gb_dec = g.flat("b_dec");
-    gb_dec = ws.grad_y.colwise().sum().transpose();
-    if (cfg.apply_b_dec_to_input) gb_dec.noalias() -= p.colMajor("W_enc") * ws.grad_h_sum;
+    detail::setDecoderBiasGradient(p, cfg, ws.grad_y.colwise().sum().transpose(), ws.grad_h_sum, g);
   }
 
   /// Backward over the active entries and the inactive ones that carry gradient only.
@@ -452,8 +416,7 @@ struct JumpReLUArch {
 
     auto gW_dec = g.rowMajor("W_dec");
     kernels::sumByLatent<S>(ws.buckets, act.row.data(), ws.coef.data(), ws.grad_y, gW_dec);
-    auto gW_enc_flat = g.flat("W_enc");
-    Eigen::Map<RowMatrix<S>> gW_enc_t(gW_enc_flat.data(), n, cfg.d_in);
+    auto gW_enc_t = detail::encoderGradientRows(g);
     kernels::sumByLatent<S>(ws.buckets, act.row.data(), ws.act_gh.data(), ws.xc, gW_enc_t);
     kernels::accumulateByLatent<S>(ws.extra_buckets, ext.row.data(), ws.ext_gh.data(), ws.xc,
                                    gW_enc_t);

@@ -28,6 +28,7 @@ namespace sae {
 /// "matryoshka_batchtopk"); see SparseAutoencoder and the file comment.
 struct MatryoshkaBatchTopKArch : detail::BatchTopKFamily {
   static constexpr const char* kName = "matryoshka_batchtopk";
+  static constexpr bool kUsesWidths = true;  ///< See ArchitectureTraits (registry.hpp).
 
   /// Most levels: the loss has one term per level plus mse_loss and AuxK.
   static constexpr Index kMaxLevels = Index(LossTerms<float>::kCapacity) - 2;

@@ -27,6 +27,7 @@
 #include <string_view>
 
 #include <sae/core/config.hpp>
+#include <sae/core/enum_names.hpp>
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
 
@@ -40,35 +41,26 @@ enum class NormalizeActivations {
   LayerNorm               ///< "layer_norm"
 };
 
+/// SAELens's names of the modes.
+template <>
+struct EnumNames<NormalizeActivations> {
+  static constexpr std::pair<NormalizeActivations, const char*> table[] = {
+      {NormalizeActivations::None, "none"},
+      {NormalizeActivations::ExpectedAverageOnlyIn, "expected_average_only_in"},
+      {NormalizeActivations::ConstantNormRescale, "constant_norm_rescale"},
+      {NormalizeActivations::LayerNorm, "layer_norm"}};
+};
+
 /// The names of the modes, for messages.
 inline constexpr const char* kNormalizeActivationsNames =
     "none, expected_average_only_in, constant_norm_rescale, layer_norm";
 
 /// @brief SAELens's name of a mode.
-inline const char* normalizeActivationsName(NormalizeActivations m) {
-  switch (m) {
-    case NormalizeActivations::None:
-      return "none";
-    case NormalizeActivations::ExpectedAverageOnlyIn:
-      return "expected_average_only_in";
-    case NormalizeActivations::ConstantNormRescale:
-      return "constant_norm_rescale";
-    case NormalizeActivations::LayerNorm:
-      return "layer_norm";
-  }
-  return "?";
-}
+inline const char* normalizeActivationsName(NormalizeActivations m) { return enumName(m); }
 
 /// @brief The mode named `name`; false when the name is not one of SAELens's four.
 inline bool parseNormalizeActivations(std::string_view name, NormalizeActivations& out) {
-  for (auto m : {NormalizeActivations::None, NormalizeActivations::ExpectedAverageOnlyIn,
-                 NormalizeActivations::ConstantNormRescale, NormalizeActivations::LayerNorm}) {
-    if (name == normalizeActivationsName(m)) {
-      out = m;
-      return true;
-    }
-  }
-  return false;
+  return tryParseEnum(name, out);
 }
 
 /// @brief Per-row numbers of one normalize() call: x' = (x - mean) * in_scale,

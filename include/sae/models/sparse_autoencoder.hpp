@@ -1,12 +1,41 @@
 /// @file sparse_autoencoder.hpp
 /// @brief SparseAutoencoder: one model template for every architecture, parameterised by an
-/// architecture policy (see StandardArch, GatedArch, TopKArch).
+/// architecture policy (see StandardArch, GatedArch, TopKArch), and what the policies share.
+///
+/// ## Writing a new architecture
+///
+/// Most architectures are an activation of the pre-activations plus penalty terms:
+/// `f = act(xc W_enc + b_enc)`, `y = f W_dec + b_dec`, loss = mse_loss + penalties. For those,
+/// write an activation policy and use `SparseAutoencoder<S, ActivationArch<MyActivation>>`:
+/// ```
+/// struct MyActivation {
+///   static constexpr const char* kName = "my_arch";
+///   template <typename S> struct Scratch {};            // kept from forward to backward
+///   static void validate(const SaeConfig&);             // its options
+///   template <typename S> static void addParameters(ParameterSet<S>&, const SaeConfig&);
+///   template <typename S> static void initialize(ParameterSet<S>&, const SaeConfig&, Rng&);
+///   template <typename S> static void activate(p, cfg, RowMatrix<S>& pre, RowMatrix<S>& f);
+///   template <typename S> static void addPenalties(p, cfg, opts, ws, scratch, terms);
+///   template <typename S> static Rule gradientRule(p, cfg, opts, ws, scratch);
+///   template <typename S> static void penaltyGradient(p, cfg, opts, ws, scratch, d_norms, g);
+/// };
+/// ```
+/// ActivationArch documents each member and checks it with a static_assert; it supplies the
+/// parameters W_enc, b_enc, W_dec, b_dec, the centring (apply_b_dec_to_input), the encoder
+/// product in fp32 or bf16, the choice of sparse or dense kernels, decode, mse_loss, and the
+/// gradients of W_enc, W_dec, b_enc and b_dec from the policy's d loss / d h. StandardActivation
+/// (standard.hpp) is the library's own example; tests/test_policies.cpp defines a squared-ReLU
+/// SAE in the test file. An architecture with another shape (several decodes as gated, codes
+/// kept sparse as TopK) implements the full interface of SparseAutoencoder's `Arch_` itself,
+/// using the shared pieces here (DenseWorkspace, centerAndEncode, decodeDense, decodeSparse,
+/// setDecoderBiasGradient, ...).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include <sae/core/config.hpp>
 #include <sae/core/error.hpp>
@@ -16,7 +45,7 @@
 #include <sae/kernels/bf16_matmul.hpp>
 #include <sae/kernels/gemm.hpp>
 #include <sae/kernels/sparse.hpp>
-#include <sae/models/config.hpp>
+#include <sae/models/sae_config.hpp>
 
 namespace sae {
 namespace detail {
@@ -84,6 +113,39 @@ void addDecoderNormGradient(const Eigen::Ref<const RowMatrix<Scalar>>& W_dec,
   }
 }
 
+/// Below this fraction of entries carrying a value or a gradient, the architectures with dense
+/// codes (standard, gated, JumpReLU) decode and take gradients with the sparse kernels (the
+/// encoder product stays dense); see benchmarks/.
+constexpr double kSparseThreshold = 0.05;
+
+/// @brief What every architecture's workspace holds for the input side: the centred batch, the
+/// decoder norms and the bf16 encoder product.
+template <typename S>
+struct EncoderScratch {
+  RowMatrix<S> xc;  ///< centred input.
+  Vector<S> norms;  ///< decoder row norms n.
+  /// Encoder product in bf16 with fp32 accumulation, on AMX where the CPU has it (float
+  /// only; ConfigError without oneDNN). The bf16 copy of W_enc is refreshed on every call.
+  bool bf16_encoder = false;
+  kernels::Bf16MatmulFor<S> bf16;  // bf16 copy of W_enc and the oneDNN GEMM
+};
+
+/// @brief The workspace of an architecture with dense codes `[B, d_sae]` (standard, gated,
+/// JumpReLU); each adds its own scratch.
+template <typename S>
+struct DenseWorkspace : EncoderScratch<S> {
+  DenseCodes<S> codes;          ///< f, `[B, d_sae]`.
+  RowMatrix<S> reconstruction;  ///< y, `[B, d_in]`.
+  RowMatrix<S> pre;             ///< pre-activations (what the architecture keeps of them).
+  RowMatrix<S> grad_y;          ///< d loss / d y.
+  /// Below this fraction of active entries, decode and gradients use sparse kernels (the
+  /// encoder product stays dense); 0 forces dense, 1 forces sparse.
+  double sparse_threshold = kSparseThreshold;
+  bool used_sparse = false;        ///< Whether the last forward took the sparse path.
+  kernels::CsrPattern pattern;     // active (b, i)
+  kernels::LatentBuckets buckets;  // pattern's entries grouped by latent
+};
+
 /// The encoder product pre = xc W_enc of the dense architectures: in bf16 (fp32 accumulation)
 /// when `bf16` is set, refreshing the bf16 copy of W_enc first; otherwise kernels::gemm().
 template <typename Scalar, typename Bf16>
@@ -98,6 +160,20 @@ void encoderProduct(const ParameterSet<Scalar>& params, const RowMatrix<Scalar>&
   }
 }
 
+/// ws.xc = the centred batch and ws.pre = ws.xc W_enc (fp32 or bf16, see encoderProduct()).
+template <typename S>
+void centerAndEncode(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                     DenseWorkspace<S>& ws) {
+  centerInput(x, p, cfg, ws.xc);
+  encoderProduct(p, ws.xc, ws.pre, ws.bf16_encoder, ws.bf16);
+}
+
+/// Whether `active` of the B * d_sae entries are few enough for the sparse path.
+template <typename S>
+bool takeSparsePath(const DenseWorkspace<S>& ws, Index active, Index B, Index d_sae) {
+  return double(active) / (double(B) * double(d_sae)) < ws.sparse_threshold;
+}
+
 /// Dense decode: out = f W_dec + b_dec (standard and gated codes).
 template <typename Scalar>
 void denseDecode(const ParameterSet<Scalar>& params, const RowMatrix<Scalar>& f,
@@ -106,12 +182,128 @@ void denseDecode(const ParameterSet<Scalar>& params, const RowMatrix<Scalar>& f,
   out.rowwise() += params.flat("b_dec").transpose();
 }
 
+/// @brief The codes type and decode() (y = f W_dec + b_dec) of the architectures with dense
+/// codes, a base of their policies.
+struct DenseCodesArch {
+  template <typename S>
+  using Codes = DenseCodes<S>;
+
+  template <typename S>
+  static void decode(const ParameterSet<S>& p, const SaeConfig&, const DenseCodes<S>& codes,
+                     RowMatrix<S>& out) {
+    denseDecode(p, codes.values, out);
+  }
+};
+
+/// out = f W_dec + b_dec: over the entries of `pattern` when `sparse` (their values of f
+/// gathered into `coef`, in the pattern's order), else as a dense product.
+template <typename S>
+void decodeDense(const ParameterSet<S>& p, const RowMatrix<S>& f, bool sparse,
+                 const kernels::CsrPattern& pattern, std::vector<S>& coef, RowMatrix<S>& out) {
+  if (!sparse) {
+    denseDecode(p, f, out);
+    return;
+  }
+  const Index nnz = pattern.nnz();
+  coef.resize(static_cast<std::size_t>(nnz));
+  for (Index e = 0; e < nnz; ++e) coef[e] = f(pattern.row[e], pattern.latent[e]);
+  const auto W_dec = p.rowMajor("W_dec");
+  out.resize(f.rows(), W_dec.cols());
+  kernels::csrDecode<S>(pattern, coef.data(), W_dec, p.flat("b_dec"), out);
+}
+
+/// The gradient of W_enc `[d_in, d_sae]` (column-major) seen as the row-major `[d_sae, d_in]`
+/// matrix the per-latent kernels write.
+template <typename S>
+Eigen::Map<RowMatrix<S>> encoderGradientRows(ParameterSet<S>& g) {
+  auto W_enc = g.colMajor("W_enc");
+  return Eigen::Map<RowMatrix<S>>(W_enc.data(), W_enc.cols(), W_enc.rows());
+}
+
+/// d loss / d b_dec: `dy_sum` (the column sums of d loss / d y over every reconstruction
+/// b_dec is added to), minus W_enc `dh_sum` when apply_b_dec_to_input (b_dec is then
+/// subtracted from the input; `dh_sum` = the column sums of d loss / d (xc W_enc)).
+template <typename S, typename DySum, typename DhSum>
+void setDecoderBiasGradient(const ParameterSet<S>& p, const SaeConfig& cfg, const DySum& dy_sum,
+                            const DhSum& dh_sum, ParameterSet<S>& g) {
+  auto gb_dec = g.flat("b_dec");
+  gb_dec = dy_sum;
+  if (cfg.apply_b_dec_to_input) gb_dec.noalias() -= p.colMajor("W_enc") * dh_sum;
+}
+
+/// d mse_loss / d y = (2 / B) (y - x) into `out` (B = the batch's rows).
+template <typename S, typename Out>
+void squaredErrorGradient(const RowMatrix<S>& y, const ConstBatchRef<S>& x, Out&& out) {
+  out.noalias() = (S(2) / S(x.rows())) * (y - x);
+}
+
+/// Scratch of the rescaled decode (decoder norms and the decoder inputs f / n), one per
+/// thread: decode(codes, out) takes no workspace, and after its first call at a batch shape
+/// it allocates nothing. The norms are recomputed on every call, so changed weights are seen.
+template <typename S>
+struct RescaledDecodeScratch {
+  Vector<S> norms;       // n, [d_sae]
+  RowMatrix<S> u;        // SparseCodes: [B, k] decoder inputs
+  std::vector<S> u_csr;  // CsrCodes: one decoder input per entry
+};
+
+/// This thread's scratch, with the decoder norms of `W_dec` computed into it.
+template <typename S>
+RescaledDecodeScratch<S>& rescaledDecodeScratch(const Eigen::Ref<const RowMatrix<S>>& W_dec) {
+  thread_local RescaledDecodeScratch<S> scratch;
+  scratch.norms.resize(W_dec.rows());
+  kernels::rowNorms<S>(W_dec, scratch.norms);
+  return scratch;
+}
+
+/// The decode of codes kept sparse (TopK's SparseCodes, BatchTopK's CsrCodes):
+/// out = sum over the entries of (f / n^r) W_dec[i, :] + b_dec, r = rescale_acts_by_decoder_norm.
+template <typename S>
+void decodeSparse(const ParameterSet<S>& p, const SaeConfig& cfg, const SparseCodes<S>& codes,
+                  RowMatrix<S>& out) {
+  const auto W_dec = p.rowMajor("W_dec");
+  out.resize(codes.rows(), cfg.d_in);
+  if (!cfg.rescale_acts_by_decoder_norm) {
+    kernels::gatherDecode<S>(codes.indices, codes.values, W_dec, p.flat("b_dec"), out);
+    return;
+  }
+  RescaledDecodeScratch<S>& s = rescaledDecodeScratch<S>(W_dec);
+  s.u.resize(codes.values.rows(), codes.values.cols());
+  for (Index b = 0; b < s.u.rows(); ++b)
+    for (Index j = 0; j < s.u.cols(); ++j)
+      s.u(b, j) = codes.values(b, j) / s.norms[codes.indices(b, j)];
+  kernels::gatherDecode<S>(codes.indices, s.u, W_dec, p.flat("b_dec"), out);
+}
+template <typename S>
+void decodeSparse(const ParameterSet<S>& p, const SaeConfig& cfg, const CsrCodes<S>& codes,
+                  RowMatrix<S>& out) {
+  const auto W_dec = p.rowMajor("W_dec");
+  out.resize(codes.rows(), cfg.d_in);
+  if (!cfg.rescale_acts_by_decoder_norm) {
+    kernels::csrDecode<S>(codes.pattern, codes.values.data(), W_dec, p.flat("b_dec"), out);
+    return;
+  }
+  RescaledDecodeScratch<S>& s = rescaledDecodeScratch<S>(W_dec);
+  s.u_csr.resize(codes.values.size());
+  for (Index e = 0; e < codes.nnz(); ++e)
+    s.u_csr[e] = codes.values[e] / s.norms[codes.pattern.latent[e]];
+  kernels::csrDecode<S>(codes.pattern, s.u_csr.data(), W_dec, p.flat("b_dec"), out);
+}
+
 /// True when the architecture policy declares non-trainable buffers (`addBuffers`).
 template <typename Arch, typename = void>
 struct HasBuffers : std::false_type {};
 template <typename Arch>
 struct HasBuffers<Arch, std::void_t<decltype(Arch::addBuffers(std::declval<ParameterSet<double>&>(),
                                                               std::declval<const SaeConfig&>()))>>
+    : std::true_type {};
+
+/// True when the architecture policy declares the Codes and Workspace templates.
+template <typename Arch, typename = void>
+struct HasCodesAndWorkspace : std::false_type {};
+template <typename Arch>
+struct HasCodesAndWorkspace<Arch, std::void_t<typename Arch::template Codes<double>,
+                                              typename Arch::template Workspace<double>>>
     : std::true_type {};
 
 /// Mean over rows of the squared error, summed over columns; accumulated in double.
@@ -166,6 +358,9 @@ class SparseAutoencoder {
                 "SparseAutoencoder: Scalar_ must be float or double");
   static_assert(std::is_convertible<decltype(Arch_::kName), const char*>::value,
                 "SparseAutoencoder: Arch_ must declare static constexpr const char* kName");
+  static_assert(detail::HasCodesAndWorkspace<Arch_>::value,
+                "SparseAutoencoder: Arch_ must declare template <typename S> using Codes and "
+                "template <typename S> struct Workspace (ActivationArch supplies both)");
 
  public:
   using Scalar = Scalar_;
@@ -178,11 +373,19 @@ class SparseAutoencoder {
 
   /// @brief A model with every parameter zero (to be filled, e.g. from a file).
   explicit SparseAutoencoder(const SaeConfig& cfg) : m_cfg(cfg) {
-    m_cfg.validateCommon();
-    Arch::validate(m_cfg);
-    m_params.add("W_enc", {m_cfg.d_in, m_cfg.d_sae}, Layout::ColMajor);
-    Arch::addParameters(m_params, m_cfg);
+    validateConfig(m_cfg);
+    declareParameters(m_params, m_cfg);
     if constexpr (kHasBuffers) Arch::addBuffers(m_buffers, m_cfg);
+  }
+
+  /// @brief The parameters a model of config `cfg` has (SAELens names, logical shapes,
+  /// layouts), in model order, without allocating them: what a file must hold.
+  /// @throws ConfigError when `cfg` does not suit the architecture.
+  static std::vector<ParameterInfo> parameterLayout(const SaeConfig& cfg) {
+    validateConfig(cfg);
+    ParameterSet<Scalar> p = ParameterSet<Scalar>::layoutOnly();
+    declareParameters(p, cfg);
+    return p.entries();
   }
 
   /// @brief A model with SAELens's initialisation drawn from `seed`.
@@ -306,6 +509,17 @@ class SparseAutoencoder {
   }
 
  private:
+  static void validateConfig(const SaeConfig& cfg) {
+    cfg.validateCommon();
+    Arch::validate(cfg);
+  }
+
+  /// W_enc, then the architecture's parameters (the order of files and checkpoints).
+  static void declareParameters(ParameterSet<Scalar>& p, const SaeConfig& cfg) {
+    p.add("W_enc", {cfg.d_in, cfg.d_sae}, Layout::ColMajor);
+    Arch::addParameters(p, cfg);
+  }
+
   void checkStep(const ConstBatchRef<Scalar>& x, const TrainOptions& opts) const {
     detail::checkBatch(x, m_cfg.d_in);
     require(std::isfinite(opts.sparsity_scale) && opts.sparsity_scale >= 0,
@@ -318,6 +532,249 @@ class SparseAutoencoder {
   SaeConfig m_cfg;
   ParameterSet<Scalar> m_params;
   ParameterSet<double> m_buffers;
+};
+
+namespace detail {
+
+// Detection of the members an activation policy of ActivationArch must have (see there).
+template <typename A, typename = void>
+struct HasKName : std::false_type {};
+template <typename A>
+struct HasKName<A, std::enable_if_t<std::is_convertible<decltype(A::kName), const char*>::value>>
+    : std::true_type {};
+
+template <typename A, typename = void>
+struct HasValidate : std::false_type {};
+template <typename A>
+struct HasValidate<A, std::void_t<decltype(A::validate(std::declval<const SaeConfig&>()))>>
+    : std::true_type {};
+
+template <typename A, typename = void>
+struct HasAddParameters : std::false_type {};
+template <typename A>
+struct HasAddParameters<
+    A, std::void_t<decltype(A::template addParameters<double>(std::declval<ParameterSet<double>&>(),
+                                                              std::declval<const SaeConfig&>()))>>
+    : std::true_type {};
+
+template <typename A, typename = void>
+struct HasInitialize : std::false_type {};
+template <typename A>
+struct HasInitialize<A, std::void_t<decltype(A::template initialize<double>(
+                            std::declval<ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
+                            std::declval<Rng&>()))>> : std::true_type {};
+
+template <typename A, typename = void>
+struct HasScratch : std::false_type {};
+template <typename A>
+struct HasScratch<A, std::void_t<typename A::template Scratch<double>>> : std::true_type {};
+
+template <typename A, typename = void>
+struct HasActivate : std::false_type {};
+template <typename A>
+struct HasActivate<
+    A, std::void_t<decltype(A::template activate<double>(
+           std::declval<const ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
+           std::declval<RowMatrix<double>&>(), std::declval<RowMatrix<double>&>()))>>
+    : std::true_type {};
+
+template <typename A, typename = void>
+struct HasAddPenalties : std::false_type {};
+template <typename A>
+struct HasAddPenalties<
+    A, std::void_t<decltype(A::template addPenalties<double>(
+           std::declval<const ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
+           std::declval<const TrainOptions&>(), std::declval<const DenseWorkspace<double>&>(),
+           std::declval<typename A::template Scratch<double>&>(),
+           std::declval<LossTerms<double>&>()))>> : std::true_type {};
+
+template <typename A, typename = void>
+struct HasGradientRule : std::false_type {};
+template <typename A>
+struct HasGradientRule<
+    A, std::enable_if_t<std::is_convertible<
+           decltype(A::template gradientRule<double>(
+               std::declval<const ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
+               std::declval<const TrainOptions&>(), std::declval<const DenseWorkspace<double>&>(),
+               std::declval<const typename A::template Scratch<double>&>())(Index(0), Index(0),
+                                                                            double(0))),
+           double>::value>> : std::true_type {};
+
+template <typename A, typename = void>
+struct HasPenaltyGradient : std::false_type {};
+template <typename A>
+struct HasPenaltyGradient<
+    A, std::void_t<decltype(A::template penaltyGradient<double>(
+           std::declval<const ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
+           std::declval<const TrainOptions&>(), std::declval<const DenseWorkspace<double>&>(),
+           std::declval<const typename A::template Scratch<double>&>(),
+           std::declval<Vector<double>&>(), std::declval<ParameterSet<double>&>()))>>
+    : std::true_type {};
+
+}  // namespace detail
+
+/// @brief The architecture policy of an SAE whose codes are an activation of the
+/// pre-activations, `f = act(xc W_enc + b_enc)`, with penalty terms: everything but the
+/// activation and the penalties is done here, once for all such architectures.
+///
+/// Parameters `W_enc`, `b_enc`, `W_dec`, `b_dec`, then the activation's own. Codes are dense
+/// (DenseCodes); decode, d mse / d f and the gradients of W_dec, W_enc, b_enc, b_dec take the
+/// sparse kernels below `Workspace::sparse_threshold` of active entries (f > 0), dense
+/// products otherwise.
+///
+/// @tparam Activation_ the activation policy; it must provide (S the scalar type):
+///   - `static constexpr const char* kName`: the architecture's name;
+///   - `static void validate(const SaeConfig&)`: its options (throw ConfigError);
+///   - `template <typename S> static void addParameters(ParameterSet<S>&, const SaeConfig&)`:
+///     its extra parameters (added after b_dec; may add none);
+///   - `template <typename S> static void initialize(ParameterSet<S>&, const SaeConfig&, Rng&)`:
+///     their initial values (the shared weights are already drawn);
+///   - `template <typename S> struct Scratch`: what its penalties keep between forward and
+///     backward (may be empty); it becomes a base of the Workspace;
+///   - `template <typename S> static void activate(const ParameterSet<S>&, const SaeConfig&,
+///      RowMatrix<S>& pre, RowMatrix<S>& f)`: `pre` holds xc W_enc; leave h = pre + b_enc in
+///     it and write f = act(h) >= 0 into `f` (already `[B, d_sae]`). The entries with f > 0 are
+///     the active ones: the only ones that decode and pass gradient;
+///   - `template <typename S> static void addPenalties(const ParameterSet<S>&, const SaeConfig&,
+///      const TrainOptions&, const detail::DenseWorkspace<S>&, Scratch<S>&, LossTerms<S>&)`:
+///     adds its loss terms after mse_loss (the workspace holds f in `codes`, the decoder norms
+///     n in `norms`);
+///   - `template <typename S> static Rule gradientRule(...)`, same arguments but a const
+///     Scratch and no LossTerms: a callable `S rule(Index b, Index i, S g)` giving
+///     d loss / d h_bi from g = d mse / d f_bi (0 where the entry is not active); it may read
+///     f, but not h (on the dense path the pre-activation buffer then holds the gradient);
+///   - `template <typename S> static void penaltyGradient(const ParameterSet<S>&,
+///      const SaeConfig&, const TrainOptions&, const detail::DenseWorkspace<S>&,
+///      const Scratch<S>&, Vector<S>& d_norms, ParameterSet<S>& g)`: adds d penalties / d n_i to
+///     `d_norms` (zero on entry; the chain rule into W_dec is done here) and writes the
+///     gradients of its extra parameters into `g`.
+/// `used_sparse` and `pattern` in the workspace tell which path the step took.
+template <typename Activation_>
+struct ActivationArch : detail::DenseCodesArch {
+  using Activation = Activation_;
+  static_assert(detail::HasKName<Activation>::value,
+                "ActivationArch: the activation policy must declare static constexpr const "
+                "char* kName");
+  static_assert(detail::HasValidate<Activation>::value,
+                "ActivationArch: the activation policy must declare static void "
+                "validate(const SaeConfig&)");
+  static_assert(detail::HasAddParameters<Activation>::value,
+                "ActivationArch: the activation policy must declare template <typename S> static "
+                "void addParameters(ParameterSet<S>&, const SaeConfig&)");
+  static_assert(detail::HasInitialize<Activation>::value,
+                "ActivationArch: the activation policy must declare template <typename S> static "
+                "void initialize(ParameterSet<S>&, const SaeConfig&, Rng&)");
+  static_assert(detail::HasScratch<Activation>::value,
+                "ActivationArch: the activation policy must declare template <typename S> "
+                "struct Scratch (it may be empty)");
+  static_assert(detail::HasActivate<Activation>::value,
+                "ActivationArch: the activation policy must declare template <typename S> static "
+                "void activate(const ParameterSet<S>&, const SaeConfig&, RowMatrix<S>& pre, "
+                "RowMatrix<S>& f)");
+  static_assert(detail::HasAddPenalties<Activation>::value,
+                "ActivationArch: the activation policy must declare template <typename S> static "
+                "void addPenalties(const ParameterSet<S>&, const SaeConfig&, const "
+                "TrainOptions&, const detail::DenseWorkspace<S>&, Scratch<S>&, LossTerms<S>&)");
+  static_assert(detail::HasGradientRule<Activation>::value,
+                "ActivationArch: the activation policy must declare template <typename S> static "
+                "gradientRule(const ParameterSet<S>&, const SaeConfig&, const TrainOptions&, "
+                "const detail::DenseWorkspace<S>&, const Scratch<S>&), returning a callable "
+                "S(Index b, Index i, S d_mse_d_f)");
+  static_assert(detail::HasPenaltyGradient<Activation>::value,
+                "ActivationArch: the activation policy must declare template <typename S> static "
+                "void penaltyGradient(const ParameterSet<S>&, const SaeConfig&, const "
+                "TrainOptions&, const detail::DenseWorkspace<S>&, const Scratch<S>&, Vector<S>& "
+                "d_norms, ParameterSet<S>& g)");
+
+  static constexpr const char* kName = Activation::kName;
+
+  /// @brief The shared dense workspace, the activation's Scratch, and the per-entry buffers
+  /// of the sparse path. `pre` holds h after a forward pass (then, on the dense path of a
+  /// backward pass, d loss / d h).
+  template <typename S>
+  struct Workspace : detail::DenseWorkspace<S>, Activation::template Scratch<S> {
+    std::vector<S> coef;  // per active entry: f, then d loss / d h
+    Vector<S> d_norms;    // d penalties / d n
+  };
+
+  static void validate(const SaeConfig& cfg) { Activation::validate(cfg); }
+
+  template <typename S>
+  static void addParameters(ParameterSet<S>& p, const SaeConfig& cfg) {
+    p.add("b_enc", {cfg.d_sae});
+    p.add("W_dec", {cfg.d_sae, cfg.d_in});
+    p.add("b_dec", {cfg.d_in});
+    Activation::addParameters(p, cfg);
+  }
+
+  template <typename S>
+  static void initialize(ParameterSet<S>& p, const SaeConfig& cfg, Rng& rng) {
+    Activation::initialize(p, cfg, rng);
+  }
+
+  template <typename S>
+  static void encode(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                     Codes<S>& codes, Workspace<S>& ws) {
+    detail::centerAndEncode(p, cfg, x, ws);
+    codes.values.resize(x.rows(), cfg.d_sae);
+    Activation::activate(p, cfg, ws.pre, codes.values);
+  }
+
+  template <typename S>
+  static void forward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                      const TrainOptions& opts, Workspace<S>& ws, LossTerms<S>& terms) {
+    const Index B = x.rows();
+    encode(p, cfg, x, ws.codes, ws);
+    const auto& f = ws.codes.values;
+    ws.pattern.template buildPositive<S>(f);
+    ws.used_sparse = detail::takeSparsePath(ws, ws.pattern.nnz(), B, cfg.d_sae);
+    detail::decodeDense(p, f, ws.used_sparse, ws.pattern, ws.coef, ws.reconstruction);
+    ws.norms.resize(cfg.d_sae);
+    kernels::rowNorms<S>(p.rowMajor("W_dec"), ws.norms);
+    terms.add("mse_loss", S(detail::meanSquaredError<S>(ws.reconstruction, x)));
+    Activation::addPenalties(p, cfg, opts, ws, ws, terms);
+  }
+
+  template <typename S>
+  static void backward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
+                       const TrainOptions& opts, Workspace<S>& ws, ParameterSet<S>& g) {
+    detail::squaredErrorGradient(ws.reconstruction, x, ws.grad_y);
+    const auto& f = ws.codes.values;
+    const Index B = x.rows();
+    const Index n = cfg.d_sae;
+    const auto W_dec = p.rowMajor("W_dec");
+    const auto rule = Activation::gradientRule(p, cfg, opts, ws, ws);
+    auto gW_dec = g.rowMajor("W_dec");
+    auto gb_enc = g.flat("b_enc");
+    ws.d_norms.setZero(n);
+    if (ws.used_sparse) {
+      // Only the active entries carry gradient.
+      const kernels::CsrPattern& pat = ws.pattern;
+      const Index nnz = pat.nnz();
+      ws.buckets.build(n, pat.latent.data(), nnz);
+      kernels::sumByLatent<S>(ws.buckets, pat.row.data(), ws.coef.data(), ws.grad_y, gW_dec);
+      Activation::penaltyGradient(p, cfg, opts, ws, ws, ws.d_norms, g);
+      // coef becomes d mse / d f, then d loss / d h.
+      kernels::csrDot<S>(ws.grad_y, pat, W_dec, ws.coef.data());
+      SAE_PRAGMA_OMP(parallel for schedule(static))
+      for (Index e = 0; e < nnz; ++e) ws.coef[e] = rule(pat.row[e], pat.latent[e], ws.coef[e]);
+      auto gW_enc_t = detail::encoderGradientRows(g);
+      kernels::sumByLatent<S>(ws.buckets, pat.row.data(), ws.coef.data(), ws.xc, gW_enc_t,
+                              gb_enc.data());
+    } else {
+      RowMatrix<S>& grad_h = ws.pre;
+      kernels::gemm(grad_h, ws.grad_y, W_dec.transpose());
+      SAE_PRAGMA_OMP(parallel for schedule(static))
+      for (Index b = 0; b < B; ++b)
+        for (Index i = 0; i < n; ++i) grad_h(b, i) = rule(b, i, grad_h(b, i));
+      Activation::penaltyGradient(p, cfg, opts, ws, ws, ws.d_norms, g);
+      kernels::gemm(gW_dec, f.transpose(), ws.grad_y);
+      kernels::gemm(g.colMajor("W_enc"), ws.xc.transpose(), grad_h);
+      gb_enc = grad_h.colwise().sum().transpose();
+    }
+    detail::addDecoderNormGradient<S>(W_dec, ws.norms, ws.d_norms, gW_dec);
+    detail::setDecoderBiasGradient(p, cfg, ws.grad_y.colwise().sum().transpose(), gb_enc, g);
+  }
 };
 
 }  // namespace sae

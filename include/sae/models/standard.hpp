@@ -19,180 +19,107 @@
 
 namespace sae {
 
-/// @brief Architecture policy of the standard (ReLU + L1) SAE; see SparseAutoencoder.
-struct StandardArch {
+/// @brief Activation policy of the standard (ReLU + Lp) SAE, for ActivationArch.
+struct StandardActivation {
   static constexpr const char* kName = "standard";
 
   template <typename S>
-  using Codes = DenseCodes<S>;
-
-  template <typename S>
-  struct Workspace {
-    Codes<S> codes;               ///< f, `[B, d_sae]`.
-    RowMatrix<S> reconstruction;  ///< y, `[B, d_in]`.
-    RowMatrix<S> xc;              ///< centred input.
-    RowMatrix<S> pre;             ///< h, then its gradient.
-    RowMatrix<S> grad_y;          ///< d loss / d y.
-    Vector<S> norms;              ///< decoder row norms n.
-    Vector<S> row_lp;             ///< ||f_b * n||_p per row.
-    /// Below this fraction of non-zero activations, decode and gradients use sparse kernels
-    /// (the encoder product stays dense); 0 forces dense, 1 forces sparse.
-    double sparse_threshold = kSparseThreshold;
-    bool used_sparse = false;     ///< Whether the last forward took the sparse path.
-    kernels::CsrPattern pattern;  // active (b, i) of f
-    std::vector<S> coef;          // per active entry: f, then d loss / d h
-    kernels::LatentBuckets buckets;
-    /// Encoder product in bf16 with fp32 accumulation, on AMX where the CPU has it (float
-    /// only; ConfigError without oneDNN). The bf16 copy of W_enc is refreshed on every call.
-    bool bf16_encoder = false;
-    kernels::Bf16MatmulFor<S> bf16;  // bf16 copy of W_enc and the oneDNN GEMM
+  struct Scratch {
+    Vector<S> row_lp;  ///< ||f_b * n||_p per row.
   };
-
-  /// Density of f below which the sparse kernels are used by default (see benchmarks/).
-  static constexpr double kSparseThreshold = 0.05;
 
   static void validate(const SaeConfig&) {}
 
   template <typename S>
-  static void addParameters(ParameterSet<S>& p, const SaeConfig& cfg) {
-    p.add("b_enc", {cfg.d_sae});
-    p.add("W_dec", {cfg.d_sae, cfg.d_in});
-    p.add("b_dec", {cfg.d_in});
-  }
+  static void addParameters(ParameterSet<S>&, const SaeConfig&) {}
 
   template <typename S>
   static void initialize(ParameterSet<S>&, const SaeConfig&, Rng&) {}
 
+  /// f = relu(h), fused with h = pre + b_enc.
   template <typename S>
-  static void encode(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
-                     Codes<S>& codes, Workspace<S>& ws) {
-    detail::centerInput(x, p, cfg, ws.xc);
-    detail::encoderProduct(p, ws.xc, ws.pre, ws.bf16_encoder, ws.bf16);
-    codes.values.resize(x.rows(), cfg.d_sae);
-    kernels::addBiasRelu<S>(ws.pre, p.flat("b_enc"), codes.values);
+  static void activate(const ParameterSet<S>& p, const SaeConfig&, RowMatrix<S>& pre,
+                       RowMatrix<S>& f) {
+    kernels::addBiasRelu<S>(pre, p.flat("b_enc"), f);
   }
 
+  /// l1_loss = c * mean_b ||f_b * n||_p, c = l1_coefficient * sparsity_scale.
   template <typename S>
-  static void decode(const ParameterSet<S>& p, const SaeConfig&, const Codes<S>& codes,
-                     RowMatrix<S>& out) {
-    detail::denseDecode(p, codes.values, out);
-  }
-
-  template <typename S>
-  static void forward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
-                      const TrainOptions& opts, Workspace<S>& ws, LossTerms<S>& terms) {
-    const auto W_dec = p.rowMajor("W_dec");
-    const Index B = x.rows();
-    detail::centerInput(x, p, cfg, ws.xc);
-    detail::encoderProduct(p, ws.xc, ws.pre, ws.bf16_encoder, ws.bf16);
-    ws.codes.values.resize(B, cfg.d_sae);
-    kernels::addBiasRelu<S>(ws.pre, p.flat("b_enc"), ws.codes.values);
+  static void addPenalties(const ParameterSet<S>&, const SaeConfig& cfg, const TrainOptions& opts,
+                           const detail::DenseWorkspace<S>& ws, Scratch<S>& scratch,
+                           LossTerms<S>& terms) {
     const auto& f = ws.codes.values;
-
-    ws.pattern.template buildPositive<S>(f);
-    const double density = double(ws.pattern.nnz()) / (double(B) * double(cfg.d_sae));
-    ws.used_sparse = density < ws.sparse_threshold;
-    if (ws.used_sparse) {
-      ws.coef.resize(static_cast<std::size_t>(ws.pattern.nnz()));
-      for (Index e = 0; e < ws.pattern.nnz(); ++e)
-        ws.coef[e] = f(ws.pattern.row[e], ws.pattern.latent[e]);
-      ws.reconstruction.resize(B, cfg.d_in);
-      kernels::csrDecode<S>(ws.pattern, ws.coef.data(), W_dec, p.flat("b_dec"), ws.reconstruction);
-    } else {
-      decode(p, cfg, ws.codes, ws.reconstruction);
-    }
-
-    ws.norms.resize(cfg.d_sae);
-    kernels::rowNorms<S>(W_dec, ws.norms);
+    const Index B = f.rows();
     const double lp = cfg.lp_norm;
-    ws.row_lp.resize(B);
+    scratch.row_lp.resize(B);
     SAE_PRAGMA_OMP(parallel for schedule(static))
     for (Index b = 0; b < B; ++b) {
       const auto v = f.row(b).cwiseProduct(ws.norms.transpose());
       if (lp == 1.0) {
-        ws.row_lp[b] = v.sum();  // every entry is >= 0
+        scratch.row_lp[b] = v.sum();  // every entry is >= 0
       } else if (lp == 2.0) {
-        ws.row_lp[b] = v.norm();
+        scratch.row_lp[b] = v.norm();
       } else {
-        ws.row_lp[b] = S(std::pow(double(v.array().pow(S(lp)).sum()), 1.0 / lp));
+        scratch.row_lp[b] = S(std::pow(double(v.array().pow(S(lp)).sum()), 1.0 / lp));
       }
     }
     double penalty = 0;
-    for (Index b = 0; b < B; ++b) penalty += double(ws.row_lp[b]);
+    for (Index b = 0; b < B; ++b) penalty += double(scratch.row_lp[b]);
     const double coef = cfg.l1_coefficient * opts.sparsity_scale;
-    terms.add("mse_loss", S(detail::meanSquaredError<S>(ws.reconstruction, x)));
     terms.add("l1_loss", S(coef * penalty / double(B)));
   }
 
+  /// d ||v||_p / d v_i = v_i^(p-1) / ||v||_p^(p-1) for v = f * n >= 0, and 0 where v_i = 0
+  /// (torch's subgradient); so d penalty / d f_i = coef dv_i n_i, d penalty / d n_i =
+  /// coef dv_i f_i (coef = c / B).
   template <typename S>
-  static void backward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
-                       const TrainOptions& opts, Workspace<S>& ws, ParameterSet<S>& g) {
-    const Index B = x.rows();
-    const auto W_dec = p.rowMajor("W_dec");
-    const auto& f = ws.codes.values;
-    ws.grad_y.noalias() = (S(2) / S(B)) * (ws.reconstruction - x);
+  struct Lp {
+    const RowMatrix<S>& f;
+    const Vector<S>& norms;
+    const Vector<S>& row_lp;
+    S coef;
+    double lp;
 
-    auto gW_dec = g.rowMajor("W_dec");
-    auto gb_enc = g.flat("b_enc");
-    auto gb_dec = g.flat("b_dec");
-    // d ||v||_p / d v_i = v_i^(p-1) / ||v||_p^(p-1) for v = f * n >= 0, and 0 where v_i = 0
-    // (torch's subgradient); so d penalty / d f_i = coef dv_i n_i, d penalty / d n_i = coef dv_i
-    // f_i.
-    const S coef = S(cfg.l1_coefficient * opts.sparsity_scale / double(B));
-    const double lp = cfg.lp_norm;
-    auto dv = [&](Index b, Index i) {
-      return lp == 1.0 ? S(1) : S(std::pow(double(f(b, i) * ws.norms[i] / ws.row_lp[b]), lp - 1.0));
-    };
-    Vector<S> d_norms = Vector<S>::Zero(cfg.d_sae);
-
-    if (ws.used_sparse) {
-      // Only the active entries carry gradient: f > 0 there and relu'(h) = 1.
-      const kernels::CsrPattern& pat = ws.pattern;
-      const Index nnz = pat.nnz();
-      ws.buckets.build(cfg.d_sae, pat.latent.data(), nnz);
-      kernels::sumByLatent<S>(ws.buckets, pat.row.data(), ws.coef.data(), ws.grad_y, gW_dec);
-      for (Index e = 0; e < nnz; ++e) {
-        const Index b = pat.row[e], i = pat.latent[e];
-        d_norms[i] += coef * dv(b, i) * f(b, i);
-      }
-      // coef becomes d loss / d h.
-      kernels::csrDot<S>(ws.grad_y, pat, W_dec, ws.coef.data());
-      SAE_PRAGMA_OMP(parallel for schedule(static))
-      for (Index e = 0; e < nnz; ++e)
-        ws.coef[e] += coef * dv(pat.row[e], pat.latent[e]) * ws.norms[pat.latent[e]];
-      auto gW_enc_flat = g.flat("W_enc");
-      Eigen::Map<RowMatrix<S>> gW_enc_t(gW_enc_flat.data(), cfg.d_sae, cfg.d_in);
-      kernels::sumByLatent<S>(ws.buckets, pat.row.data(), ws.coef.data(), ws.xc, gW_enc_t,
-                              gb_enc.data());
-    } else {
-      RowMatrix<S>& grad_h = ws.pre;  // h is only needed for its sign, which f also gives
-      kernels::gemm(grad_h, ws.grad_y, W_dec.transpose());
-      SAE_PRAGMA_OMP(parallel for schedule(static))
-      for (Index b = 0; b < B; ++b) {
-        for (Index i = 0; i < cfg.d_sae; ++i) {
-          if (f(b, i) > S(0)) {
-            grad_h(b, i) += coef * dv(b, i) * ws.norms[i];
-          } else {
-            grad_h(b, i) = S(0);
-          }
-        }
-      }
-      if (lp == 1.0) {
-        d_norms = coef * f.colwise().sum().transpose();
-      } else {
-        for (Index b = 0; b < B; ++b)
-          for (Index i = 0; i < cfg.d_sae; ++i)
-            if (f(b, i) > S(0)) d_norms[i] += coef * dv(b, i) * f(b, i);
-      }
-      kernels::gemm(gW_dec, f.transpose(), ws.grad_y);
-      kernels::gemm(g.colMajor("W_enc"), ws.xc.transpose(), grad_h);
-      gb_enc = grad_h.colwise().sum().transpose();
+    S dv(Index b, Index i) const {
+      return lp == 1.0 ? S(1) : S(std::pow(double(f(b, i) * norms[i] / row_lp[b]), lp - 1.0));
     }
-    detail::addDecoderNormGradient<S>(W_dec, ws.norms, d_norms, gW_dec);
-    gb_dec = ws.grad_y.colwise().sum().transpose();
-    if (cfg.apply_b_dec_to_input) gb_dec.noalias() -= p.colMajor("W_enc") * gb_enc;
+    /// d loss / d h from d mse / d f: relu passes it where f > 0.
+    S operator()(Index b, Index i, S g) const {
+      return f(b, i) > S(0) ? g + coef * dv(b, i) * norms[i] : S(0);
+    }
+  };
+
+  template <typename S>
+  static Lp<S> gradientRule(const ParameterSet<S>&, const SaeConfig& cfg, const TrainOptions& opts,
+                            const detail::DenseWorkspace<S>& ws, const Scratch<S>& scratch) {
+    const S coef = S(cfg.l1_coefficient * opts.sparsity_scale / double(ws.codes.values.rows()));
+    return Lp<S>{ws.codes.values, ws.norms, scratch.row_lp, coef, cfg.lp_norm};
+  }
+
+  template <typename S>
+  static void penaltyGradient(const ParameterSet<S>& p, const SaeConfig& cfg,
+                              const TrainOptions& opts, const detail::DenseWorkspace<S>& ws,
+                              const Scratch<S>& scratch, Vector<S>& d_norms, ParameterSet<S>&) {
+    const Lp<S> rule = gradientRule(p, cfg, opts, ws, scratch);
+    const auto& f = ws.codes.values;
+    if (ws.used_sparse) {
+      const kernels::CsrPattern& pat = ws.pattern;
+      for (Index e = 0; e < pat.nnz(); ++e) {
+        const Index b = pat.row[e], i = pat.latent[e];
+        d_norms[i] += rule.coef * rule.dv(b, i) * f(b, i);
+      }
+    } else if (cfg.lp_norm == 1.0) {
+      d_norms = rule.coef * f.colwise().sum().transpose();
+    } else {
+      for (Index b = 0; b < f.rows(); ++b)
+        for (Index i = 0; i < f.cols(); ++i)
+          if (f(b, i) > S(0)) d_norms[i] += rule.coef * rule.dv(b, i) * f(b, i);
+    }
   }
 };
+
+/// @brief Architecture policy of the standard (ReLU + Lp) SAE; see SparseAutoencoder.
+using StandardArch = ActivationArch<StandardActivation>;
 
 /// @brief Standard ReLU SAE with decoder-norm-weighted L1 (SAELens "standard").
 template <typename Scalar>

@@ -34,15 +34,9 @@ namespace detail {
 /// @brief Scratch shared by the TopK family (TopK, BatchTopK, Matryoshka BatchTopK): the
 /// tiled encoder product, the AuxK selection and the sparse gradient scatter.
 template <typename S>
-struct TopKFamilyScratch {
-  Index tile_rows = 512;  ///< Rows of pre-activations made at once.
-  /// Encoder product in bf16 with fp32 accumulation (float only; ConfigError without oneDNN).
-  bool bf16_encoder = false;
-  kernels::Bf16MatmulFor<S> bf16;  // bf16 copy of W_enc and the oneDNN GEMM
-
-  RowMatrix<S> xc;                 // centred input
+struct TopKFamilyScratch : EncoderScratch<S> {
+  Index tile_rows = 512;           ///< Rows of pre-activations made at once.
   RowMatrix<S> tile;               // [tile_rows, d_sae] pre-activations of one tile
-  Vector<S> norms;                 // decoder row norms
   std::vector<std::int32_t> dead;  // dead latent ids
   IndexMatrix aux_index;           // [B, k_aux]
   RowMatrix<S> aux_h;              // [B, k_aux] h of the AuxK latents
@@ -186,14 +180,11 @@ void scatterTopKFamilyGradients(const ParameterSet<S>& p, const SaeConfig& cfg, 
   auto gW_dec = g.rowMajor("W_dec");
   kernels::sumByLatent<S>(ws.buckets, ws.dec_row.data(), ws.dec_coef.data(), ws.stacked, gW_dec);
   // The column-major gradient of W_enc [d_in, d_sae] is a row-major [d_sae, d_in] matrix.
-  auto gW_enc_flat = g.flat("W_enc");
-  Eigen::Map<RowMatrix<S>> gW_enc_t(gW_enc_flat.data(), cfg.d_sae, cfg.d_in);
+  auto gW_enc_t = encoderGradientRows(g);
   auto gb_enc = g.flat("b_enc");
   kernels::sumByLatent<S>(ws.buckets, ws.enc_row.data(), ws.enc_coef.data(), ws.xc, gW_enc_t,
                           gb_enc.data());
-  auto gb_dec = g.flat("b_dec");
-  gb_dec = ws.stacked.topRows(B).colwise().sum().transpose();
-  if (cfg.apply_b_dec_to_input) gb_dec.noalias() -= p.colMajor("W_enc") * gb_enc;
+  setDecoderBiasGradient(p, cfg, ws.stacked.topRows(B).colwise().sum().transpose(), gb_enc, g);
 }
 
 /// Parameters of the TopK family: b_enc, W_dec, b_dec (after W_enc).
@@ -215,6 +206,7 @@ inline void validateK(const SaeConfig& cfg) {
 /// @brief Architecture policy of the TopK SAE; see SparseAutoencoder.
 struct TopKArch {
   static constexpr const char* kName = "topk";
+  static constexpr bool kUsesK = true;  ///< See ArchitectureTraits (registry.hpp).
 
   template <typename S>
   using Codes = SparseCodes<S>;
@@ -291,19 +283,7 @@ struct TopKArch {
   template <typename S>
   static void decode(const ParameterSet<S>& p, const SaeConfig& cfg, const Codes<S>& codes,
                      RowMatrix<S>& out) {
-    const auto W_dec = p.rowMajor("W_dec");
-    out.resize(codes.rows(), cfg.d_in);
-    if (cfg.rescale_acts_by_decoder_norm) {
-      Vector<S> norms(cfg.d_sae);
-      kernels::rowNorms<S>(W_dec, norms);
-      RowMatrix<S> u(codes.values.rows(), codes.values.cols());
-      for (Index b = 0; b < u.rows(); ++b)
-        for (Index j = 0; j < u.cols(); ++j)
-          u(b, j) = codes.values(b, j) / norms[codes.indices(b, j)];
-      kernels::gatherDecode<S>(codes.indices, u, W_dec, p.flat("b_dec"), out);
-    } else {
-      kernels::gatherDecode<S>(codes.indices, codes.values, W_dec, p.flat("b_dec"), out);
-    }
+    detail::decodeSparse(p, cfg, codes, out);
   }
 
   template <typename S>
@@ -329,7 +309,7 @@ struct TopKArch {
     const Index k_aux = ws.aux_index.cols();
 
     auto grad_y = ws.stacked.topRows(B);
-    grad_y.noalias() = (S(2) / S(B)) * (ws.reconstruction - x);
+    detail::squaredErrorGradient(ws.reconstruction, x, grad_y);
     ws.grad_h.resize(B, k);
     kernels::gatherDot<S>(grad_y, ws.codes.indices, p.rowMajor("W_dec"), ws.grad_h);
     ws.grad_h = (ws.h_sel.array() > S(0)).select(ws.grad_h, S(0));

@@ -18,6 +18,7 @@
 #include <string>
 #include <string_view>
 
+#include <sae/core/enum_names.hpp>
 #include <sae/core/error.hpp>
 
 namespace sae {
@@ -36,18 +37,15 @@ enum class LrDecay {
   Linear
 };
 
+/// The names of LrDecay in configurations (`lr_scheduler`): exactly these, unlike parseLrDecay().
+template <>
+struct EnumNames<LrDecay> {
+  static constexpr std::pair<LrDecay, const char*> table[] = {
+      {LrDecay::Constant, "constant"}, {LrDecay::Cosine, "cosine"}, {LrDecay::Linear, "linear"}};
+};
+
 /// @brief Name of a decay, as accepted by parseLrDecay().
-inline const char* lrDecayName(LrDecay decay) {
-  switch (decay) {
-    case LrDecay::Constant:
-      return "constant";
-    case LrDecay::Cosine:
-      return "cosine";
-    case LrDecay::Linear:
-      return "linear";
-  }
-  return "?";
-}
+inline const char* lrDecayName(LrDecay decay) { return enumName(decay); }
 
 /// @brief Parses "constant", "cosine" or "linear" (any case, as SAELens lower-cases its
 /// scheduler name). SAELens's own name "cosineannealing" is accepted for cosine.
@@ -56,9 +54,9 @@ inline LrDecay parseLrDecay(std::string_view name) {
   std::string lower(name);
   std::transform(lower.begin(), lower.end(), lower.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  if (lower == "constant") return LrDecay::Constant;
-  if (lower == "cosine" || lower == "cosineannealing") return LrDecay::Cosine;
-  if (lower == "linear") return LrDecay::Linear;
+  if (lower == "cosineannealing") return LrDecay::Cosine;
+  LrDecay decay{};
+  if (tryParseEnum(lower, decay)) return decay;
   throw ConfigError(detail::concat("unknown learning-rate decay '", name,
                                    "' (valid: constant, cosine, linear; SAELens's "
                                    "cosineannealing is accepted for cosine)"));

@@ -11,14 +11,16 @@
 /// s_i is the factor decode() applies to code i: 1, or 1 / ||W_dec[i, :]|| for the TopK family
 /// with rescale_acts_by_decoder_norm (whose codes are in decoder-norm-scaled units). The editor
 /// finds s once, when it is built, by decoding a one-hot code through the model's own decode(),
-/// so any architecture whose codes are DenseCodes or SparseCodes works unchanged. The cost per
-/// call is one encode() plus O(rows * edits * d_in): only the edited latents' rows of W_dec are
-/// read.
+/// so any architecture whose codes are DenseCodes, SparseCodes or CsrCodes works unchanged. The
+/// cost per call is one encode() plus O(rows * edits * d_in): only the edited latents' rows of
+/// W_dec are read.
 ///
 /// An SAE trained on normalised inputs (SAELens `normalize_activations: layer_norm` encodes
 /// (x - mean) / (std + 1e-5) and decodes y * std + mean) is steered with applyScaled(): the
 /// caller passes the normalised rows to encode and the per-row output scale (std), and
-/// x' = x + std_b (decode(f') - decode(f)).
+/// x' = x + std_b (decode(f') - decode(f)). sae::Sae (runtime/sae.hpp) does that normalisation
+/// itself, with the same edit kernel (detail::EditKernel): it is what an inference engine's
+/// hook calls.
 #pragma once
 
 #include <algorithm>
@@ -30,9 +32,10 @@
 #include <vector>
 
 #include <sae/core/config.hpp>
+#include <sae/core/enum_names.hpp>
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
-#include <sae/models/config.hpp>
+#include <sae/models/sae_config.hpp>
 #include <sae/models/sparse_autoencoder.hpp>
 
 namespace sae {
@@ -51,20 +54,22 @@ enum class EditOp {
   Zero       ///< f' = 0 (ablate); the value is ignored.
 };
 
+}  // namespace steer
+
+/// The names of the edit operations.
+template <>
+struct EnumNames<steer::EditOp> {
+  static constexpr std::pair<steer::EditOp, const char*> table[] = {
+      {steer::EditOp::Set, "Set"},
+      {steer::EditOp::Add, "Add"},
+      {steer::EditOp::Multiply, "Multiply"},
+      {steer::EditOp::Zero, "Zero"}};
+};
+
+namespace steer {
+
 /// @brief Name of an operation ("Set", "Add", "Multiply", "Zero").
-inline const char* editOpName(EditOp op) {
-  switch (op) {
-    case EditOp::Set:
-      return "Set";
-    case EditOp::Add:
-      return "Add";
-    case EditOp::Multiply:
-      return "Multiply";
-    case EditOp::Zero:
-      return "Zero";
-  }
-  return "unknown";
-}
+inline const char* editOpName(EditOp op) { return enumName(op); }
 
 /// @brief One edit of one latent's code. Values are in the units of the model's codes (what
 /// encode() returns; for TopK with rescale_acts_by_decoder_norm, decoder-norm-scaled units).
@@ -120,29 +125,45 @@ inline std::string describeEdit(const EditList& edits, std::size_t e) {
 
 }  // namespace detail
 
-/// @brief Checks an edit list for a model with `d_sae` latents and scalar type `Scalar`; throws
-/// ConfigError naming the first bad entry (feature id out of range, a value that is not finite
-/// in `Scalar`, a latent edited twice, an unknown operation).
+namespace detail {
+
+/// validateEdits() with the scratch of its duplicate check passed in (kept by the caller, so
+/// that a warm call allocates nothing).
 template <typename Scalar>
-void validateEdits(const EditList& edits, Index d_sae) {
+void validateEdits(const EditList& edits, Index d_sae,
+                   std::vector<std::pair<Index, std::size_t>>& order) {
+  // The messages are made only on failure (describeEdit builds a string).
+  using sae::detail::concat;
   for (std::size_t e = 0; e < edits.size(); ++e) {
     const FeatureEdit& ed = edits[e];
     const auto op = static_cast<int>(ed.op);
     require(op >= static_cast<int>(EditOp::Set) && op <= static_cast<int>(EditOp::Zero),
             "steering edit ", e, " (feature ", ed.feature, "): unknown operation ", op);
-    require(ed.feature >= 0 && ed.feature < d_sae, "steering ", detail::describeEdit(edits, e),
-            ": feature id out of range [0, ", d_sae, ")");
-    require(std::isfinite(ed.value) && std::isfinite(static_cast<Scalar>(ed.value)), "steering ",
-            detail::describeEdit(edits, e), ": value is not finite",
-            std::isfinite(ed.value) ? " in the model's scalar type" : "");
+    if (!(ed.feature >= 0 && ed.feature < d_sae))
+      throw ConfigError(concat("steering ", describeEdit(edits, e),
+                               ": feature id out of range [0, ", d_sae, ")"));
+    if (!(std::isfinite(ed.value) && std::isfinite(static_cast<Scalar>(ed.value))))
+      throw ConfigError(concat("steering ", describeEdit(edits, e), ": value is not finite",
+                               std::isfinite(ed.value) ? " in the model's scalar type" : ""));
   }
-  std::vector<std::pair<Index, std::size_t>> order(edits.size());
+  order.resize(edits.size());
   for (std::size_t e = 0; e < edits.size(); ++e) order[e] = {edits[e].feature, e};
   std::sort(order.begin(), order.end());
   for (std::size_t j = 1; j < order.size(); ++j)
     require(order[j].first != order[j - 1].first, "steering edits ", order[j - 1].second, " and ",
             order[j].second, " both change feature ", order[j].first,
             "; give each latent one edit");
+}
+
+}  // namespace detail
+
+/// @brief Checks an edit list for a model with `d_sae` latents and scalar type `Scalar`; throws
+/// ConfigError naming the first bad entry (feature id out of range, a value that is not finite
+/// in `Scalar`, a latent edited twice, an unknown operation).
+template <typename Scalar>
+void validateEdits(const EditList& edits, Index d_sae) {
+  std::vector<std::pair<Index, std::size_t>> order;
+  detail::validateEdits<Scalar>(edits, d_sae, order);
 }
 
 /// @brief Which rows (token positions) of a batch an operation applies to.
@@ -272,6 +293,16 @@ Scalar codeValue(const SparseCodes<Scalar>& codes, Index t, Index i) {
   return f;
 }
 
+template <typename Scalar>
+Scalar codeValue(const CsrCodes<Scalar>& codes, Index t, Index i) {
+  const auto& latent = codes.pattern.latent;
+  const auto begin = latent.begin() + codes.pattern.row_start[static_cast<std::size_t>(t)];
+  const auto end = latent.begin() + codes.pattern.row_start[static_cast<std::size_t>(t) + 1];
+  const auto it = std::lower_bound(begin, end, static_cast<std::int32_t>(i));  // by latent
+  return it != end && *it == i ? codes.values[static_cast<std::size_t>(it - latent.begin())]
+                               : Scalar(0);
+}
+
 /// Two rows of codes: all zero, and 1 at latent `feature`.
 template <typename Scalar>
 void unitProbe(DenseCodes<Scalar>& codes, Index d_sae, Index feature) {
@@ -285,6 +316,14 @@ void unitProbe(SparseCodes<Scalar>& codes, Index d_sae, Index feature) {
   codes.indices.setConstant(static_cast<std::int32_t>(feature));
   codes.values.resize(2, 1);
   codes.values << Scalar(0), Scalar(1);
+}
+template <typename Scalar>
+void unitProbe(CsrCodes<Scalar>& codes, Index d_sae, Index feature) {
+  codes.d_sae = d_sae;
+  codes.pattern.row_start = {0, 0, 1};
+  codes.pattern.latent = {static_cast<std::int32_t>(feature)};
+  codes.pattern.row = {1};
+  codes.values = {Scalar(1)};
 }
 
 /// Finds how `model` decodes codes: decodes a one-hot code at the latent whose two candidate
@@ -334,6 +373,119 @@ DecoderUnits probeDecoderUnits(const Model& model) {
 inline void checkWidth(Index cols, Index d_in, const char* what) {
   require(cols == d_in, "steering: ", what, " has ", cols, " columns, expected d_in = ", d_in);
 }
+
+/// @brief The edit kernel of FeatureEditor and sae::Sae: the rows a selection picks, and the
+/// change x' - x = sum_e (f'_e / s_e - f_e / s_e) * scale * W_dec[feature_e, :] of each of them
+/// from codes the caller encoded. Keeps its scratch across calls: once it has grown to the
+/// batch and edit list sizes, nothing is allocated. One kernel serves one thread at a time.
+template <typename Scalar>
+class EditKernel {
+ public:
+  /// @brief validateEdits() without allocating once warm.
+  void validate(const EditList& edits, Index d_sae) {
+    detail::validateEdits<Scalar>(edits, d_sae, m_order);
+  }
+
+  /// @brief Records the rows `selection` (validated) picks from a batch of `batch_rows` rows;
+  /// returns their number. Encoded row t is then batch row row(t).
+  Index selectRows(const RowSelection& selection, Index batch_rows) {
+    m_all = selection.isAll();
+    if (m_all) return batch_rows;
+    m_rows.clear();
+    selection.forEach(batch_rows, [&](Index r) { m_rows.push_back(r); });
+    return static_cast<Index>(m_rows.size());
+  }
+
+  /// @brief True when every row is selected (encoded row t is batch row t).
+  bool allRows() const { return m_all; }
+  /// @brief The batch row of encoded row t.
+  Index row(Index t) const { return m_all ? t : m_rows[static_cast<std::size_t>(t)]; }
+
+  /// @brief The selected rows of `source` (all of them after selecting every row), copied
+  /// into the kernel's scratch, which the caller may change (normalise) before encoding.
+  RowMatrix<Scalar>& gather(const ConstBatchRef<Scalar>& source, Index selected) {
+    m_input.resize(selected, source.cols());
+    for (Index t = 0; t < selected; ++t) m_input.row(t) = source.row(row(t));
+    return m_input;
+  }
+
+  /// @brief Adds the edits' change to the selected rows of `hidden`.
+  ///
+  /// @param W_dec  the model's decoder `[d_sae, d_in]`.
+  /// @param units  how its decode scales codes (DecoderUnits).
+  /// @param edits  validated edits.
+  /// @param codes  codes of the selected rows, encoded row t for batch row row(t)
+  ///               (DenseCodes, SparseCodes or CsrCodes).
+  /// @param scale  null, or one factor per encoded row applied to its change (the output
+  ///               scale of a normalised SAE).
+  /// @param hidden the batch, edited in place; rows whose codes the edits leave unchanged are
+  ///               not written, and nothing is written unless every change is finite.
+  /// @throws NumericError naming the edit and the row of a non-finite change.
+  template <typename WDec, typename Codes>
+  void apply(const WDec& W_dec, DecoderUnits units, const EditList& edits, const Codes& codes,
+             const Scalar* scale, BatchRef<Scalar> hidden) {
+    const Index n_sel = codes.rows();
+    const Index E = static_cast<Index>(edits.size());
+    const Index d_in = hidden.cols();
+    m_value.resize(E);
+    m_divisor.resize(E);
+    for (Index e = 0; e < E; ++e) {
+      const FeatureEdit& ed = edits[static_cast<std::size_t>(e)];
+      m_value[e] = static_cast<Scalar>(ed.value);
+      m_divisor[e] =
+          units == DecoderUnits::DividedByNorm ? W_dec.row(ed.feature).norm() : Scalar(1);
+    }
+
+    // Coefficients of the decoder rows: (f'/s - f/s) * scale, 0 where the code is unchanged.
+    m_coef.resize(n_sel, E);
+    const bool big = n_sel * E * d_in >= (Index(1) << 16);
+    SAE_PRAGMA_OMP(parallel for schedule(static) if (big))
+    for (Index t = 0; t < n_sel; ++t) {
+      for (Index e = 0; e < E; ++e) {
+        const FeatureEdit& ed = edits[static_cast<std::size_t>(e)];
+        const Scalar f = codeValue(codes, t, ed.feature);
+        const Scalar f_new = FeatureEdit::apply(ed.op, m_value[e], f);
+        Scalar c = 0;
+        if (!(f_new == f)) {
+          const Scalar div = m_divisor[e];
+          c = units == DecoderUnits::DividedByNorm ? f_new / div - f / div : f_new - f;
+          if (scale) c *= scale[t];
+        }
+        m_coef(t, e) = c;
+      }
+    }
+    // Nothing is written unless every coefficient is finite.
+    if (!m_coef.allFinite()) {
+      for (Index t = 0; t < n_sel; ++t)
+        for (Index e = 0; e < E; ++e)
+          if (!std::isfinite(m_coef(t, e))) {
+            const FeatureEdit& ed = edits[static_cast<std::size_t>(e)];
+            const Scalar f = codeValue(codes, t, ed.feature);
+            throw NumericError(sae::detail::concat(
+                "steering ", describeEdit(edits, static_cast<std::size_t>(e)),
+                " gives a non-finite change at row ", row(t), " (code ", f, " -> ",
+                FeatureEdit::apply(ed.op, m_value[e], f), ", divisor ", m_divisor[e], ")"));
+          }
+    }
+    SAE_PRAGMA_OMP(parallel for schedule(static) if (big))
+    for (Index t = 0; t < n_sel; ++t) {
+      auto out = hidden.row(row(t));
+      for (Index e = 0; e < E; ++e) {
+        const Scalar c = m_coef(t, e);
+        if (c != Scalar(0)) out += c * W_dec.row(edits[static_cast<std::size_t>(e)].feature);
+      }
+    }
+  }
+
+ private:
+  bool m_all = true;
+  std::vector<Index> m_rows;                           // selected rows
+  RowMatrix<Scalar> m_input;                           // selected rows of the SAE input
+  Vector<Scalar> m_value;                              // edit values in Scalar
+  Vector<Scalar> m_divisor;                            // per edit: 1 or the latent's decoder norm
+  RowMatrix<Scalar> m_coef;                            // [rows, edits]
+  std::vector<std::pair<Index, std::size_t>> m_order;  // validate()'s duplicate check
+};
 
 }  // namespace detail
 
@@ -394,25 +546,32 @@ void addDirection(BatchRef<typename Model::Scalar> hidden, const Model& model, I
 /// codes, add the change of their decoder terms; everything else (other latents, the SAE's
 /// reconstruction error) stays as it was.
 ///
-/// Holds a reference to the model (which must outlive it) and scratch reused across calls;
-/// rows whose codes an edit leaves unchanged are not written at all, so with no edits, or with
-/// edits that change nothing (Multiply by 1, Zero of an inactive latent), the buffer is
-/// bitwise unchanged. Besides the model's encode(), a call allocates nothing once the scratch
-/// has grown to the batch size. The parameters may change between calls (decoder norms are read
-/// at each call). One editor serves one thread at a time.
+/// Holds a reference to the model (which must outlive it), the model's Workspace and scratch
+/// reused across calls; rows whose codes an edit leaves unchanged are not written at all, so
+/// with no edits, or with edits that change nothing (Multiply by 1, Zero of an inactive
+/// latent), the buffer is bitwise unchanged. Once the scratch has grown to the batch size a
+/// call allocates nothing (the encode runs in the editor's own workspace, whose
+/// `bf16_encoder` workspace() sets). The parameters may change between calls (decoder norms
+/// are read at each call). One editor serves one thread at a time. sae::Sae runs the same
+/// kernel (detail::EditKernel) with the SAE's input normalisation applied inside.
 ///
-/// @tparam Model a SparseAutoencoder<Scalar, Arch> whose codes are DenseCodes or SparseCodes.
+/// @tparam Model a SparseAutoencoder<Scalar, Arch> whose codes are DenseCodes, SparseCodes or
+/// CsrCodes (every architecture of the library).
 template <typename Model>
 class FeatureEditor {
   static_assert(detail::IsSparseAutoencoder<Model>::value,
                 "FeatureEditor: Model must be a sae::SparseAutoencoder<Scalar, Arch>");
-  static_assert(std::is_same<typename Model::Codes, DenseCodes<typename Model::Scalar>>::value ||
-                    std::is_same<typename Model::Codes, SparseCodes<typename Model::Scalar>>::value,
-                "FeatureEditor: the architecture's Codes must be DenseCodes or SparseCodes");
+  static_assert(
+      std::is_same<typename Model::Codes, DenseCodes<typename Model::Scalar>>::value ||
+          std::is_same<typename Model::Codes, SparseCodes<typename Model::Scalar>>::value ||
+          std::is_same<typename Model::Codes, CsrCodes<typename Model::Scalar>>::value,
+      "FeatureEditor: the architecture's Codes must be DenseCodes, SparseCodes or "
+      "CsrCodes");
 
  public:
   using Scalar = typename Model::Scalar;
   using Codes = typename Model::Codes;
+  using Workspace = typename Model::Workspace;
 
   /// @brief An editor of `model`'s features (probes how its decode scales codes, see
   /// DecoderUnits) with `edits` (validated; ConfigError naming a bad entry).
@@ -423,18 +582,17 @@ class FeatureEditor {
 
   /// @brief Replaces the edit list (validated first; on error the old list stays).
   void setEdits(EditList edits) {
-    validateEdits<Scalar>(edits, m_model.dSae());
+    m_kernel.validate(edits, m_model.dSae());
     m_edits = std::move(edits);
-    m_value.resize(static_cast<Index>(m_edits.size()));
-    m_divisor.resize(static_cast<Index>(m_edits.size()));
-    for (std::size_t e = 0; e < m_edits.size(); ++e)
-      m_value[static_cast<Index>(e)] = static_cast<Scalar>(m_edits[e].value);
   }
 
   const EditList& edits() const { return m_edits; }
   const Model& model() const { return m_model; }
   /// @brief How the model's decode scales codes (found when the editor was built).
   DecoderUnits units() const { return m_units; }
+  /// @brief The workspace the editor encodes with (set `bf16_encoder` on it for a bf16
+  /// encoder product; ConfigError at the next call where bf16 is unavailable).
+  Workspace& workspace() { return m_ws; }
 
   /// @brief Edits the selected rows of `hidden` `[tokens, d_in]` in place.
   void apply(BatchRef<Scalar> hidden, const RowSelection& rows = RowSelection::all()) {
@@ -456,7 +614,7 @@ class FeatureEditor {
 
   /// @brief For an SAE on normalised activations: encodes `sae_input` (the rows the SAE sees,
   /// e.g. layer-normed `hidden`) and adds output_scale[b] * (decode(f') - decode(f)) to row b of
-  /// `hidden` in place.
+  /// `hidden` in place. (sae::Sae does the normalisation itself.)
   ///
   /// @param sae_input     `[tokens, d_in]`, the SAE's input for each row of `hidden`.
   /// @param hidden        `[tokens, d_in]` in the caller's memory; edited.
@@ -496,99 +654,43 @@ class FeatureEditor {
   const Codes& codes() const { return m_codes; }
 
  private:
+  // `scale`: null, or one factor per row of `hidden`.
   void run(const ConstBatchRef<Scalar>* input, BatchRef<Scalar> hidden, const Scalar* scale,
            const RowSelection& selection) {
-    const Index d_in = m_model.dIn();
-    detail::checkWidth(hidden.cols(), d_in, "the hidden state");
+    detail::checkWidth(hidden.cols(), m_model.dIn(), "the hidden state");
     const Index B = hidden.rows();
     selection.validate(B);
     if (m_edits.empty() || B == 0) return;
-
-    // The selected rows, and the batch the model encodes.
-    Index n_sel = B;
-    if (!selection.isAll()) {
-      m_rows.clear();
-      selection.forEach(B, [&](Index r) { m_rows.push_back(r); });
-      n_sel = static_cast<Index>(m_rows.size());
-      if (n_sel == 0) return;
-      m_input.resize(n_sel, d_in);
-      for (Index t = 0; t < n_sel; ++t) {
-        const Index r = m_rows[static_cast<std::size_t>(t)];
-        if (input)
-          m_input.row(t) = input->row(r);
-        else
-          m_input.row(t) = hidden.row(r);
+    const Index n_sel = m_kernel.selectRows(selection, B);
+    if (n_sel == 0) return;
+    if (!m_kernel.allRows()) {
+      if (input)
+        m_model.encode(m_kernel.gather(*input, n_sel), m_codes, m_ws);
+      else
+        m_model.encode(m_kernel.gather(hidden, n_sel), m_codes, m_ws);
+      if (scale) {
+        m_scale.resize(n_sel);
+        for (Index t = 0; t < n_sel; ++t) m_scale[t] = scale[m_kernel.row(t)];
+        scale = m_scale.data();
       }
-      m_model.encode(m_input, m_codes);
     } else if (input) {
-      m_model.encode(*input, m_codes);
+      m_model.encode(*input, m_codes, m_ws);
     } else {
-      m_model.encode(hidden, m_codes);
+      m_model.encode(hidden, m_codes, m_ws);
     }
     require(m_codes.rows() == n_sel, "steering: encode returned ", m_codes.rows(), " rows for ",
             n_sel);
-
-    const auto W_dec = m_model.parameters().rowMajor("W_dec");
-    const Index E = static_cast<Index>(m_edits.size());
-    for (Index e = 0; e < E; ++e)
-      m_divisor[e] = m_units == DecoderUnits::DividedByNorm
-                         ? W_dec.row(m_edits[static_cast<std::size_t>(e)].feature).norm()
-                         : Scalar(1);
-
-    // Coefficients of the decoder rows: (f'/s - f/s) * scale, 0 where the code is unchanged.
-    m_coef.resize(n_sel, E);
-    const bool all = selection.isAll();
-    const bool big = n_sel * E * d_in >= (Index(1) << 16);
-    SAE_PRAGMA_OMP(parallel for schedule(static) if (big))
-    for (Index t = 0; t < n_sel; ++t) {
-      const Index r = all ? t : m_rows[static_cast<std::size_t>(t)];
-      for (Index e = 0; e < E; ++e) {
-        const FeatureEdit& ed = m_edits[static_cast<std::size_t>(e)];
-        const Scalar f = detail::codeValue(m_codes, t, ed.feature);
-        const Scalar f_new = FeatureEdit::apply(ed.op, m_value[e], f);
-        Scalar c = 0;
-        if (!(f_new == f)) {
-          const Scalar div = m_divisor[e];
-          c = m_units == DecoderUnits::DividedByNorm ? f_new / div - f / div : f_new - f;
-          if (scale) c *= scale[r];
-        }
-        m_coef(t, e) = c;
-      }
-    }
-    // Nothing is written unless every coefficient is finite.
-    if (!m_coef.allFinite()) {
-      for (Index t = 0; t < n_sel; ++t)
-        for (Index e = 0; e < E; ++e)
-          if (!std::isfinite(m_coef(t, e))) {
-            const auto i = m_edits[static_cast<std::size_t>(e)].feature;
-            const Scalar f = detail::codeValue(m_codes, t, i);
-            throw NumericError(sae::detail::concat(
-                "steering ", detail::describeEdit(m_edits, static_cast<std::size_t>(e)),
-                " gives a non-finite change at row ", all ? t : m_rows[static_cast<std::size_t>(t)],
-                " (code ", f, " -> ",
-                FeatureEdit::apply(m_edits[static_cast<std::size_t>(e)].op, m_value[e], f),
-                ", divisor ", m_divisor[e], ")"));
-          }
-    }
-    SAE_PRAGMA_OMP(parallel for schedule(static) if (big))
-    for (Index t = 0; t < n_sel; ++t) {
-      auto row = hidden.row(all ? t : m_rows[static_cast<std::size_t>(t)]);
-      for (Index e = 0; e < E; ++e) {
-        const Scalar c = m_coef(t, e);
-        if (c != Scalar(0)) row += c * W_dec.row(m_edits[static_cast<std::size_t>(e)].feature);
-      }
-    }
+    m_kernel.apply(m_model.parameters().rowMajor("W_dec"), m_units, m_edits, m_codes, scale,
+                   hidden);
   }
 
   const Model& m_model;
   DecoderUnits m_units;
   EditList m_edits;
-  Vector<Scalar> m_value;    // edit values in Scalar
-  Vector<Scalar> m_divisor;  // per edit: 1 or the latent's decoder norm
   Codes m_codes;
-  std::vector<Index> m_rows;  // selected rows
-  RowMatrix<Scalar> m_input;  // selected rows of the SAE input
-  RowMatrix<Scalar> m_coef;   // [rows, edits]
+  Workspace m_ws;
+  detail::EditKernel<Scalar> m_kernel;
+  Vector<Scalar> m_scale;  // output scale of the selected rows
 };
 
 }  // namespace steer

@@ -6,13 +6,13 @@
 
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
-#include <sae/models/config.hpp>
+#include <sae/models/codes.hpp>
 
-namespace sae {
+namespace sae::train {
 
 /// @brief Counts, per latent, the training steps since it last fired (SAELens's
 /// `dead_feature_window`): a latent is dead once that count reaches the window. The mask feeds
-/// TopK's AuxK loss through TrainOptions::dead_mask.
+/// TopK's AuxK loss through sae::TrainOptions::dead_mask.
 class DeadLatentTracker {
  public:
   /// @param d_sae   number of latents.
@@ -31,7 +31,7 @@ class DeadLatentTracker {
     require(codes.latents() == m_mask.size(), "DeadLatentTracker: codes have ", codes.latents(),
             " latents, expected ", m_mask.size());
     m_steps_since.array() += 1;
-    markFired(codes);
+    forEachActive(codes, [&](Index, Index latent, auto) { m_steps_since[latent] = 0; });
     for (Index i = 0; i < m_mask.size(); ++i) m_mask[i] = m_steps_since[i] >= m_window ? 1 : 0;
   }
 
@@ -55,26 +55,9 @@ class DeadLatentTracker {
   }
 
  private:
-  template <typename Scalar>
-  void markFired(const SparseCodes<Scalar>& codes) {
-    for (Index b = 0; b < codes.indices.rows(); ++b)
-      for (Index j = 0; j < codes.indices.cols(); ++j)
-        if (codes.values(b, j) != Scalar(0)) m_steps_since[codes.indices(b, j)] = 0;
-  }
-  template <typename Scalar>
-  void markFired(const CsrCodes<Scalar>& codes) {
-    for (Index e = 0; e < codes.nnz(); ++e)
-      if (codes.values[e] != Scalar(0)) m_steps_since[codes.pattern.latent[e]] = 0;
-  }
-  template <typename Scalar>
-  void markFired(const DenseCodes<Scalar>& codes) {
-    for (Index i = 0; i < codes.values.cols(); ++i)
-      if ((codes.values.col(i).array() != Scalar(0)).any()) m_steps_since[i] = 0;
-  }
-
   Eigen::Matrix<std::int64_t, Eigen::Dynamic, 1> m_steps_since;
   LatentMask m_mask;
   std::int64_t m_window;
 };
 
-}  // namespace sae
+}  // namespace sae::train

@@ -1,8 +1,9 @@
 /// @file trainer.hpp
-/// @brief Trainer: the full training loop of an SAE on a batch source, with SAELens's
-/// schedules, clipping, dead-latent tracking (AuxK for TopK), feature-density sampling,
-/// initialisation options, input normalisation, metrics, held-out evaluation, checkpoints with
-/// bitwise-identical resume, signal handling, and the final SAE saved in SAELens's format.
+/// @brief Trainer: the run of an SAE's training on a batch source — data, SAELens's schedules,
+/// initialisation options, input normalisation, feature-density sampling, metrics, held-out
+/// evaluation, checkpoints with bitwise-identical resume, signal handling, observers
+/// (callbacks.hpp) and the final SAE saved in SAELens's format — around the step (step.hpp:
+/// model, gradients, Adam, clipping, dead latents, buffers).
 ///
 /// Run folder `out_dir`:
 /// - `cfg.json`, `sae_weights.safetensors`, `sparsity.safetensors`: the final SAE
@@ -14,21 +15,19 @@
 ///
 /// Determinism: every piece of state that influences training (parameters, Adam m, v and t,
 /// the step, the data-source position, the dead-latent counters, the feature-density window,
-/// the input scale, the RNG and the model's buffers such as BatchTopK's `topk_threshold`, as
+/// the input scale and the model's buffers such as BatchTopK's `topk_threshold`, as
 /// `buffers.<name>`) is saved in each checkpoint, so a run resumed from a
 /// checkpoint ends bitwise identical to an uninterrupted run with the same seed and threads.
 #pragma once
 
-#include <unistd.h>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdint>
-#include <cstdio>
 #include <fstream>
+#include <map>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -36,41 +35,114 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sae/core/enum_names.hpp>
 #include <sae/core/error.hpp>
-#include <sae/core/rng.hpp>
 #include <sae/core/types.hpp>
+#include <sae/eval/density_window.hpp>
 #include <sae/eval/metrics.hpp>
 #include <sae/io/atomic_write.hpp>
 #include <sae/io/saelens.hpp>
-#include <sae/models/batchtopk.hpp>
-#include <sae/models/matryoshka.hpp>
-#include <sae/models/sparse_autoencoder.hpp>
-#include <sae/models/topk.hpp>
+#include <sae/models/registry.hpp>
 #include <sae/optim/adam.hpp>
 #include <sae/optim/clip.hpp>
 #include <sae/optim/schedule.hpp>
+#include <sae/train/callbacks.hpp>
 #include <sae/train/checkpoint.hpp>
 #include <sae/train/dead_latents.hpp>
+#include <sae/train/step.hpp>
 
 namespace sae::train {
 
-/// The serialised fields of TrainerConfig.
+/// @brief How a field of a run's checkpoint may differ from the command line that resumes it.
+enum class ResumeRule {
+  Fixed,    ///< Must equal the checkpoint's value (it shapes the trained model).
+  Free,     ///< May change; the new value applies from the resumed step on.
+  MayGrow,  ///< May stay or grow, never shrink (total_steps: extends a finished run).
+};
+
+/// @brief One serialised field of TrainerConfig, as SAE_TRAIN_FIELDS lists it.
+struct TrainField {
+  const char* name;  ///< JSON key (train_config.json, checkpoints).
+  const char* flag;  ///< `sae train` flag; "" when the field has none.
+  ResumeRule rule;   ///< What resuming allows.
+  /// Flag check: "", ">0", ">=0", "[lo,hi]" or "{a,b,...}" (the choices). Enum fields
+  /// (NamedEnum) take their choices from their EnumNames, `architecture` from the registry.
+  const char* check;
+  const char* help;  ///< Flag help text.
+};
+
+/// The serialised fields of TrainerConfig, one X(name, flag, resume rule, check, help) each:
+/// the JSON key, the `sae train` flag ("" for none), the ResumeRule, the flag's value check
+/// (see TrainField) and its help; SAE_TRAIN_NO_FLAG(X, name) is a field without a flag (fixed on
+/// resume). The JSON files, the CLI's flags and the resume checks are all derived from this
+/// list.
 // (clang-format is not stable on this X-macro list.)
 // clang-format off
+#define SAE_TRAIN_NO_FLAG(X, name) X(name, "", Fixed, "", "")
 #define SAE_TRAIN_FIELDS(X) \
-  X(architecture) X(d_sae) X(expansion_factor) X(k) \
-  X(rescale_acts_by_decoder_norm) X(apply_b_dec_to_input) X(l1_coefficient) X(lp_norm) \
-  X(aux_loss_coefficient) X(batch_size) X(total_steps) X(seed) \
-  X(l0_coefficient) X(jumprelu_bandwidth) X(jumprelu_sparsity_loss_mode) X(jumprelu_tanh_scale) \
-  X(jumprelu_init_threshold) X(pre_act_loss_coefficient) \
-  X(topk_threshold_lr) X(matryoshka_widths) \
-  X(lr) X(adam_beta1) X(adam_beta2) X(adam_eps) \
-  X(lr_scheduler) X(lr_warmup_steps) X(lr_decay_steps) X(l1_warmup_steps) \
-  X(max_grad_norm) X(dead_feature_window) X(feature_sampling_window) X(b_dec_init) \
-  X(init_sample_rows) X(decoder_unit_norm) X(normalize_activations) X(norm_estimate_batches) \
-  X(log_every) X(eval_every) X(eval_rows) X(checkpoint_every) \
-  X(keep_checkpoints) X(out_dir) X(data) X(threads) \
-  X(precision)
+  X(architecture, "--arch", Fixed, "", "architecture (the registry's, models/registry.hpp)") \
+  X(k, "--k", Fixed, ">0", \
+    "topk: latents per token; batchtopk, matryoshka_batchtopk: per token on average over the " \
+    "batch (default 32)") \
+  X(d_sae, "--d-sae", Fixed, ">0", "number of latents") \
+  X(expansion_factor, "--expansion", Fixed, ">0", "d_sae = expansion * d_in (default 8)") \
+  X(batch_size, "--batch", Fixed, ">0", "tokens per step (default 4096)") \
+  X(total_steps, "--steps", MayGrow, ">0", "training steps (default 1000)") \
+  X(lr, "--lr", Fixed, ">0", "peak learning rate (default 3e-4)") \
+  X(l1_coefficient, "--l1", Fixed, ">=0", "standard / gated: L1 coefficient (default 5)") \
+  X(aux_loss_coefficient, "--aux", Fixed, ">=0", \
+    "topk, batchtopk, matryoshka: AuxK coefficient (default 1/32)") \
+  X(l0_coefficient, "--l0-coefficient", Fixed, ">=0", \
+    "jumprelu: L0 coefficient (default 1; warmed up by --l1-warmup)") \
+  X(jumprelu_bandwidth, "--jumprelu-bandwidth", Fixed, ">0", \
+    "jumprelu: width of the threshold's straight-through window (default 0.05)") \
+  X(jumprelu_sparsity_loss_mode, "--jumprelu-mode", Fixed, "", \
+    "jumprelu: L0 penalty, step (count of active latents, default) or tanh (sum of " \
+    "tanh(scale * f * ||W_dec row||))") \
+  X(jumprelu_tanh_scale, "--jumprelu-tanh-scale", Fixed, ">0", \
+    "jumprelu: scale inside tanh in tanh mode (default 4)") \
+  X(jumprelu_init_threshold, "--jumprelu-init-threshold", Fixed, "", \
+    "jumprelu: initial threshold of every latent (default 0.01)") \
+  X(pre_act_loss_coefficient, "--pre-act-loss-coefficient", Fixed, ">=0", \
+    "jumprelu: coefficient of the pre-activation loss pulling dead latents towards their " \
+    "threshold (default 0: off)") \
+  X(topk_threshold_lr, "--topk-threshold-lr", Fixed, "[1e-12,1]", \
+    "batchtopk, matryoshka_batchtopk: rate of the moving average that becomes the saved " \
+    "JumpReLU threshold (default 0.01)") \
+  X(matryoshka_widths, "--matryoshka-widths", Fixed, ">0", \
+    "matryoshka_batchtopk: nested prefix widths, comma-separated, strictly increasing, the " \
+    "last equal to d_sae (e.g. 256,1024,4096)") \
+  X(seed, "--seed", Fixed, "", "random seed (default 0)") \
+  X(threads, "--threads", Free, ">=0", "threads (0: all; same threads = same bits)") \
+  X(precision, "--precision", Fixed, "", \
+    "encoder GEMM of topk, batchtopk, matryoshka_batchtopk: fp32 (default) or bf16 (mixed " \
+    "precision, needs oneDNN)") \
+  X(out_dir, "--out", Free, "", "run folder") \
+  X(lr_scheduler, "--lr-scheduler", Fixed, "", \
+    "learning-rate shape after warm-up") \
+  X(lr_warmup_steps, "--lr-warmup", Fixed, ">=0", "learning-rate warm-up steps") \
+  X(lr_decay_steps, "--lr-decay", Fixed, ">=0", "final linear decay steps") \
+  X(l1_warmup_steps, "--l1-warmup", Fixed, ">=0", "sparsity-coefficient warm-up steps") \
+  X(dead_feature_window, "--dead-window", Fixed, ">0", \
+    "steps without firing = dead (default 1000)") \
+  X(b_dec_init, "--b-dec-init", Fixed, "{zeros,mean,geometric_median}", "b_dec initialisation") \
+  X(normalize_activations, "--normalize", Fixed, "{none,expected_average_only_in}", \
+    "input normalisation (expected_average_only_in: train on s*x with s = sqrt(d_in)/E||x||, " \
+    "folded back into the saved weights)") \
+  X(decoder_unit_norm, "--unit-norm-decoder", Fixed, "", \
+    "unit-norm decoder rows, gradient parallel to them removed (OpenAI recipe)") \
+  X(log_every, "--log-every", Free, ">0", "steps between metrics lines (default 100)") \
+  X(eval_every, "--eval-every", Free, ">=0", "steps between held-out evaluations") \
+  X(checkpoint_every, "--checkpoint-every", Free, ">=0", "steps between checkpoints") \
+  X(keep_checkpoints, "--keep-checkpoints", Free, ">0", "checkpoints kept (default 3)") \
+  X(data, "--data", Fixed, "", \
+    "activation shards [tokens, d_in]: .npy, .npz, .safetensors files, directories or glob " \
+    "patterns (streamed, shuffled)") \
+  SAE_TRAIN_NO_FLAG(X, rescale_acts_by_decoder_norm) SAE_TRAIN_NO_FLAG(X, apply_b_dec_to_input) \
+  SAE_TRAIN_NO_FLAG(X, lp_norm) SAE_TRAIN_NO_FLAG(X, adam_beta1) SAE_TRAIN_NO_FLAG(X, adam_beta2) \
+  SAE_TRAIN_NO_FLAG(X, adam_eps) SAE_TRAIN_NO_FLAG(X, max_grad_norm) \
+  SAE_TRAIN_NO_FLAG(X, feature_sampling_window) SAE_TRAIN_NO_FLAG(X, init_sample_rows) \
+  SAE_TRAIN_NO_FLAG(X, norm_estimate_batches) SAE_TRAIN_NO_FLAG(X, eval_rows)
 // clang-format on
 
 /// @brief Settings of a training run (serialised into every checkpoint and train_config.json).
@@ -87,12 +159,14 @@ struct TrainerConfig {
   double aux_loss_coefficient = 1.0 / 32;    ///< TopK family: AuxK coefficient.
 
   // JumpReLU (SAELens names and defaults); l1_warmup_steps warms up l0_coefficient.
-  double l0_coefficient = 1.0;                       ///< Weight of the L0 term.
-  double jumprelu_bandwidth = 0.05;                  ///< Rectangle-kernel width.
-  std::string jumprelu_sparsity_loss_mode = "step";  ///< "step" or "tanh".
-  double jumprelu_tanh_scale = 4.0;                  ///< Scale inside tanh (tanh mode).
-  double jumprelu_init_threshold = 0.01;             ///< Initial threshold.
-  double pre_act_loss_coefficient = 0.0;             ///< Pre-activation loss (0: off).
+  double l0_coefficient = 1.0;       ///< Weight of the L0 term.
+  double jumprelu_bandwidth = 0.05;  ///< Rectangle-kernel width.
+  /// JumpReLU's L0 penalty: "step" or "tanh".
+  NamedEnum<SaeConfig::SparsityLossMode> jumprelu_sparsity_loss_mode =
+      SaeConfig::SparsityLossMode::Step;
+  double jumprelu_tanh_scale = 4.0;       ///< Scale inside tanh (tanh mode).
+  double jumprelu_init_threshold = 0.01;  ///< Initial threshold.
+  double pre_act_loss_coefficient = 0.0;  ///< Pre-activation loss (0: off).
 
   // BatchTopK and Matryoshka BatchTopK (SAELens names and defaults).
   double topk_threshold_lr = 0.01;  ///< Rate of the EMA of the inference threshold.
@@ -105,11 +179,11 @@ struct TrainerConfig {
 
   double lr = 3e-4;  ///< Peak learning rate.
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
-  std::string lr_scheduler = "constant";  ///< "constant", "cosine" or "linear".
-  std::int64_t lr_warmup_steps = 0;       ///< Linear learning-rate warm-up.
-  std::int64_t lr_decay_steps = 0;        ///< Final linear decay to 0.
-  std::int64_t l1_warmup_steps = 0;       ///< Coefficient warm-up (sparsity coefficient).
-  double max_grad_norm = 1.0;             ///< Global gradient-norm clip; 0 disables it.
+  NamedEnum<LrDecay> lr_scheduler = LrDecay::Constant;  ///< "constant", "cosine" or "linear".
+  std::int64_t lr_warmup_steps = 0;                     ///< Linear learning-rate warm-up.
+  std::int64_t lr_decay_steps = 0;                      ///< Final linear decay to 0.
+  std::int64_t l1_warmup_steps = 0;  ///< Coefficient warm-up (sparsity coefficient).
+  double max_grad_norm = 1.0;        ///< Global gradient-norm clip; 0 disables it.
 
   std::int64_t dead_feature_window = 1000;      ///< Steps without firing = dead (AuxK).
   std::int64_t feature_sampling_window = 2000;  ///< Steps per feature-density window.
@@ -128,22 +202,20 @@ struct TrainerConfig {
   std::string out_dir;                ///< Run folder.
   nlohmann::json data = nlohmann::json::object();  ///< Description of the data (for resume).
   int threads = 0;  ///< Threads of the run (0: default); same threads = same bits on resume.
-  /// "fp32" or "bf16" (encoder GEMM of the TopK family; needs oneDNN).
-  std::string precision = "fp32";
+  /// "fp32" or "bf16" (the encoder product; bf16 needs oneDNN).
+  NamedEnum<Precision> precision = Precision::Fp32;
 
-  /// @brief True for topk, batchtopk and matryoshka_batchtopk (k, rescale, AuxK apply).
-  bool topkFamily() const {
-    return architecture == "topk" || architecture == "batchtopk" ||
-           architecture == "matryoshka_batchtopk";
-  }
+  /// @brief The registry's traits of `architecture` (ConfigError for an unknown one).
+  ArchitectureInfo architectureTraits() const { return architectureInfo(architecture); }
+
+  /// @brief True when the architecture selects k latents per token (topk, batchtopk,
+  /// matryoshka_batchtopk: k, rescale and AuxK apply); false for an unknown architecture.
+  bool usesK() const { return isArchitecture(architecture) && architectureTraits().uses_k; }
 
   /// @brief Throws ConfigError naming the first invalid field.
   void validate() const {
-    require(architecture == "standard" || architecture == "gated" || architecture == "jumprelu" ||
-                topkFamily(),
-            "architecture must be standard, gated, topk, jumprelu, batchtopk or "
-            "matryoshka_batchtopk, found '",
-            architecture, "'");
+    require(isArchitecture(architecture), "architecture must be ", architectureNameList(" or "),
+            ", found '", architecture, "'");
     require(batch_size > 0, "batch size must be positive, found ", batch_size);
     require(total_steps > 0, "steps must be positive, found ", total_steps);
     require(d_sae >= 0, "d_sae must be >= 0, found ", d_sae);
@@ -170,35 +242,21 @@ struct TrainerConfig {
     require(keep_checkpoints >= 1, "keep_checkpoints must be >= 1, found ", keep_checkpoints);
     require(!out_dir.empty(), "an output directory is required");
     schedule().validate();
-    if (topkFamily()) require(k > 0, "k must be positive, found ", k);
+    if (usesK()) require(k > 0, "k must be positive, found ", k);
     require(std::isfinite(topk_threshold_lr) && topk_threshold_lr > 0 && topk_threshold_lr <= 1,
             "topk_threshold_lr must be in (0, 1], found ", topk_threshold_lr);
-    if (architecture == "matryoshka_batchtopk")
-      require(!matryoshka_widths.empty(),
-              "matryoshka_batchtopk needs matryoshka_widths (e.g. --matryoshka-widths "
-              "128,512,2048 ending at d_sae)");
+    if (architectureTraits().uses_widths)
+      require(!matryoshka_widths.empty(), architecture,
+              " needs matryoshka_widths (e.g. --matryoshka-widths 128,512,2048 ending at d_sae)");
     else
-      require(matryoshka_widths.empty(),
-              "matryoshka_widths is for matryoshka_batchtopk only, "
-              "not ",
-              architecture);
-    require(jumprelu_sparsity_loss_mode == "step" || jumprelu_sparsity_loss_mode == "tanh",
-            "jumprelu_sparsity_loss_mode must be step or tanh, found '",
-            jumprelu_sparsity_loss_mode, "'");
-    SaeConfig::checkCoefficient("l0_coefficient", l0_coefficient);
-    SaeConfig::checkCoefficient("pre_act_loss_coefficient", pre_act_loss_coefficient);
-    require(std::isfinite(jumprelu_bandwidth) && jumprelu_bandwidth > 0,
-            "jumprelu_bandwidth must be positive, found ", jumprelu_bandwidth);
-    require(std::isfinite(jumprelu_tanh_scale) && jumprelu_tanh_scale > 0,
-            "jumprelu_tanh_scale must be positive, found ", jumprelu_tanh_scale);
-    require(std::isfinite(jumprelu_init_threshold),
-            "jumprelu_init_threshold must be finite, found ", jumprelu_init_threshold);
-    require(precision == "fp32" || precision == "bf16", "precision must be fp32 or bf16, found '",
-            precision, "'");
-    require(precision == "fp32" || topkFamily(),
-            "precision bf16 is available for the topk, batchtopk and matryoshka_batchtopk "
-            "architectures only");
-    if (precision == "bf16") require(kernels::bf16Available(), kernels::kBf16Unavailable);
+      require(matryoshka_widths.empty(), "matryoshka_widths is for ",
+              architectureNameList(" or ", [](const ArchitectureInfo& a) { return a.uses_widths; }),
+              " only, not ", architecture);
+    jumprelu_sparsity_loss_mode.check("jumprelu_sparsity_loss_mode");
+    SaeConfig::checkJumpReLU(l0_coefficient, pre_act_loss_coefficient, jumprelu_bandwidth,
+                             jumprelu_tanh_scale, jumprelu_init_threshold);
+    precision.check("precision");
+    if (precision == Precision::Bf16) require(kernels::bf16Available(), kernels::kBf16Unavailable);
   }
 
   /// @brief The SAE shape and hyperparameters for inputs of width `d_in`.
@@ -206,17 +264,15 @@ struct TrainerConfig {
     SaeConfig c;
     c.d_in = d_in;
     c.d_sae = d_sae > 0 ? d_sae : Index(std::llround(expansion_factor * double(d_in)));
-    c.k = topkFamily() ? k : 0;
-    c.rescale_acts_by_decoder_norm = topkFamily() && rescale_acts_by_decoder_norm;
+    c.k = usesK() ? k : 0;
+    c.rescale_acts_by_decoder_norm = usesK() && rescale_acts_by_decoder_norm;
     c.apply_b_dec_to_input = apply_b_dec_to_input;
     c.l1_coefficient = l1_coefficient;
     c.lp_norm = lp_norm;
     c.aux_loss_coefficient = aux_loss_coefficient;
     c.l0_coefficient = l0_coefficient;
     c.jumprelu_bandwidth = jumprelu_bandwidth;
-    c.sparsity_loss_mode = jumprelu_sparsity_loss_mode == "tanh"
-                               ? SaeConfig::SparsityLossMode::Tanh
-                               : SaeConfig::SparsityLossMode::Step;
+    c.sparsity_loss_mode = jumprelu_sparsity_loss_mode.value();
     c.jumprelu_tanh_scale = jumprelu_tanh_scale;
     c.jumprelu_init_threshold = jumprelu_init_threshold;
     c.pre_act_loss_coefficient = pre_act_loss_coefficient;
@@ -232,15 +288,8 @@ struct TrainerConfig {
     s.total_steps = total_steps;
     s.warmup_steps = lr_warmup_steps;
     s.decay_steps = lr_decay_steps;
-    if (lr_scheduler == "constant")
-      s.decay = LrDecay::Constant;
-    else if (lr_scheduler == "cosine")
-      s.decay = LrDecay::Cosine;
-    else if (lr_scheduler == "linear")
-      s.decay = LrDecay::Linear;
-    else
-      throw ConfigError("lr_scheduler must be constant, cosine or linear, found '" + lr_scheduler +
-                        "'");
+    lr_scheduler.check("lr_scheduler");
+    s.decay = lr_scheduler.value();
     return s;
   }
 
@@ -253,11 +302,74 @@ struct TrainerConfig {
     return a;
   }
 
+  /// @brief Calls `f(field, value)` for every field of SAE_TRAIN_FIELDS, in its order, with
+  /// `value` a reference to this config's member.
+  template <typename F>
+  void forEachField(F&& f) {
+    visitFields(*this, *this, [&f](const TrainField& t, auto& v, const auto&) { f(t, v); });
+  }
+
+  /// @brief As above, read-only.
+  template <typename F>
+  void forEachField(F&& f) const {
+    visitFields(*this, *this, [&f](const TrainField& t, const auto& v, const auto&) { f(t, v); });
+  }
+
+  /// @brief Calls `f(field, mine, theirs)` for every field, with this config's member and
+  /// `other`'s.
+  template <typename F>
+  void forEachFieldWith(const TrainerConfig& other, F&& f) {
+    visitFields(*this, other, f);
+  }
+
+  /// @brief The fields of SAE_TRAIN_FIELDS, in its order.
+  static std::vector<TrainField> fields() {
+    std::vector<TrainField> out;
+    TrainerConfig c;
+    c.forEachField([&out](const TrainField& f, const auto&) { out.push_back(f); });
+    return out;
+  }
+
+  /// @brief The configuration of a resumed run: `run` (read from its checkpoint) with the
+  /// fields named in `given` taken from `requested` as their ResumeRule allows.
+  ///
+  /// @param given Field name -> what set it on the command line (a flag, named in messages).
+  /// A Fixed field must equal the run's; a MayGrow field may equal or exceed it; a Free field
+  /// is taken as given. Otherwise ConfigError "<flag> cannot be changed when resuming (the run
+  /// has <field> = <run's>, the command line gives <requested>)".
+  static TrainerConfig resumed(const TrainerConfig& run, const TrainerConfig& requested,
+                               const std::map<std::string, std::string>& given) {
+    TrainerConfig out = run;
+    out.forEachFieldWith(requested, [&given](const TrainField& f, auto& mine, const auto& theirs) {
+      const auto it = given.find(f.name);
+      if (it == given.end() || mine == theirs) return;
+      const bool grows = f.rule == ResumeRule::MayGrow && mine < theirs;
+      if (f.rule == ResumeRule::Fixed || (f.rule == ResumeRule::MayGrow && !grows)) {
+        throw ConfigError(sae::detail::concat(
+            it->second, " cannot be ", f.rule == ResumeRule::MayGrow ? "lowered" : "changed",
+            " when resuming (the run has ", f.name, " = ", nlohmann::json(mine).dump(),
+            ", the command line gives ", nlohmann::json(theirs).dump(), ")"));
+      }
+      mine = theirs;
+    });
+    return out;
+  }
+
+  /// @brief The settings of the run's TrainStep (Adam, clipping, unit-norm decoder, dead-latent
+  /// window, bf16 encoder).
+  StepOptions stepOptions() const {
+    StepOptions s;
+    s.adam = adamOptions();
+    s.max_grad_norm = max_grad_norm;
+    s.decoder_unit_norm = decoder_unit_norm;
+    s.dead_feature_window = dead_feature_window;
+    s.bf16_encoder = precision == Precision::Bf16;
+    return s;
+  }
+
   nlohmann::json toJson() const {
     nlohmann::json j;
-#define SAE_TRAIN_FIELD(name) j[#name] = name;
-    SAE_TRAIN_FIELDS(SAE_TRAIN_FIELD)
-#undef SAE_TRAIN_FIELD
+    forEachField([&j](const TrainField& f, const auto& value) { j[f.name] = value; });
     return j;
   }
 
@@ -267,91 +379,31 @@ struct TrainerConfig {
     require(j.is_object(), where, ": expected a JSON object");
     for (const auto& [key, value] : j.items()) {
       bool known = false;
-#define SAE_TRAIN_FIELD(name)                                                                  \
-  if (key == #name) {                                                                          \
-    known = true;                                                                              \
-    try {                                                                                      \
-      name = value.get<decltype(name)>();                                                      \
-    } catch (const nlohmann::json::exception&) {                                               \
-      throw ConfigError(sae::detail::concat(where, ": field '", key, "' has the wrong type (", \
-                                            value.dump(), ")"));                               \
-    }                                                                                          \
-  }
-      SAE_TRAIN_FIELDS(SAE_TRAIN_FIELD)
-#undef SAE_TRAIN_FIELD
+      forEachField([&](const TrainField& f, auto& field) {
+        if (key != f.name) return;
+        known = true;
+        try {
+          field = value.get<std::decay_t<decltype(field)>>();
+        } catch (const nlohmann::json::exception&) {
+          throw ConfigError(sae::detail::concat(where, ": field '", key, "' has the wrong type (",
+                                                value.dump(), ")"));
+        }
+      });
       if (!known) throw ConfigError(sae::detail::concat(where, ": unknown field '", key, "'"));
     }
   }
-};
-#undef SAE_TRAIN_FIELDS
-
-/// @brief Per-latent firing counts over a window of steps (SAELens's feature sampling window).
-class FeatureDensityWindow {
- public:
-  FeatureDensityWindow(Index d_sae, std::int64_t window)
-      : m_counts(Eigen::VectorXd::Zero(d_sae)),
-        m_last(Eigen::VectorXd::Zero(d_sae)),
-        m_window(window) {}
-
-  template <typename S>
-  void update(const SparseCodes<S>& codes) {
-    for (Index b = 0; b < codes.indices.rows(); ++b)
-      for (Index j = 0; j < codes.indices.cols(); ++j)
-        if (codes.values(b, j) != S(0)) m_counts[codes.indices(b, j)] += 1;
-    finishStep(codes.rows());
-  }
-  template <typename S>
-  void update(const CsrCodes<S>& codes) {
-    for (Index e = 0; e < codes.nnz(); ++e)
-      if (codes.values[e] != S(0)) m_counts[codes.pattern.latent[e]] += 1;
-    finishStep(codes.rows());
-  }
-  template <typename S>
-  void update(const DenseCodes<S>& codes) {
-    for (Index b = 0; b < codes.values.rows(); ++b)
-      for (Index i = 0; i < codes.values.cols(); ++i)
-        if (codes.values(b, i) != S(0)) m_counts[i] += 1;
-    finishStep(codes.rows());
-  }
-  void finishStep(Index rows) {
-    m_tokens += double(rows);
-    if (++m_steps >= m_window) {
-      m_last = m_counts / m_tokens;
-      m_has_last = true;
-      m_counts.setZero();
-      m_tokens = 0;
-      m_steps = 0;
-    }
-  }
-
-  /// @brief Density of the last complete window, or of the current one before the first.
-  Eigen::VectorXd density() const {
-    if (m_has_last) return m_last;
-    return m_tokens > 0 ? Eigen::VectorXd(m_counts / m_tokens)
-                        : Eigen::VectorXd::Zero(m_counts.size());
-  }
-
-  /// @brief State for checkpoints: [counts, last], and (tokens, steps, has_last) as JSON.
-  nlohmann::json scalars() const {
-    return {{"tokens", m_tokens}, {"steps", m_steps}, {"has_last", m_has_last}};
-  }
-  const Eigen::VectorXd& counts() const { return m_counts; }
-  const Eigen::VectorXd& last() const { return m_last; }
-  void restore(const Eigen::VectorXd& counts, const Eigen::VectorXd& last,
-               const nlohmann::json& s) {
-    m_counts = counts;
-    m_last = last;
-    m_tokens = s.at("tokens").get<double>();
-    m_steps = s.at("steps").get<std::int64_t>();
-    m_has_last = s.at("has_last").get<bool>();
-  }
 
  private:
-  Eigen::VectorXd m_counts, m_last;
-  double m_tokens = 0;
-  std::int64_t m_steps = 0, m_window;
-  bool m_has_last = false;
+  template <typename Self, typename F>
+  static void visitFields(Self& self, const TrainerConfig& other, F&& f) {
+#define SAE_TRAIN_FIELD(name, flag, rule, check, help) \
+  f(TrainField{#name, flag, ResumeRule::rule, check, help}, self.name, other.name);
+    SAE_TRAIN_FIELDS(SAE_TRAIN_FIELD)
+#undef SAE_TRAIN_FIELD
+  }
 };
+#undef SAE_TRAIN_FIELDS
+#undef SAE_TRAIN_NO_FLAG
 
 namespace detail {
 
@@ -380,17 +432,6 @@ inline Eigen::VectorXd geometricMedian(const Eigen::MatrixXd& x, int max_iter = 
   return y;
 }
 
-inline std::string formatDuration(double seconds) {
-  if (!std::isfinite(seconds) || seconds < 0) return "--:--";
-  const long s = long(seconds + 0.5);
-  char buf[32];
-  if (s >= 3600)
-    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
-  else
-    std::snprintf(buf, sizeof buf, "%ld:%02ld", s / 60, s % 60);
-  return buf;
-}
-
 }  // namespace detail
 
 /// @brief Installs SIGINT / SIGTERM handlers that only record the signal (async-signal-safe);
@@ -417,17 +458,11 @@ class StopSignalGuard {
   }, m_old_term{};
 };
 
-/// @brief How a call to Trainer::train() ended.
-struct TrainResult {
-  std::int64_t step = 0;         ///< Steps completed.
-  bool completed = false;        ///< Reached total_steps (final SAE saved).
-  int signal = 0;                ///< Non-zero: stopped by this signal (checkpoint written).
-  std::string checkpoint;        ///< Last checkpoint written.
-  double tokens_per_second = 0;  ///< Over this call.
-  nlohmann::json final_metrics;  ///< Held-out (or last-window) metrics at the end.
-};
-
-/// @brief Trains a SparseAutoencoder<Scalar, Arch> on a batch source (see batch_source.hpp).
+/// @brief Trains a SparseAutoencoder<Scalar, Arch> on a batch source (see batch_source.hpp):
+/// the run around a TrainStep (step.hpp). The Trainer owns the data, the learning-rate and
+/// coefficient schedules, the input scale, the feature-density window, metrics, held-out
+/// evaluation, checkpoints and the final save; each step is TrainStep::backward() then
+/// TrainStep::apply().
 ///
 /// @tparam Scalar float (or double).
 /// @tparam Arch   StandardArch, GatedArch, TopKArch, JumpReLUArch, BatchTopKArch or
@@ -436,34 +471,30 @@ struct TrainResult {
 template <typename Scalar, typename Arch, typename Source>
 class Trainer {
  public:
-  using Model = SparseAutoencoder<Scalar, Arch>;
+  using Step = TrainStep<Scalar, Arch>;
+  using Model = typename Step::Model;
 
   /// @param cfg    run settings (validated; the architecture must be Arch's).
   /// @param source the data; the trainer reads, seeks and keeps a reference to it.
   Trainer(const TrainerConfig& cfg, Source& source)
       : m_cfg(cfg),
         m_source(source),
-        m_model(checkedConfig(cfg, source.dIn())),
-        m_grads(m_model.makeGradients()),
-        m_adam(m_model.parameters(), cfg.adamOptions()),
-        m_dead(m_model.dSae(), cfg.dead_feature_window),
-        m_density(m_model.dSae(), cfg.feature_sampling_window),
-        m_ckdir(cfg.out_dir + "/checkpoints", cfg.keep_checkpoints),
-        m_rng(cfg.seed, 7) {}
+        m_step(checkedConfig(cfg, source.dIn()), cfg.stepOptions(), cfg.seed),
+        m_density(m_step.model().dSae(), cfg.feature_sampling_window),
+        m_ckdir(cfg.out_dir + "/checkpoints", cfg.keep_checkpoints) {}
 
   const TrainerConfig& config() const { return m_cfg; }
-  Model& model() { return m_model; }
-  const Model& model() const { return m_model; }
-  std::int64_t step() const { return m_step; }
+  Model& model() { return m_step.model(); }
+  const Model& model() const { return m_step.model(); }
+  /// @brief The step this run drives (model, gradients, Adam, dead latents).
+  const Step& trainStep() const { return m_step; }
+  std::int64_t step() const { return m_t; }
   /// @brief Inputs are multiplied by this before training (expected_average_only_in).
   double inputScale() const { return m_scale; }
-  const DeadLatentTracker& deadLatents() const { return m_dead; }
-  const Adam<Scalar>& optimizer() const { return m_adam; }
+  const DeadLatentTracker& deadLatents() const { return m_step.deadLatents(); }
+  const Adam<Scalar>& optimizer() const { return m_step.optimizer(); }
+  const eval::FeatureDensityWindow& featureDensity() const { return m_density; }
 
-  /// @brief Show a live progress line on stderr when it is a terminal (default on).
-  void setProgress(bool on) { m_progress = on; }
-  /// @brief Print one line per log step on stderr when it is not a terminal (default off).
-  void setVerbose(bool on) { m_verbose = on; }
   /// @brief Stop (with a checkpoint) on SIGINT / SIGTERM (the caller installs
   /// StopSignalGuard); default off.
   void setHandleSignals(bool on) { m_handle_signals = on; }
@@ -475,8 +506,8 @@ class Trainer {
     m_ckdir.prepare();
     writeText(m_cfg.out_dir + "/train_config.json", m_cfg.toJson().dump(2) + "\n");
     writeText(metricsPath(), "");
-    m_model = Model(m_model.config(), m_cfg.seed);
-    m_rng = Rng(m_cfg.seed, 7);
+    m_step.reset(m_cfg.seed);
+    Model& model = m_step.model();
     const nlohmann::json start = m_source.position();
     if (m_cfg.normalize_activations == "expected_average_only_in") {
       double norm_sum = 0;
@@ -489,11 +520,11 @@ class Trainer {
       const double mean_norm = norm_sum / double(rows);
       require(mean_norm > 0 && std::isfinite(mean_norm),
               "cannot normalise the inputs: their mean norm is ", mean_norm);
-      m_scale = std::sqrt(double(m_model.dIn())) / mean_norm;
+      m_scale = std::sqrt(double(model.dIn())) / mean_norm;
       m_source.seek(start);
     }
     if (m_cfg.b_dec_init != "zeros") {
-      Eigen::MatrixXd sample(0, m_model.dIn());
+      Eigen::MatrixXd sample(0, model.dIn());
       while (sample.rows() < m_cfg.init_sample_rows) {
         m_source.next(m_x);
         const Index take = std::min<Index>(m_x.rows(), m_cfg.init_sample_rows - sample.rows());
@@ -504,17 +535,17 @@ class Trainer {
       const Eigen::VectorXd b = m_cfg.b_dec_init == "mean"
                                     ? Eigen::VectorXd(sample.colwise().mean().transpose())
                                     : detail::geometricMedian(sample);
-      m_model.parameters().flat("b_dec") = b.cast<Scalar>();
+      model.parameters().flat("b_dec") = b.cast<Scalar>();
     }
-    if (m_cfg.decoder_unit_norm) normalizeDecoder();
-    m_adam.reset();
-    m_step = 0;
+    m_t = 0;
   }
 
   /// @brief Restores the state of the checkpoint at `path` (verified first; nothing is
   /// changed when it is invalid). The architecture and shapes must match this trainer's.
+  /// (An `rng` entry, written by earlier versions and never used, is ignored.)
   void resume(const std::string& path) {
     const Checkpoint ck(path);
+    const Model& model = m_step.model();
     auto need = [&](const char* key) -> const nlohmann::json& { return stateField(ck, key); };
     try {
       const std::string arch = need("architecture").template get<std::string>();
@@ -522,96 +553,100 @@ class Trainer {
         ck.fail(sae::detail::concat("architecture is ", arch, ", expected ", Arch::kName));
       const Index d_in = need("d_in").template get<Index>(),
                   d_sae = need("d_sae").template get<Index>();
-      if (d_in != m_model.dIn() || d_sae != m_model.dSae())
+      if (d_in != model.dIn() || d_sae != model.dSae())
         ck.fail(sae::detail::concat("shape d_in ", d_in, ", d_sae ", d_sae, ", expected d_in ",
-                                    m_model.dIn(), ", d_sae ", m_model.dSae()));
-      auto params = m_model.parameters();
+                                    model.dIn(), ", d_sae ", model.dSae()));
+      auto params = model.parameters();
       ck.readParameters("params.", params);
-      auto m = m_model.parameters().zerosLike(), v = m;
+      auto m = model.parameters().zerosLike(), v = m;
       ck.readParameters("adam.m.", m);
       ck.readParameters("adam.v.", v);
-      auto buffers = m_model.buffers();
+      auto buffers = model.buffers();
       ck.readParameters("buffers.", buffers);
       const Eigen::VectorXd dead = ck.readVector("dead.steps_since_fired", d_sae);
       const Eigen::VectorXd counts = ck.readVector("density.counts", d_sae);
       const Eigen::VectorXd last = ck.readVector("density.last", d_sae);
       const std::int64_t step = need("step").template get<std::int64_t>();
       const std::int64_t adam_step = need("adam_step").template get<std::int64_t>();
-      const auto rng = need("rng").template get<std::array<std::uint64_t, 4>>();
       const double scale = need("input_scale").template get<double>();
-      const nlohmann::json density = need("density");
       const nlohmann::json position = need("source_position");
       if (step < 0 || step > m_cfg.total_steps)
         ck.fail(sae::detail::concat("step ", step, " outside [0, ", m_cfg.total_steps, "]"));
+      eval::FeatureDensityWindow density = m_density;
+      try {
+        density.restore(counts, last, need("density"));
+      } catch (const FormatError& e) {
+        ck.fail(e.what());
+      }
       // Everything read and checked: apply.
       m_source.seek(position);
-      m_model.parameters().flat() = params.flat();
-      m_model.buffers().flat() = buffers.flat();
-      m_adam.setState(adam_step, m, v);
-      m_dead.setStepsSinceFired(dead.cast<std::int64_t>());
-      m_density.restore(counts, last, density);
-      m_rng.setState(rng);
+      m_step.restore(params, buffers, adam_step, m, v, dead.cast<std::int64_t>());
+      m_density = std::move(density);
       m_scale = scale;
-      m_step = step;
+      m_t = step;
     } catch (const nlohmann::json::exception& e) {
       ck.fail(sae::detail::concat("malformed state: ", e.what()));
     }
     m_ckdir.prepare();
     m_last_checkpoint = path;
     truncateMetrics();
+    // The configuration of the resumed run (a longer total_steps, changed free fields).
+    writeText(m_cfg.out_dir + "/train_config.json", m_cfg.toJson().dump(2) + "\n");
   }
 
   /// @brief Newest checkpoint of the run folder (via checkpoints/latest), if any.
   std::optional<std::string> latestCheckpoint() const { return m_ckdir.latest(); }
 
-  /// @brief Trains until step `until` (default: total_steps), a signal (when handled), or an
-  /// error. At total_steps writes the final checkpoint and the SAELens folder.
+  /// @brief Trains until step `until` (default, or < 0: total_steps), a signal (when
+  /// handled), a callback's onStep returning true, or an error. At total_steps writes the
+  /// final checkpoint and the SAELens folder.
+  /// @param callbacks observers of the run (see callbacks.hpp), each defining any of onStep,
+  ///        onLog, onEvaluation, onCheckpoint, onEnd.
   /// @throws NumericError naming the step when the loss or a gradient is not finite (no
   /// checkpoint is written, so the last good one stays intact).
-  TrainResult train(std::int64_t until = -1) {
+  template <typename... Callbacks>
+  TrainResult train(std::int64_t until = -1, Callbacks&&... callbacks) {
     if (until < 0 || until > m_cfg.total_steps) until = m_cfg.total_steps;
     const LrSchedule schedule = m_cfg.schedule();
     CoefficientWarmup warmup;
     warmup.warmup_steps = m_cfg.l1_warmup_steps;
-    const bool tty = m_progress && ::isatty(2);
     const auto t0 = Clock::now();
-    const std::int64_t first_step = m_step;
-    auto t_log = t0, t_draw = t0;
+    const std::int64_t first_step = m_t;
+    auto t_log = t0;
     std::int64_t tokens_since_log = 0;
     TrainResult result;
-    typename Model::Workspace ws;
-    if constexpr (std::is_base_of_v<sae::detail::TopKFamilyScratch<Scalar>,
-                                    typename Model::Workspace>)
-      ws.bf16_encoder = m_cfg.precision == "bf16";
+    TrainProgress progress;
+    progress.first_step = first_step;
+    progress.until = until;
+    progress.total_steps = m_cfg.total_steps;
+    progress.batch_size = m_cfg.batch_size;
+    auto now = [&]() -> const TrainProgress& {
+      progress.step = m_t;
+      progress.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+      progress.last_log = m_last_line.is_null() ? nullptr : &m_last_line;
+      return progress;
+    };
+    auto checkpoint = [&] {
+      result.checkpoint = saveCheckpoint();
+      (detail::notify(detail::kOnCheckpoint, callbacks, now(), result.checkpoint), ...);
+    };
     eval::ReconstructionMetrics recon;
-    eval::FiringStats firing(m_model.dSae());
-    LossTerms<Scalar> terms;
+    eval::FiringStats firing(m_step.model().dSae());
 
-    while (m_step < until) {
+    while (m_t < until) {
       if (m_handle_signals && detail::g_stop_signal != 0) {
         result.signal = int(detail::g_stop_signal);
         break;
       }
-      const std::int64_t t = m_step;
+      const std::int64_t t = m_t;
       m_source.next(m_x);
       if (m_scale != 1.0) m_x *= Scalar(m_scale);
-      TrainOptions opts;
-      opts.dead_mask = &m_dead.mask();
-      opts.sparsity_scale = warmup.scaleAt(t);
+      const double sparsity_scale = warmup.scaleAt(t);
       const double lr = schedule.lrAt(t);
-      double grad_scale = 1.0;
       try {
-        terms = m_model.backward(m_x, m_grads, opts, ws);
-        if (!std::isfinite(double(terms.total()))) {
-          std::string detail_terms;
-          for (const auto& [name, value] : terms.terms())
-            detail_terms +=
-                sae::detail::concat(detail_terms.empty() ? "" : ", ", name, " = ", value);
-          throw NumericError(sae::detail::concat("the loss is not finite (", detail_terms, ")"));
-        }
-        if (m_cfg.decoder_unit_norm) removeParallelDecoderGradient();
-        // Clipping folded into the Adam update (one pass over the gradients fewer).
-        if (m_cfg.max_grad_norm > 0) grad_scale = clipCoefficient(m_grads, m_cfg.max_grad_norm);
+        m_step.backward(m_x, sparsity_scale);
+        // A data-parallel run would average m_step.gradients() across replicas here.
+        m_step.apply(lr);
       } catch (const NumericError& e) {
         throw NumericError(sae::detail::concat(
             "training diverged at step ", t, ": ", e.what(), "; stopped without saving",
@@ -619,118 +654,121 @@ class Trainer {
                 ? std::string()
                 : "; the last good checkpoint " + m_last_checkpoint + " is intact"));
       }
-      m_adam.step(m_model.parameters(), m_grads, lr, grad_scale);
-      if (m_cfg.decoder_unit_norm) normalizeDecoder();
-      m_model.updateBuffers(ws);  // BatchTopK: the EMA threshold, from this step's selection
-      m_dead.update(ws.codes);
-      m_density.update(ws.codes);
-      ++m_step;
+      m_density.update(m_step.codes());
+      ++m_t;
+      const LossTerms<Scalar>& terms = m_step.lossTerms();
+      progress.lr = lr;
+      progress.loss = double(terms.total());
 
       // Metrics: they never feed back into training.
-      recon.add<Scalar>(m_x, ws.reconstruction);
-      firing.add(ws.codes);
+      recon.add<Scalar>(m_x, m_step.reconstruction());
+      firing.add(m_step.codes());
       tokens_since_log += m_x.rows();
-      m_tokens_total += m_x.rows();
-      if (m_step % m_cfg.log_every == 0 || m_step == m_cfg.total_steps) {
-        const auto now = Clock::now();
-        const double secs = std::chrono::duration<double>(now - t_log).count();
+      if (m_t % m_cfg.log_every == 0 || m_t == m_cfg.total_steps) {
+        const auto t_now = Clock::now();
+        const double secs = std::chrono::duration<double>(t_now - t_log).count();
         nlohmann::json line = {
-            {"step", m_step},     {"tokens", m_step * m_cfg.batch_size},
+            {"step", m_t},        {"tokens", m_t * m_cfg.batch_size},
             {"mse", recon.mse()}, {"explained_variance", recon.explainedVariance()},
-            {"l0", firing.l0()},  {"dead_fraction", m_dead.deadFraction()},
+            {"l0", firing.l0()},  {"dead_fraction", m_step.deadLatents().deadFraction()},
             {"lr", lr},           {"tokens_per_second", secs > 0 ? tokens_since_log / secs : 0.0}};
         nlohmann::json losses = nlohmann::json::object();
         for (const auto& [name, value] : terms.terms()) losses[name] = double(value);
         line["losses"] = losses;
-        line["coefficients"] = coefficients(opts.sparsity_scale);
-        for (const auto& e : m_model.buffers().entries())  // BatchTopK: topk_threshold
-          if (e.size == 1) line[e.name] = m_model.buffers().flat(e.name)[0];
+        line["coefficients"] = coefficients(sparsity_scale);
+        const ParameterSet<double>& buffers = m_step.model().buffers();
+        for (const auto& e : buffers.entries())  // BatchTopK: topk_threshold
+          if (e.size == 1) line[e.name] = buffers.flat(e.name)[0];
         appendMetrics(line);
         m_last_line = line;
-        if (m_verbose && !tty) std::fprintf(stderr, "%s\n", summary(line).c_str());
+        (detail::notify(detail::kOnLog, callbacks, now(), m_last_line), ...);
         recon.reset();
         firing.reset();
-        t_log = now;
+        t_log = t_now;
         tokens_since_log = 0;
       }
-      if (m_cfg.eval_every > 0 && m_step % m_cfg.eval_every == 0 && m_step < m_cfg.total_steps)
-        appendMetrics(evaluate());
-      if (tty) {
-        const auto now = Clock::now();
-        if (std::chrono::duration<double>(now - t_draw).count() >= 0.25 || m_step == until) {
-          drawProgress(now, t0, first_step);
-          t_draw = now;
-        }
+      if (m_cfg.eval_every > 0 && m_t % m_cfg.eval_every == 0 && m_t < m_cfg.total_steps) {
+        const nlohmann::json metrics = evaluate();
+        appendMetrics(metrics);
+        (detail::notify(detail::kOnEvaluation, callbacks, now(), metrics), ...);
       }
-      if (m_cfg.checkpoint_every > 0 && m_step % m_cfg.checkpoint_every == 0 &&
-          m_step < m_cfg.total_steps)
-        result.checkpoint = saveCheckpoint();
+      if (m_cfg.checkpoint_every > 0 && m_t % m_cfg.checkpoint_every == 0 &&
+          m_t < m_cfg.total_steps)
+        checkpoint();
+      bool stop = false;
+      ((stop = detail::notify(detail::kOnStep, callbacks, now()) || stop), ...);
+      if (stop && m_t < until) {
+        result.stopped = true;
+        break;
+      }
     }
-    if (tty) std::fprintf(stderr, "\n");
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     result.tokens_per_second =
-        secs > 0 ? double(m_step - first_step) * double(m_cfg.batch_size) / secs : 0.0;
-    result.step = m_step;
-    if (result.signal != 0 || m_step < m_cfg.total_steps) {
-      if (m_step > first_step || m_last_checkpoint.empty()) result.checkpoint = saveCheckpoint();
+        secs > 0 ? double(m_t - first_step) * double(m_cfg.batch_size) / secs : 0.0;
+    result.step = m_t;
+    if (result.signal != 0 || m_t < m_cfg.total_steps) {
+      if (m_t > first_step || m_last_checkpoint.empty()) checkpoint();
       result.checkpoint = m_last_checkpoint;
-      return result;
+    } else {
+      checkpoint();
+      result.final_metrics = evaluate();
+      result.final_metrics["tokens_per_second"] = result.tokens_per_second;
+      appendMetrics(result.final_metrics);
+      (detail::notify(detail::kOnEvaluation, callbacks, now(), result.final_metrics), ...);
+      saveFinal();
+      result.completed = true;
     }
-    result.checkpoint = saveCheckpoint();
-    result.final_metrics = evaluate();
-    result.final_metrics["tokens_per_second"] = result.tokens_per_second;
-    appendMetrics(result.final_metrics);
-    saveFinal();
-    result.completed = true;
+    (detail::notify(detail::kOnEnd, callbacks, now(), result), ...);
     return result;
   }
 
   /// @brief Writes a checkpoint of the current state; returns its path.
   std::string saveCheckpoint() {
+    const Model& model = m_step.model();
+    const Adam<Scalar>& adam = m_step.optimizer();
     CheckpointWriter w;
-    w.addParameters("params.", m_model.parameters());
-    w.addParameters("adam.m.", m_adam.firstMoment());
-    w.addParameters("adam.v.", m_adam.secondMoment());
-    w.addParameters("buffers.", m_model.buffers());
-    w.addVector("dead.steps_since_fired", m_dead.stepsSinceFired().template cast<double>());
+    w.addParameters("params.", model.parameters());
+    w.addParameters("adam.m.", adam.firstMoment());
+    w.addParameters("adam.v.", adam.secondMoment());
+    w.addParameters("buffers.", model.buffers());
+    w.addVector("dead.steps_since_fired",
+                m_step.deadLatents().stepsSinceFired().template cast<double>());
     w.addVector("density.counts", m_density.counts());
     w.addVector("density.last", m_density.last());
-    nlohmann::json state = {{"architecture", Arch::kName},
-                            {"d_in", m_model.dIn()},
-                            {"d_sae", m_model.dSae()},
-                            {"step", m_step},
-                            {"adam_step", m_adam.stepCount()},
-                            {"rng", m_rng.state()},
-                            {"input_scale", m_scale},
-                            {"density", m_density.scalars()},
-                            {"source_position", m_source.position()},
-                            {"config", m_cfg.toJson()}};
-    m_last_checkpoint = m_ckdir.commit(w, state, m_step);
+    nlohmann::json state = {
+        {"architecture", Arch::kName},    {"d_in", model.dIn()},
+        {"d_sae", model.dSae()},          {"step", m_t},
+        {"adam_step", adam.stepCount()},  {"input_scale", m_scale},
+        {"density", m_density.scalars()}, {"source_position", m_source.position()},
+        {"config", m_cfg.toJson()}};
+    m_last_checkpoint = m_ckdir.commit(w, state, m_t);
     return m_last_checkpoint;
   }
 
   /// @brief Held-out metrics (MSE, explained variance, L0, dead fraction) of the current model
   /// on up to eval_rows rows of source.holdout(); falls back to the last logged window.
   nlohmann::json evaluate() const {
-    nlohmann::json out = {{"eval", true}, {"step", m_step}};
+    const Model& model = m_step.model();
+    const double dead_fraction = m_step.deadLatents().deadFraction();
+    nlohmann::json out = {{"eval", true}, {"step", m_t}};
     RowMatrix<Scalar> rows =
         m_cfg.eval_rows > 0 ? m_source.holdout(m_cfg.eval_rows) : RowMatrix<Scalar>();
     if (rows.rows() == 0) {
       out["eval"] = false;
       for (const char* key : {"mse", "explained_variance", "l0"})
         if (m_last_line.contains(key)) out[key] = m_last_line[key];
-      out["dead_fraction"] = m_dead.deadFraction();
+      out["dead_fraction"] = dead_fraction;
       return out;
     }
     if (m_scale != 1.0) rows *= Scalar(m_scale);
     eval::ReconstructionMetrics recon;
-    eval::FiringStats firing(m_model.dSae());
+    eval::FiringStats firing(model.dSae());
     typename Model::Codes codes;
     for (Index b = 0; b < rows.rows(); b += m_cfg.batch_size) {
       const Index n = std::min<Index>(m_cfg.batch_size, rows.rows() - b);
       const auto block = rows.middleRows(b, n);
-      m_model.encode(block, codes);
-      const RowMatrix<Scalar> y = m_model.decode(codes);
+      model.encode(block, codes);
+      const RowMatrix<Scalar> y = model.decode(codes);
       recon.add<Scalar>(block, y);
       firing.add(codes);
     }
@@ -738,7 +776,7 @@ class Trainer {
     out["mse"] = recon.mse();
     out["explained_variance"] = recon.explainedVariance();
     out["l0"] = firing.l0();
-    out["dead_fraction"] = m_dead.deadFraction();
+    out["dead_fraction"] = dead_fraction;
     return out;
   }
 
@@ -748,12 +786,12 @@ class Trainer {
     o.input_scale = m_scale;
     o.feature_density = m_density.density();
     o.metadata = {{"trained_with", "sae (C++)"},
-                  {"training_steps", m_step},
-                  {"training_tokens", m_step * m_cfg.batch_size},
+                  {"training_steps", m_t},
+                  {"training_tokens", m_t * m_cfg.batch_size},
                   {"seed", m_cfg.seed},
                   {"normalize_activations_in_training", m_cfg.normalize_activations},
                   {"input_scale_folded", m_scale}};
-    io::saveSaeLens(m_model, m_cfg.out_dir, o);
+    io::saveSaeLens(m_step.model(), m_cfg.out_dir, o);
   }
 
   std::string metricsPath() const { return m_cfg.out_dir + "/metrics.jsonl"; }
@@ -775,30 +813,14 @@ class Trainer {
   }
 
   nlohmann::json coefficients(double scale) const {
-    const SaeConfig& c = m_model.config();
-    if (m_cfg.topkFamily()) return {{"aux_loss_coefficient", c.aux_loss_coefficient}};
-    if (std::string(Arch::kName) == "jumprelu")
+    const SaeConfig& c = m_step.model().config();
+    if constexpr (ArchitectureTraits<Arch>::uses_k)
+      return {{"aux_loss_coefficient", c.aux_loss_coefficient}};
+    else if constexpr (std::is_same_v<Arch, JumpReLUArch>)
       return {{"l0_coefficient", c.l0_coefficient * scale},
               {"pre_act_loss_coefficient", c.pre_act_loss_coefficient}};
-    return {{"l1_coefficient", c.l1_coefficient * scale}};
-  }
-
-  /// OpenAI / EleutherAI: d W_dec[i] -= (d W_dec[i] . w_i) w_i for unit rows w_i.
-  void removeParallelDecoderGradient() {
-    auto W = m_model.parameters().rowMajor("W_dec");
-    auto G = m_grads.rowMajor("W_dec");
-    for (Index i = 0; i < W.rows(); ++i) {
-      const Scalar n2 = W.row(i).squaredNorm();
-      if (n2 > Scalar(0)) G.row(i) -= (G.row(i).dot(W.row(i)) / n2) * W.row(i);
-    }
-  }
-
-  void normalizeDecoder() {
-    auto W = m_model.parameters().rowMajor("W_dec");
-    for (Index i = 0; i < W.rows(); ++i) {
-      const Scalar n = W.row(i).norm();
-      if (n > Scalar(0)) W.row(i) /= n;
-    }
+    else
+      return {{"l1_coefficient", c.l1_coefficient * scale}};
   }
 
   static void writeText(const std::string& path, const std::string& text) {
@@ -820,7 +842,7 @@ class Trainer {
     while (std::getline(in, line)) {
       try {
         const auto j = nlohmann::json::parse(line);
-        if (j.value("step", std::int64_t(0)) > m_step) continue;
+        if (j.value("step", std::int64_t(0)) > m_t) continue;
       } catch (const nlohmann::json::exception&) {
         continue;  // a line cut by the kill
       }
@@ -829,53 +851,17 @@ class Trainer {
     writeText(metricsPath(), kept);
   }
 
-  static std::string summary(const nlohmann::json& l) {
-    char buf[256];
-    std::snprintf(buf, sizeof buf,
-                  "step %lld  mse %.5g  L0 %.2f  expl.var %.4f  dead %.3f  lr %.2e",
-                  static_cast<long long>(l["step"].get<std::int64_t>()), l["mse"].get<double>(),
-                  l["l0"].get<double>(), l["explained_variance"].get<double>(),
-                  l["dead_fraction"].get<double>(), l["lr"].get<double>());
-    return buf;
-  }
-
-  void drawProgress(Clock::time_point now, Clock::time_point t0, std::int64_t first_step) const {
-    const double secs = std::chrono::duration<double>(now - t0).count();
-    const double steps_per_s = secs > 0 ? double(m_step - first_step) / secs : 0;
-    const double eta = steps_per_s > 0 ? double(m_cfg.total_steps - m_step) / steps_per_s : -1;
-    std::string metrics;
-    if (!m_last_line.is_null()) {
-      char buf[160];
-      std::snprintf(buf, sizeof buf, " | mse %.4g  L0 %.1f  ev %.3f  dead %.3f",
-                    m_last_line["mse"].get<double>(), m_last_line["l0"].get<double>(),
-                    m_last_line["explained_variance"].get<double>(),
-                    m_last_line["dead_fraction"].get<double>());
-      metrics = buf;
-    }
-    std::fprintf(stderr, "\r\033[K step %lld/%lld (%.0f%%) | %.0f tok/s | ETA %s%s",
-                 static_cast<long long>(m_step), static_cast<long long>(m_cfg.total_steps),
-                 100.0 * double(m_step) / double(m_cfg.total_steps),
-                 steps_per_s * double(m_cfg.batch_size), detail::formatDuration(eta).c_str(),
-                 metrics.c_str());
-    std::fflush(stderr);
-  }
-
   TrainerConfig m_cfg;
   Source& m_source;
-  Model m_model;
-  ParameterSet<Scalar> m_grads;
-  Adam<Scalar> m_adam;
-  DeadLatentTracker m_dead;
-  FeatureDensityWindow m_density;
+  Step m_step;
+  eval::FeatureDensityWindow m_density;
   CheckpointDir m_ckdir;
-  Rng m_rng;
   double m_scale = 1.0;
-  std::int64_t m_step = 0;
-  std::int64_t m_tokens_total = 0;
+  std::int64_t m_t = 0;  ///< Steps done.
   RowMatrix<Scalar> m_x;
   nlohmann::json m_last_line;
   std::string m_last_checkpoint;
-  bool m_progress = true, m_verbose = false, m_handle_signals = false;
+  bool m_handle_signals = false;
 };
 
 }  // namespace sae::train

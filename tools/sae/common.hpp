@@ -1,0 +1,140 @@
+// What the subcommands of the `sae` program share: the Command each register function returns,
+// the option groups of several subcommands, and small file helpers.
+#pragma once
+
+#include <sys/stat.h>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <sae/sae.hpp>
+
+namespace sae_cli {
+
+using sae::Index;
+using sae::RowMatrix;
+using json = nlohmann::json;
+using ojson = nlohmann::ordered_json;
+
+constexpr const char* kProg = "sae";
+
+/// A subcommand: its parser, and what runs it once the command line is parsed (the exit status).
+struct Command {
+  CLI::App* app = nullptr;
+  std::function<int()> run;
+};
+
+/// A new subcommand: its Command, its parser and its options (owned by the Command).
+template <typename Options>
+struct NewCommand {
+  Command cmd;
+  CLI::App& sub;
+  Options& o;
+};
+
+/// @brief Adds subcommand `name` to `app`, with a new Options that `run` runs once the command
+/// line is parsed (the subcommand's parser at hand, for which flags were given).
+template <typename Options>
+NewCommand<Options> newCommand(CLI::App& app, const char* name, const char* about,
+                               int (*run)(const Options&, const CLI::App&)) {
+  auto o = std::make_shared<Options>();
+  CLI::App* sub = app.add_subcommand(name, about);
+  return {Command{sub, [o, sub, run] { return run(*o, *sub); }}, *sub, *o};
+}
+
+Command registerTrain(CLI::App& app);
+Command registerEncode(CLI::App& app);
+Command registerEval(CLI::App& app);
+Command registerInfo(CLI::App& app);
+Command registerConvert(CLI::App& app);
+
+inline bool isDir(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+inline bool endsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+inline json readJsonFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw sae::IoError(path + ": cannot open");
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    throw sae::FormatError(path + ": not valid JSON: " + e.what());
+  }
+}
+
+/// `s` with its line breaks replaced by spaces (error messages are one line).
+inline std::string oneLine(std::string s) {
+  for (char& c : s)
+    if (c == '\n' || c == '\r') c = ' ';
+  return s;
+}
+
+/// An option whose value is one of enum E's names (sae/core/enum_names.hpp): the names are
+/// the choices CLI11 checks and shows; `value` is an E or a sae::NamedEnum<E>.
+template <typename E, typename Value>
+CLI::Option* addEnumOption(CLI::App& sub, const std::string& flag, Value& value,
+                           const std::string& help) {
+  return sub
+      .add_option_function<std::string>(
+          flag, [&value, flag](const std::string& s) { value = sae::parseEnum<E>(s, flag); }, help)
+      ->check(CLI::IsMember(sae::enumNames<E>()));
+}
+
+/// The options of the subcommands that run an SAE over activation files (encode, eval).
+struct InferenceOptions {
+  std::string sae;
+  std::vector<std::string> data;
+  Index batch = 4096;
+  int threads = 0;
+  sae::Precision precision = sae::Precision::Fp32;
+
+  /// Registers --sae (with `sae_help`), --data, --batch, --threads and --precision on `sub`.
+  void add(CLI::App& sub, const std::string& sae_help) {
+    sub.add_option("--sae", sae, sae_help)->required();
+    sub.add_option("--data", data, "activation files")->required()->check(CLI::ExistingFile);
+    sub.add_option("--batch", batch, "rows per chunk")->check(CLI::PositiveNumber);
+    sub.add_option("--threads", threads, "threads (0: all)")->check(CLI::NonNegativeNumber);
+    addEnumOption<sae::Precision>(sub, "--precision", precision,
+                                  "fp32 (default) or bf16: the encoder product in bf16 with fp32 "
+                                  "accumulation (oneDNN; AMX where the CPU has it)");
+  }
+
+  /// Applies --threads; returns true for --precision bf16 (ConfigError when this build has no
+  /// bf16 GEMM).
+  bool prepare() const {
+    if (threads > 0) sae::setThreads(threads);
+    if (precision != sae::Precision::Bf16) return false;
+    if (!sae::kernels::bf16Available()) throw sae::ConfigError(sae::kernels::kBf16Unavailable);
+    return true;
+  }
+};
+
+/// ConfigError unless the data have the SAE's input width.
+inline void checkWidth(const sae::io::LoadedSae<float>& m, Index cols, const std::string& sae_dir) {
+  if (cols != m.config.sae_cfg.d_in)
+    throw sae::ConfigError("the data have " + std::to_string(cols) + " columns but the SAE in " +
+                           sae_dir + " expects d_in = " + std::to_string(m.config.sae_cfg.d_in));
+}
+
+/// The codes of one chunk, the encoder product in bf16 when asked (--precision bf16).
+template <typename Model>
+typename Model::Codes encodeChunk(const Model& model, const RowMatrix<float>& x, bool bf16) {
+  typename Model::Workspace ws;
+  ws.bf16_encoder = bf16;
+  typename Model::Codes codes;
+  model.encode(x, codes, ws);
+  return codes;
+}
+
+}  // namespace sae_cli

@@ -1,0 +1,172 @@
+// `sae eval`: reconstruction and sparsity metrics of an SAE on activation files, and with
+// --features the per-feature statistics.
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <sae/eval/density_decades.hpp>
+#include <sae/io/activation_files.hpp>
+#include <sae/io/atomic_write.hpp>
+#include <sae/io/npy.hpp>
+
+#include "common.hpp"
+
+namespace sae_cli {
+
+constexpr const char* kAbout =
+    "Reconstruction and sparsity metrics of an SAE on activation files, as JSON";
+
+namespace {
+
+// `sae eval --features`: where to write the per-feature statistics and with what.
+struct FeatureArgs {
+  std::string out;                     // OUT.json; empty = no feature statistics
+  Index top_n = 20;                    // top activations kept per feature
+  std::vector<std::string> token_ids;  // integer .npy files, one id per activation row
+};
+
+struct EvalOptions {
+  InferenceOptions in;
+  Index max_rows = 0;
+  FeatureArgs features;
+};
+
+// The token ids of --token-ids: the integer .npy files concatenated in order (each flattened in
+// C order), cut to the first `rows` ids, as the FeatureStatistics::toJson TokenIds concept.
+class TokenIdFiles {
+ public:
+  explicit TokenIdFiles(const std::vector<std::string>& paths) {
+    for (const auto& p : paths) {
+      m_files.push_back(std::make_unique<sae::io::NpyIntegerReader>(p));
+      m_first.push_back(m_total);
+      m_total += m_files.back()->size();
+      m_names += (m_names.empty() ? "" : ", ") + p;
+    }
+    m_size = m_total;
+  }
+  Index total() const { return m_total; }
+  const std::string& names() const { return m_names; }
+  void limit(Index rows) { m_size = std::min(rows, m_total); }
+  Index size() const { return m_size; }
+  std::int64_t operator[](Index row) const {
+    const auto at = std::upper_bound(m_first.begin(), m_first.end(), row) - m_first.begin() - 1;
+    return (*m_files[std::size_t(at)])[row - m_first[std::size_t(at)]];
+  }
+
+ private:
+  std::vector<std::unique_ptr<sae::io::NpyIntegerReader>> m_files;
+  std::vector<Index> m_first;
+  Index m_total = 0, m_size = 0;
+  std::string m_names;
+};
+
+// The density histogram as `sae eval` prints it: [{"bucket": label, "latents": count}...].
+ojson densityHistogram(const Eigen::VectorXd& density) {
+  const auto decades = sae::eval::DensityDecades::of(density);
+  ojson hist = ojson::array();
+  for (std::size_t i = 0; i < decades.counts.size(); ++i)
+    hist.push_back(
+        {{"bucket", sae::eval::DensityDecades::kLabels[i]}, {"latents", decades.counts[i]}});
+  return hist;
+}
+
+}  // namespace
+
+int runEval(const EvalOptions& o, const CLI::App&) {
+  const bool bf16 = o.in.prepare();
+  const FeatureArgs& fa = o.features;
+  const auto loaded = sae::io::loadSae<float>(o.in.sae);
+  const sae::io::ActivationFiles files(o.in.data);
+  checkWidth(loaded, files.cols(), o.in.sae);
+  const sae::ActivationNormalizer normalizer = loaded.normalizer();
+  const Index d_sae = loaded.config.sae_cfg.d_sae;
+  const Index N = o.max_rows > 0 ? std::min(o.max_rows, files.rows()) : files.rows();
+  sae::eval::ReconstructionMetrics recon;
+  sae::eval::FiringStats firing(d_sae);
+  // Feature statistics: rows are read in file order (no shuffling), so row b of the pass is
+  // row b of the concatenated --data files, and of the --token-ids files. Everything is checked
+  // and the output file opened before the pass, so that a bad path fails at once.
+  std::unique_ptr<sae::eval::FeatureStatistics> features;
+  std::unique_ptr<TokenIdFiles> ids;
+  std::unique_ptr<sae::io::AtomicFileWriter> features_out;
+  if (!fa.out.empty()) {
+    features = std::make_unique<sae::eval::FeatureStatistics>(d_sae, fa.top_n);
+    if (!fa.token_ids.empty()) {
+      ids = std::make_unique<TokenIdFiles>(fa.token_ids);
+      if (ids->total() != files.rows() && ids->total() != N)
+        throw sae::ConfigError(ids->names() + ": " + std::to_string(ids->total()) +
+                               " token ids, but the activation files have " +
+                               std::to_string(files.rows()) + " rows" +
+                               (N != files.rows() ? " (" + std::to_string(N) + " evaluated)" : "") +
+                               "; give exactly one token id per activation row, in the same order");
+      ids->limit(N);
+    }
+    features_out = std::make_unique<sae::io::AtomicFileWriter>(fa.out);
+  }
+  RowMatrix<float> x, raw;
+  sae::NormalizationStats stats;
+  for (Index b = 0; b < N; b += o.in.batch) {
+    const Index n = std::min(o.in.batch, N - b);
+    raw.resize(n, files.cols());
+    files.readRows<float>(b, b + n, raw);
+    x = raw;
+    normalizer.normalize(x, stats);
+    std::visit(
+        [&](const auto& model) {
+          const auto codes = encodeChunk(model, x, bf16);
+          RowMatrix<float> y = model.decode(codes);
+          normalizer.denormalize(y, stats);
+          recon.add<float>(raw, y);
+          firing.add(codes);
+          if (features) features->add(codes, b);
+        },
+        loaded.model);
+  }
+  ojson out;
+  out["sae"] = o.in.sae;
+  out["architecture"] = loaded.config.architecture;
+  out["rows"] = recon.tokens();
+  out["mse"] = recon.mse();
+  out["explained_variance"] = recon.explainedVariance();
+  out["fvu"] = recon.fvu();
+  out["l0"] = firing.l0();
+  out["dead_fraction"] = firing.deadFraction();
+  out["density_histogram"] = densityHistogram(firing.density());
+  if (features) {
+    ojson fj = ids ? features->toJson(*ids, ids->names()) : features->toJson();
+    fj["summary"]["sae"] = o.in.sae;
+    fj["summary"]["data"] = o.in.data;
+    if (ids) fj["summary"]["token_id_files"] = fa.token_ids;
+    const std::string text = fj.dump() + "\n";
+    features_out->write(text.data(), text.size());
+    features_out->commit();
+    std::fprintf(stderr, "%s eval: feature statistics of %lld rows x %lld features -> %s\n", kProg,
+                 static_cast<long long>(N), static_cast<long long>(d_sae), fa.out.c_str());
+  }
+  std::printf("%s\n", out.dump(2).c_str());
+  return 0;
+}
+
+Command registerEval(CLI::App& app) {
+  auto [cmd, sub, o] = newCommand(app, "eval", kAbout, runEval);
+  o.in.add(sub, "SAE folder or Gemma Scope params.npz");
+  sub.add_option("--max-rows", o.max_rows, "use at most this many rows (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  auto* feat = sub.add_option("--features", o.features.out,
+                              "also write per-feature statistics (firing frequency, mean / max "
+                              "activation, top rows, log10-density histogram) to this JSON file");
+  sub.add_option("--top-n", o.features.top_n, "--features: top activations kept per feature")
+      ->check(CLI::Range(Index(0), sae::eval::FeatureStatistics::kMaxTopN))
+      ->needs(feat);
+  sub.add_option("--token-ids", o.features.token_ids,
+                 "--features: integer .npy files with one token id per activation row, in "
+                 "the order of --data")
+      ->check(CLI::ExistingFile)
+      ->needs(feat);
+  return cmd;
+}
+
+}  // namespace sae_cli
