@@ -402,7 +402,8 @@ TEST_CASE("--resume refuses a changed value, naming the flag and both values", "
                 "command line gives 50)");
   checkCliFails(cat(resume, {"--synthetic-d-in", "16"}),
                 "--synthetic-d-in cannot be changed when resuming");
-  checkCliFails(cat(resume, {"--data", out + "/cfg.json"}), "--data cannot be changed when resuming");
+  checkCliFails(cat(resume, {"--data", out + "/cfg.json"}),
+                "--data cannot be changed when resuming");
   // The finished run is left as it was.
   const auto summary = nlohmann::json::parse(r.out.substr(0, r.out.find('\n')));
   CHECK(summary.at("steps") == 60);

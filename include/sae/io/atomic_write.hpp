@@ -122,8 +122,8 @@ class AtomicFileWriter {
     const auto* p = static_cast<const unsigned char*>(data);
     while (n > 0) {
       const std::size_t chunk = std::min<std::size_t>(n, std::size_t(1) << 30);
-      const ssize_t k = offset ? ::pwrite(m_fd, p, chunk, static_cast<off_t>(*offset))
-                               : ::write(m_fd, p, chunk);
+      const ssize_t k =
+          offset ? ::pwrite(m_fd, p, chunk, static_cast<off_t>(*offset)) : ::write(m_fd, p, chunk);
       if (k < 0) {
         if (errno == EINTR) continue;
         fail("cannot write", errno);

@@ -136,10 +136,7 @@ struct BatchTopKFamily {
     pat.latent.clear();
     pat.row.clear();
     codes.values.clear();
-    const Index T = beginEncoderTiles(p, B, n, ws);
-    for (Index r0 = 0; r0 < B; r0 += T) {
-      const Index rows = std::min(T, B - r0);
-      encoderTile(p, r0, rows, ws);
+    forEachEncoderTile(p, B, n, ws, [&](Index r0, Index rows) {
       SAE_PRAGMA_OMP(parallel for schedule(static))
       for (Index r = 0; r < rows; ++r) {
         const S* pre = ws.tile.row(r).data();
@@ -165,7 +162,7 @@ struct BatchTopKFamily {
           ++e;
         }
       }
-    }
+    });
   }
 
   template <typename S>
@@ -183,10 +180,7 @@ struct BatchTopKFamily {
     const S* bias = p.flat("b_enc").data();
     const S* scale = cfg.rescale_acts_by_decoder_norm ? ws.norms.data() : nullptr;
     ws.selector.start(cfg.k * B, maxThreads());
-    const Index T = beginEncoderTiles(p, B, n, ws);
-    for (Index r0 = 0; r0 < B; r0 += T) {
-      const Index rows = std::min(T, B - r0);
-      encoderTile(p, r0, rows, ws);
+    forEachEncoderTile(p, B, n, ws, [&](Index r0, Index rows) {
       SAE_PRAGMA_OMP(parallel for schedule(static))
       for (Index r = 0; r < rows; ++r) {
         const Index b = r0 + r;
@@ -194,7 +188,7 @@ struct BatchTopKFamily {
         ws.selector.offerRow(threadIndex(), pre, bias, scale, n, std::int64_t(b) * n);
         selectAuxRow(pre, bias, scale, k_aux, b, ws);
       }
-    }
+    });
     ws.codes.d_sae = n;
     ws.selector.finish(B, n, ws.codes.pattern, ws.codes.values, ws.u);
     ws.selected = ws.selector.selected();

@@ -82,23 +82,23 @@ Index planAuxK(const SaeConfig& cfg, const TrainOptions& opts, Index B, TopKFami
   return k_aux;
 }
 
-/// Shapes the tile for at most `rows_per_tile` rows and, in bf16, refreshes the bf16 weights.
-/// Returns the tile height.
-template <typename S>
-Index beginEncoderTiles(const ParameterSet<S>& p, Index B, Index d_sae, TopKFamilyScratch<S>& ws) {
+/// The encoder product a tile of rows at a time: for each tile [r0, r0 + rows) of the batch,
+/// puts xc W_enc (without b_enc) of those rows in the top rows of ws.tile (fp32, or bf16 with
+/// the bf16 weights refreshed once) and calls fn(r0, rows).
+template <typename S, typename Fn>
+void forEachEncoderTile(const ParameterSet<S>& p, Index B, Index d_sae, TopKFamilyScratch<S>& ws,
+                        Fn&& fn) {
   const Index T = std::max<Index>(1, std::min(ws.tile_rows, B));
   ws.tile.resize(T, d_sae);
   if (ws.bf16_encoder) ws.bf16.setWeights(p.colMajor("W_enc"));
-  return T;
-}
-
-/// xc W_enc (without b_enc) of rows [r0, r0 + rows) into the top rows of ws.tile.
-template <typename S>
-void encoderTile(const ParameterSet<S>& p, Index r0, Index rows, TopKFamilyScratch<S>& ws) {
-  if (ws.bf16_encoder)
-    ws.bf16.multiply(ws.xc.middleRows(r0, rows), ws.tile.topRows(rows));
-  else
-    kernels::gemm(ws.tile.topRows(rows), ws.xc.middleRows(r0, rows), p.colMajor("W_enc"));
+  for (Index r0 = 0; r0 < B; r0 += T) {
+    const Index rows = std::min(T, B - r0);
+    if (ws.bf16_encoder)
+      ws.bf16.multiply(ws.xc.middleRows(r0, rows), ws.tile.topRows(rows));
+    else
+      kernels::gemm(ws.tile.topRows(rows), ws.xc.middleRows(r0, rows), p.colMajor("W_enc"));
+    fn(r0, rows);
+  }
 }
 
 /// AuxK selection of batch row b from its pre-activations `pre` (without b_enc): the k_aux
@@ -247,10 +247,7 @@ struct TopKArch {
       ws.h_sel.resize(B, k);
       ws.u.resize(B, k);
     }
-    const Index T = detail::beginEncoderTiles(p, B, n, ws);
-    for (Index r0 = 0; r0 < B; r0 += T) {
-      const Index rows = std::min(T, B - r0);
-      detail::encoderTile(p, r0, rows, ws);
+    detail::forEachEncoderTile(p, B, n, ws, [&](Index r0, Index rows) {
       SAE_PRAGMA_OMP(parallel for schedule(static))
       for (Index t = 0; t < rows; ++t) {
         const Index b = r0 + t;
@@ -267,7 +264,7 @@ struct TopKArch {
         }
         detail::selectAuxRow(pre, bias, scale, k_aux, b, ws);
       }
-    }
+    });
   }
 
   template <typename S>

@@ -80,7 +80,7 @@ struct TrainField {
 // clang-format off
 #define SAE_TRAIN_NO_FLAG(X, name) X(name, "", Fixed, "", "")
 #define SAE_TRAIN_FIELDS(X) \
-  X(architecture, "--arch", Fixed, "", "architecture (the registry's, models/registry.hpp)") \
+  X(architecture, "--arch", Fixed, "", "architecture (default topk)") \
   X(k, "--k", Fixed, ">0", \
     "topk: latents per token; batchtopk, matryoshka_batchtopk: per token on average over the " \
     "batch (default 32)") \
@@ -115,8 +115,7 @@ struct TrainField {
   X(seed, "--seed", Fixed, "", "random seed (default 0)") \
   X(threads, "--threads", Free, ">=0", "threads (0: all; same threads = same bits)") \
   X(precision, "--precision", Fixed, "", \
-    "encoder GEMM of topk, batchtopk, matryoshka_batchtopk: fp32 (default) or bf16 (mixed " \
-    "precision, needs oneDNN)") \
+    "encoder product: fp32 (default) or bf16 (bf16 inputs, fp32 accumulation; needs oneDNN)") \
   X(out_dir, "--out", Free, "", "run folder") \
   X(lr_scheduler, "--lr-scheduler", Fixed, "", \
     "learning-rate shape after warm-up") \
