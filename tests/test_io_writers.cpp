@@ -4,6 +4,7 @@
 // (see generate.py for their contents).
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <iterator>
 #include <string>
 #include <vector>
@@ -12,6 +13,7 @@
 
 #include <support/test_support.hpp>
 
+#include <sae/io/atomic_write.hpp>
 #include <sae/io/npy.hpp>
 #include <sae/io/npz.hpp>
 #include <sae/io/safetensors.hpp>
@@ -165,6 +167,21 @@ TEST_CASE("listNpz names the archive and the problem of a broken one", "[npz][ba
   CHECK_THROWS_WITH(sae::io::listNpz(dataPath("npz_bad_member_npy.npz")),
                     Catch::Contains("member '"));
   CHECK_THROWS_AS(sae::io::listNpz(dataPath("no_such.npz")), sae::IoError);
+}
+
+TEST_CASE("writeTextFile replaces a file whole, or leaves it and names the path", "[atomic]") {
+  TempDir dir("write_text");
+  const std::string path = dir.file("cfg.json");
+  sae::io::writeTextFile(path, "{\"a\": 1}\n");
+  sae::io::writeTextFile(path, "{}\n");
+  std::ifstream in(path, std::ios::binary);
+  CHECK(std::string(std::istreambuf_iterator<char>(in), {}) == "{}\n");
+  CHECK(dir.entries() == std::vector<std::string>{"cfg.json"});  // no temporary file left
+  sae::io::writeTextFile(path, "");
+  CHECK(std::filesystem::file_size(path) == 0);
+  const std::string missing = dir.file("no_such_dir/cfg.json");
+  CHECK_THROWS_WITH(sae::io::writeTextFile(missing, "x"), Catch::Contains(missing));
+  CHECK_THROWS_AS(sae::io::writeTextFile(missing, "x"), sae::IoError);
 }
 
 }  // namespace sae_test_io_writers

@@ -10,6 +10,7 @@
 
 #include <sae/core/rng.hpp>
 #include <sae/kernels/gemm.hpp>
+#include <sae/kernels/reduce.hpp>
 #include <sae/kernels/sparse.hpp>
 #include <sae/kernels/topk.hpp>
 
@@ -322,6 +323,30 @@ TEST_CASE("rowNorms and addBiasRelu", "[kernels]") {
       CHECK(pre(r, c) == m(r, c) + bias[c]);
       CHECK(act(r, c) == std::max(0.0, m(r, c) + bias[c]));
     }
+}
+
+TEST_CASE("sumOfSquares adds in its documented order, for every length", "[kernels]") {
+  sae::Rng rng(11, 0);
+  for (const Index n : {0, 1, 7, 8, 9, 16, 31, 1000}) {
+    std::vector<float> x(static_cast<std::size_t>(n));
+    for (float& v : x) v = float(rng.normal());
+    // Running sums over i mod 8 for the whole blocks of 8, combined (0+4)+(1+5), (2+6)+(3+7),
+    // then the tail in order.
+    double acc[8] = {};
+    const Index whole = n / 8 * 8;
+    for (Index i = 0; i < whole; ++i) acc[i % 8] += double(x[i]) * double(x[i]);
+    double expected =
+        ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (Index i = whole; i < n; ++i) expected += double(x[i]) * double(x[i]);
+    CHECK(sae::kernels::sumOfSquares(x.data(), n) == expected);
+    long double exact = 0;
+    for (const float v : x) exact += (long double)v * (long double)v;
+    CHECK(double(exact) == Approx(expected).epsilon(1e-14));
+  }
+  const double with_nan[3] = {1.0, std::nan(""), 2.0};
+  CHECK(std::isnan(sae::kernels::sumOfSquares(with_nan, 3)));
+  const double huge[2] = {1e200, 1e200};
+  CHECK(std::isinf(sae::kernels::sumOfSquares(huge, 2)));
 }
 
 }  // namespace sae_test_kernels

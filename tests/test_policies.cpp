@@ -115,6 +115,26 @@ double kinkMargin(const SquaredReluSAE<double>& m, const Mat& x) {
   return ws.pre.cwiseAbs().minCoeff();
 }
 
+// Policies that each lack one member (or have it with a signature that does not fit).
+struct WithoutName : SquaredReluActivation {
+  static constexpr int kName = 0;
+};
+struct WithoutScratch : SquaredReluActivation {
+  using Scratch = int;
+};
+struct WithoutActivate : SquaredReluActivation {
+  static void activate() = delete;
+};
+struct WithBadRule : SquaredReluActivation {
+  template <typename S>
+  static void gradientRule(const sae::ParameterSet<S>&, const sae::SaeConfig&,
+                           const sae::TrainOptions&, const sae::detail::DenseWorkspace<S>&,
+                           const Scratch<S>&) {}
+};
+struct WithoutPenaltyGradient : SquaredReluActivation {
+  static void penaltyGradient() = delete;
+};
+
 }  // namespace
 
 TEST_CASE("A policy defined outside the library has the shared parameters and its own",
@@ -213,6 +233,18 @@ TEST_CASE("A policy defined outside the library trains through the shared templa
   INFO("loss " << first << " -> " << last);
   CHECK(std::isfinite(last));
   CHECK(last < 0.5f * first);
+}
+
+TEST_CASE("ActivationArch's interface check names the first member a policy lacks", "[policies]") {
+  using sae::detail::missingActivationMember;
+  using M = sae::detail::ActivationPolicyMember;
+  STATIC_REQUIRE(missingActivationMember<SquaredReluActivation>() == M::none);
+  STATIC_REQUIRE(missingActivationMember<sae::StandardActivation>() == M::none);
+  STATIC_REQUIRE(missingActivationMember<WithoutName>() == M::kName);
+  STATIC_REQUIRE(missingActivationMember<WithoutScratch>() == M::Scratch);
+  STATIC_REQUIRE(missingActivationMember<WithoutActivate>() == M::activate);
+  STATIC_REQUIRE(missingActivationMember<WithBadRule>() == M::gradientRule);
+  STATIC_REQUIRE(missingActivationMember<WithoutPenaltyGradient>() == M::penaltyGradient);
 }
 
 }  // namespace sae_test_policies

@@ -33,6 +33,7 @@
 #include <sae/kernels/bf16_matmul.hpp>
 #include <sae/kernels/gemm.hpp>
 #include <sae/kernels/onednn.hpp>
+#include <sae/kernels/reduce.hpp>
 #include <sae/kernels/sparse.hpp>
 #include <sae/kernels/topk.hpp>
 #include <sae/models/batchtopk.hpp>

@@ -66,17 +66,21 @@ class SyntheticFeatures {
   const RowMatrix<Scalar>& directions() const { return m_directions; }
 
   /// @brief Fills `out` with `rows` new tokens.
-  void sample(Index rows, RowMatrix<Scalar>& out) {
+  void sample(Index rows, RowMatrix<Scalar>& out) { sample(m_rng, rows, out); }
+
+  /// @brief Fills `out` with `rows` tokens drawn from `rng` (the directions are this object's;
+  /// the stream is the caller's).
+  void sample(Rng& rng, Index rows, RowMatrix<Scalar>& out) const {
     require(rows > 0, "synthetic data: rows must be positive, found ", rows);
     out.resize(rows, m_options.d_in);
     const double p = m_options.expected_active / double(m_options.n_features);
     const double span = m_options.max_magnitude - m_options.min_magnitude;
     for (Index b = 0; b < rows; ++b) {
       auto row = out.row(b);
-      for (Index j = 0; j < row.size(); ++j) row[j] = Scalar(m_options.noise * m_rng.normal());
+      for (Index j = 0; j < row.size(); ++j) row[j] = Scalar(m_options.noise * rng.normal());
       for (Index i = 0; i < m_options.n_features; ++i) {
-        if (m_rng.uniform() < p) {
-          const double magnitude = m_options.min_magnitude + span * m_rng.uniform();
+        if (rng.uniform() < p) {
+          const double magnitude = m_options.min_magnitude + span * rng.uniform();
           row += Scalar(magnitude) * m_directions.row(i);
         }
       }

@@ -96,6 +96,7 @@
 #include <sae/io/npz.hpp>
 #include <sae/io/raw.hpp>
 #include <sae/io/safetensors.hpp>
+#include <sae/kernels/reduce.hpp>
 
 namespace sae::io {
 
@@ -557,28 +558,6 @@ class ShardRowReader {
   std::vector<unsigned char> m_staging;
 };
 
-/// @brief Sum of squares of `n` values in double, in a fixed order (eight running sums over
-/// columns c = j mod 8, combined pairwise), so the result is the same whether or not and however
-/// widely the compiler vectorises it. NaN or infinity when a value is one (or, for double
-/// input, when the sum overflows).
-template <typename Scalar>
-inline double rowSquaredNorm(const Scalar* row, Index n) {
-  double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-  Index c = 0;
-  for (; c + 8 <= n; c += 8) {
-    for (int j = 0; j < 8; ++j) {
-      const double v = static_cast<double>(row[c + j]);
-      acc[j] += v * v;
-    }
-  }
-  double tail = 0.0;
-  for (; c < n; ++c) {
-    const double v = static_cast<double>(row[c]);
-    tail += v * v;
-  }
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
-}
-
 /// Name of a non-finite value for messages: "nan", "inf", "-inf".
 inline const char* nonFiniteName(double v) {
   if (std::isnan(v)) return "nan";
@@ -925,7 +904,7 @@ class ActivationStream {
     return Verdict::Keep;
   }
 
-  double squaredNorm(const Scalar* row) const { return detail::rowSquaredNorm(row, m_dIn); }
+  double squaredNorm(const Scalar* row) const { return kernels::sumOfSquares(row, m_dIn); }
 
   void estimateMedianNorm() {
     const std::int64_t n = std::min<std::int64_t>(m_opt.norm_sample_rows, m_total);

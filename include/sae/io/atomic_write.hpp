@@ -167,4 +167,12 @@ class AtomicFileWriter {
   std::vector<unsigned char> m_buffer;
 };
 
+/// @brief Writes `text` to `path` atomically (a temporary file renamed over it).
+/// @throws IoError naming `path` when it cannot be written.
+inline void writeTextFile(const std::string& path, const std::string& text) {
+  AtomicFileWriter w(path);
+  w.write(text.data(), text.size());
+  w.commit();
+}
+
 }  // namespace sae::io

@@ -71,12 +71,6 @@ inline GemmaScopeSource openGemmaScope(const std::string& path) {
 
 }  // namespace detail
 
-/// @brief Checks a Gemma Scope `params.npz` (or a folder holding one) without reading the
-/// weights. @throws as loadGemmaScope().
-inline SaeDescription describeGemmaScope(const std::string& path) {
-  return detail::openGemmaScope(path).desc;
-}
-
 /// @brief Loads a Gemma Scope `params.npz` (or a folder holding one) as a JumpReLU SAE.
 /// @tparam Scalar float or double.
 /// @throws IoError (missing file), FormatError (not an uncompressed npz, missing / misshapen /

@@ -201,6 +201,21 @@ inline std::string joinPath(const std::string& dir, const std::string& name) {
   return dir.back() == '/' ? dir + name : dir + "/" + name;
 }
 
+/// Folds the decoder norms of a TopK-family SAE into its weights (the form SAELens and
+/// sparsify store): W_dec[i, :] / n_i, W_enc[:, i] * n_i, b_enc[i] * n_i for every latent with
+/// n_i = ||W_dec[i, :]|| > 0, so that rescaled activations become plain ones.
+/// W_enc `[d_in, d_sae]`, b_enc `[1, d_sae]`, W_dec `[d_sae, d_in]`.
+inline void foldDecoderNorms(RowMatrix<double>& W_enc, RowMatrix<double>& b_enc,
+                             RowMatrix<double>& W_dec) {
+  for (Index i = 0; i < W_dec.rows(); ++i) {
+    const double n = W_dec.row(i).norm();
+    if (!(n > 0)) continue;
+    W_dec.row(i) /= n;
+    W_enc.col(i) *= n;
+    b_enc(0, i) *= n;
+  }
+}
+
 /// Reads a whole text file; IoError "<path>: cannot open<why>" when it cannot be opened.
 inline std::string readTextFile(const std::string& path, const std::string& why = "") {
   std::ifstream in(path, std::ios::binary);

@@ -108,19 +108,30 @@ inline SaeFormat detectSaeFormat(const std::string& path) {
                            " (sparsify), or a Gemma Scope ", kGemmaScopeFilename, ")"));
 }
 
+namespace detail {
+
+/// fn(source) for the checked weight source (description, weight plan, open file) of the SAE
+/// of format `format` in folder `dir`.
+template <typename Fn>
+decltype(auto) withSaeSource(SaeFormat format, const std::string& dir, Fn&& fn) {
+  switch (format) {
+    case SaeFormat::Sparsify:
+      return fn(openSparsify(dir));
+    case SaeFormat::GemmaScope:
+      return fn(openGemmaScope(dir));
+    case SaeFormat::SaeLens:
+      break;
+  }
+  return fn(openSaeLens(dir));
+}
+
+}  // namespace detail
+
 /// @brief Checks the SAE at `path`, of any format, without reading its weights.
 /// @throws as loadSae().
 inline SaeDescription describeSae(const std::string& path) {
   const std::string p = detail::saeFolderOf(path);
-  switch (detectSaeFormat(p)) {
-    case SaeFormat::Sparsify:
-      return describeSparsify(p);
-    case SaeFormat::GemmaScope:
-      return describeGemmaScope(p);
-    case SaeFormat::SaeLens:
-      break;
-  }
-  return describeSaeLens(p);
+  return detail::withSaeSource(detectSaeFormat(p), p, [](const auto& src) { return src.desc; });
 }
 
 /// @brief Loads the SAE at `path`, of any format (see the file comment).
@@ -129,15 +140,8 @@ inline SaeDescription describeSae(const std::string& path) {
 template <typename Scalar>
 LoadedSae<Scalar> loadSae(const std::string& path) {
   const std::string p = detail::saeFolderOf(path);
-  switch (detectSaeFormat(p)) {
-    case SaeFormat::Sparsify:
-      return loadSparsify<Scalar>(p);
-    case SaeFormat::GemmaScope:
-      return loadGemmaScope<Scalar>(p);
-    case SaeFormat::SaeLens:
-      break;
-  }
-  return loadSaeLens<Scalar>(p);
+  return detail::withSaeSource(detectSaeFormat(p), p,
+                               [](const auto& src) { return detail::assembleSae<Scalar>(src); });
 }
 
 }  // namespace sae::io

@@ -324,12 +324,6 @@ inline SaeLensSource openSaeLens(const std::string& dir) {
 
 }  // namespace detail
 
-/// @brief Checks an SAELens folder (config, tensor names, dtypes and shapes) without reading
-/// the weights. @throws as loadSaeLens().
-inline SaeDescription describeSaeLens(const std::string& dir) {
-  return detail::openSaeLens(dir).desc;
-}
-
 /// @brief Loads an SAE folder written by SAELens (6 or earlier) or by saveSaeLens().
 /// @tparam Scalar float or double (weights stored as F32, F64, F16 or BF16 are widened).
 /// @throws IoError (missing folder or file), FormatError (malformed config, unsupported
@@ -472,16 +466,7 @@ void saveSaeLens(const SparseAutoencoder<Scalar, Arch>& model, const std::string
   }
   if (ArchitectureTraits<Arch>::uses_k && c.rescale_acts_by_decoder_norm &&
       options.fold_decoder_norms) {
-    RowMatrix<double>& W_dec = tensor("W_dec");
-    RowMatrix<double>& W_enc = tensor("W_enc");
-    RowMatrix<double>& b_enc = tensor("b_enc");
-    for (Index i = 0; i < W_dec.rows(); ++i) {
-      const double n = W_dec.row(i).norm();
-      if (!(n > 0)) continue;
-      W_dec.row(i) /= n;
-      W_enc.col(i) *= n;
-      b_enc(0, i) *= n;
-    }
+    detail::foldDecoderNorms(tensor("W_enc"), tensor("b_enc"), tensor("W_dec"));
   }
   detail::checkStorable(tensors, dtype, dir);
   detail::makeDirectory(dir);
@@ -506,10 +491,7 @@ void saveSaeLens(const SparseAutoencoder<Scalar, Arch>& model, const std::string
   cfg.reshape_activations = options.reshape_activations;
   cfg.metadata = options.metadata.is_object() ? options.metadata : nlohmann::ordered_json::object();
   cfg.metadata["sae_lens_version"] = kSaeLensFormatVersion;
-  const std::string text = cfg.toJson().dump(2) + "\n";
-  AtomicFileWriter cw(detail::joinPath(dir, kSaeCfgFilename));
-  cw.write(text.data(), text.size());
-  cw.commit();
+  writeTextFile(detail::joinPath(dir, kSaeCfgFilename), cfg.toJson().dump(2) + "\n");
 }
 
 /// @brief Writes a loaded SAE (of any source format) as an SAELens folder, keeping its

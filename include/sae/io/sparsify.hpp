@@ -138,11 +138,6 @@ inline SparsifySource openSparsify(const std::string& dir) {
 
 }  // namespace detail
 
-/// @brief Checks a sparsify folder without reading the weights. @throws as loadSparsify().
-inline SaeDescription describeSparsify(const std::string& dir) {
-  return detail::openSparsify(dir).desc;
-}
-
 /// @brief Loads a sparsify folder (`cfg.json` + `sae.safetensors`) as a TopK SAE.
 /// @tparam Scalar float or double.
 /// @throws IoError (missing folder or file), FormatError (malformed config or weights, a
@@ -181,15 +176,7 @@ void saveSparsify(const TopKSAE<Scalar>& model, const std::string& dir,
   RowMatrix<double> b_enc = p.rowMajorCopy("b_enc").template cast<double>();
   RowMatrix<double> W_dec = p.rowMajorCopy("W_dec").template cast<double>();
   const RowMatrix<double> b_dec = p.rowMajorCopy("b_dec").template cast<double>();
-  if (c.rescale_acts_by_decoder_norm) {
-    for (Index i = 0; i < W_dec.rows(); ++i) {
-      const double n = W_dec.row(i).norm();
-      if (!(n > 0)) continue;
-      W_dec.row(i) /= n;
-      W_enc.col(i) *= n;
-      b_enc(0, i) *= n;
-    }
-  }
+  if (c.rescale_acts_by_decoder_norm) detail::foldDecoderNorms(W_enc, b_enc, W_dec);
   bool unit = true;
   for (Index i = 0; i < W_dec.rows(); ++i) unit = unit && std::abs(W_dec.row(i).norm() - 1) < 1e-4;
   std::vector<std::pair<std::string, RowMatrix<double>>> tensors = {
@@ -213,10 +200,7 @@ void saveSparsify(const TopKSAE<Scalar>& model, const std::string& dir,
   cfg["skip_connection"] = false;
   cfg["transcode"] = false;
   cfg["d_in"] = c.d_in;
-  const std::string text = cfg.dump() + "\n";
-  AtomicFileWriter w(detail::joinPath(dir, kSparsifyCfgFilename));
-  w.write(text.data(), text.size());
-  w.commit();
+  writeTextFile(detail::joinPath(dir, kSparsifyCfgFilename), cfg.dump() + "\n");
 }
 
 /// @brief Writes a loaded SAE as a sparsify folder; it must be a TopK SAE whose

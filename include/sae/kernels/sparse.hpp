@@ -190,31 +190,7 @@ struct CsrPattern {
   /// @brief Pattern of the entries of `m` that are > 0, in row-major order.
   template <typename Scalar>
   void buildPositive(const Eigen::Ref<const RowMatrix<Scalar>>& m) {
-    const Index B = m.rows();
-    const Index n = m.cols();
-    row_start.assign(static_cast<std::size_t>(B) + 1, 0);
-    SAE_PRAGMA_OMP(parallel for schedule(static))
-    for (Index b = 0; b < B; ++b) {
-      Index count = 0;
-      const Scalar* r = m.row(b).data();
-      for (Index i = 0; i < n; ++i) count += r[i] > Scalar(0);
-      row_start[static_cast<std::size_t>(b) + 1] = count;
-    }
-    for (Index b = 0; b < B; ++b) row_start[b + 1] += row_start[b];
-    latent.resize(static_cast<std::size_t>(row_start[B]));
-    row.resize(static_cast<std::size_t>(row_start[B]));
-    SAE_PRAGMA_OMP(parallel for schedule(static))
-    for (Index b = 0; b < B; ++b) {
-      Index e = row_start[b];
-      const Scalar* r = m.row(b).data();
-      for (Index i = 0; i < n; ++i) {
-        if (r[i] > Scalar(0)) {
-          latent[e] = static_cast<std::int32_t>(i);
-          row[e] = static_cast<std::int32_t>(b);
-          ++e;
-        }
-      }
-    }
+    buildWhere(m.rows(), m.cols(), [&m](Index b, Index i) { return m(b, i) > Scalar(0); });
   }
 
   /// @brief Pattern of the entries (b, i) of a `[rows, cols]` grid for which `keep(b, i)` is

@@ -107,16 +107,16 @@ struct GatedArch : detail::DenseCodesArch {
   template <typename S>
   static void backward(const ParameterSet<S>& p, const SaeConfig& cfg, const ConstBatchRef<S>& x,
                        const TrainOptions& opts, Workspace<S>& ws, ParameterSet<S>& g) {
-    const Index B = x.rows();
-    const Index n = cfg.d_sae;
-    const auto W_dec = p.rowMajor("W_dec");
-    const S coef = S(cfg.l1_coefficient * opts.sparsity_scale / double(B));
     detail::squaredErrorGradient(ws.reconstruction, x, ws.grad_y);
     detail::squaredErrorGradient(ws.aux_reconstruction, x, ws.grad_aux);
+    const S coef = S(cfg.l1_coefficient * opts.sparsity_scale / double(x.rows()));
     if (ws.used_sparse) {
       backwardSparse(p, cfg, coef, ws, g);
       return;
     }
+    const Index B = x.rows();
+    const Index n = cfg.d_sae;
+    const auto W_dec = p.rowMajor("W_dec");
     kernels::gemm(ws.grad_f, ws.grad_y, W_dec.transpose());
     kernels::gemm(ws.grad_gate, ws.grad_aux, W_dec.transpose());
 

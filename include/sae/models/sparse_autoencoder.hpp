@@ -536,81 +536,92 @@ class SparseAutoencoder {
 
 namespace detail {
 
-// Detection of the members an activation policy of ActivationArch must have (see there).
-template <typename A, typename = void>
-struct HasKName : std::false_type {};
-template <typename A>
-struct HasKName<A, std::enable_if_t<std::is_convertible<decltype(A::kName), const char*>::value>>
-    : std::true_type {};
+// The members an activation policy of ActivationArch must have (see there), each as the
+// expression that uses it; DetectedOp<Op, A> is true when Op<A> is well-formed.
+template <template <typename> class Op, typename A, typename = void>
+struct DetectedOp : std::false_type {};
+template <template <typename> class Op, typename A>
+struct DetectedOp<Op, A, std::void_t<Op<A>>> : std::true_type {};
 
-template <typename A, typename = void>
-struct HasValidate : std::false_type {};
 template <typename A>
-struct HasValidate<A, std::void_t<decltype(A::validate(std::declval<const SaeConfig&>()))>>
-    : std::true_type {};
-
-template <typename A, typename = void>
-struct HasAddParameters : std::false_type {};
+using PolicyName = std::enable_if_t<std::is_convertible<decltype(A::kName), const char*>::value>;
 template <typename A>
-struct HasAddParameters<
-    A, std::void_t<decltype(A::template addParameters<double>(std::declval<ParameterSet<double>&>(),
-                                                              std::declval<const SaeConfig&>()))>>
-    : std::true_type {};
-
-template <typename A, typename = void>
-struct HasInitialize : std::false_type {};
+using PolicyValidate = decltype(A::validate(std::declval<const SaeConfig&>()));
 template <typename A>
-struct HasInitialize<A, std::void_t<decltype(A::template initialize<double>(
-                            std::declval<ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
-                            std::declval<Rng&>()))>> : std::true_type {};
-
-template <typename A, typename = void>
-struct HasScratch : std::false_type {};
+using PolicyAddParameters = decltype(A::template addParameters<double>(
+    std::declval<ParameterSet<double>&>(), std::declval<const SaeConfig&>()));
 template <typename A>
-struct HasScratch<A, std::void_t<typename A::template Scratch<double>>> : std::true_type {};
-
-template <typename A, typename = void>
-struct HasActivate : std::false_type {};
+using PolicyInitialize = decltype(A::template initialize<double>(
+    std::declval<ParameterSet<double>&>(), std::declval<const SaeConfig&>(), std::declval<Rng&>()));
 template <typename A>
-struct HasActivate<
-    A, std::void_t<decltype(A::template activate<double>(
-           std::declval<const ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
-           std::declval<RowMatrix<double>&>(), std::declval<RowMatrix<double>&>()))>>
-    : std::true_type {};
-
-template <typename A, typename = void>
-struct HasAddPenalties : std::false_type {};
+using PolicyScratch = typename A::template Scratch<double>;
 template <typename A>
-struct HasAddPenalties<
-    A, std::void_t<decltype(A::template addPenalties<double>(
-           std::declval<const ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
-           std::declval<const TrainOptions&>(), std::declval<const DenseWorkspace<double>&>(),
-           std::declval<typename A::template Scratch<double>&>(),
-           std::declval<LossTerms<double>&>()))>> : std::true_type {};
-
-template <typename A, typename = void>
-struct HasGradientRule : std::false_type {};
+using PolicyActivate = decltype(A::template activate<double>(
+    std::declval<const ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
+    std::declval<RowMatrix<double>&>(), std::declval<RowMatrix<double>&>()));
+// The members below also take the policy's Scratch (checked first).
 template <typename A>
-struct HasGradientRule<
-    A, std::enable_if_t<std::is_convertible<
-           decltype(A::template gradientRule<double>(
-               std::declval<const ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
-               std::declval<const TrainOptions&>(), std::declval<const DenseWorkspace<double>&>(),
-               std::declval<const typename A::template Scratch<double>&>())(Index(0), Index(0),
-                                                                            double(0))),
-           double>::value>> : std::true_type {};
-
-template <typename A, typename = void>
-struct HasPenaltyGradient : std::false_type {};
+using PolicyAddPenalties = decltype(A::template addPenalties<double>(
+    std::declval<const ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
+    std::declval<const TrainOptions&>(), std::declval<const DenseWorkspace<double>&>(),
+    std::declval<PolicyScratch<A>&>(), std::declval<LossTerms<double>&>()));
 template <typename A>
-struct HasPenaltyGradient<
-    A, std::void_t<decltype(A::template penaltyGradient<double>(
-           std::declval<const ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
-           std::declval<const TrainOptions&>(), std::declval<const DenseWorkspace<double>&>(),
-           std::declval<const typename A::template Scratch<double>&>(),
-           std::declval<Vector<double>&>(), std::declval<ParameterSet<double>&>()))>>
-    : std::true_type {};
+using PolicyGradientRule = std::enable_if_t<std::is_convertible<
+    decltype(A::template gradientRule<double>(
+        std::declval<const ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
+        std::declval<const TrainOptions&>(), std::declval<const DenseWorkspace<double>&>(),
+        std::declval<const PolicyScratch<A>&>())(Index(0), Index(0), double(0))),
+    double>::value>;
+template <typename A>
+using PolicyPenaltyGradient = decltype(A::template penaltyGradient<double>(
+    std::declval<const ParameterSet<double>&>(), std::declval<const SaeConfig&>(),
+    std::declval<const TrainOptions&>(), std::declval<const DenseWorkspace<double>&>(),
+    std::declval<const PolicyScratch<A>&>(), std::declval<Vector<double>&>(),
+    std::declval<ParameterSet<double>&>()));
 
+/// The members of an activation policy, in the order they are checked.
+enum class ActivationPolicyMember {
+  none,
+  kName,
+  validate,
+  addParameters,
+  initialize,
+  Scratch,
+  activate,
+  addPenalties,
+  gradientRule,
+  penaltyGradient
+};
+
+/// The first member activation policy `A` lacks (or whose signature does not fit), or none.
+template <typename A>
+constexpr ActivationPolicyMember missingActivationMember() {
+  constexpr bool present[] = {
+      DetectedOp<PolicyName, A>::value,          DetectedOp<PolicyValidate, A>::value,
+      DetectedOp<PolicyAddParameters, A>::value, DetectedOp<PolicyInitialize, A>::value,
+      DetectedOp<PolicyScratch, A>::value,       DetectedOp<PolicyActivate, A>::value};
+  for (int m = 0; m < 6; ++m)
+    if (!present[m]) return ActivationPolicyMember(m + 1);
+  if constexpr (DetectedOp<PolicyScratch, A>::value) {
+    constexpr bool uses_scratch[] = {DetectedOp<PolicyAddPenalties, A>::value,
+                                     DetectedOp<PolicyGradientRule, A>::value,
+                                     DetectedOp<PolicyPenaltyGradient, A>::value};
+    for (int m = 0; m < 3; ++m)
+      if (!uses_scratch[m]) return ActivationPolicyMember(m + 7);
+  }
+  return ActivationPolicyMember::none;
+}
+
+/// Instantiated with the member an activation policy lacks: the compiler's message then names
+/// it (`ActivationPolicyLacks<ActivationPolicyMember::activate>`); ActivationArch's
+/// documentation gives each member's signature.
+template <ActivationPolicyMember Missing>
+struct ActivationPolicyLacks {
+  static_assert(Missing == ActivationPolicyMember::none,
+                "ActivationArch: the activation policy lacks the member named in "
+                "ActivationPolicyLacks<...> (or its signature does not fit; see ActivationArch)");
+  static constexpr bool value = true;
+};
 }  // namespace detail
 
 /// @brief The architecture policy of an SAE whose codes are an activation of the
@@ -652,39 +663,8 @@ struct HasPenaltyGradient<
 template <typename Activation_>
 struct ActivationArch : detail::DenseCodesArch {
   using Activation = Activation_;
-  static_assert(detail::HasKName<Activation>::value,
-                "ActivationArch: the activation policy must declare static constexpr const "
-                "char* kName");
-  static_assert(detail::HasValidate<Activation>::value,
-                "ActivationArch: the activation policy must declare static void "
-                "validate(const SaeConfig&)");
-  static_assert(detail::HasAddParameters<Activation>::value,
-                "ActivationArch: the activation policy must declare template <typename S> static "
-                "void addParameters(ParameterSet<S>&, const SaeConfig&)");
-  static_assert(detail::HasInitialize<Activation>::value,
-                "ActivationArch: the activation policy must declare template <typename S> static "
-                "void initialize(ParameterSet<S>&, const SaeConfig&, Rng&)");
-  static_assert(detail::HasScratch<Activation>::value,
-                "ActivationArch: the activation policy must declare template <typename S> "
-                "struct Scratch (it may be empty)");
-  static_assert(detail::HasActivate<Activation>::value,
-                "ActivationArch: the activation policy must declare template <typename S> static "
-                "void activate(const ParameterSet<S>&, const SaeConfig&, RowMatrix<S>& pre, "
-                "RowMatrix<S>& f)");
-  static_assert(detail::HasAddPenalties<Activation>::value,
-                "ActivationArch: the activation policy must declare template <typename S> static "
-                "void addPenalties(const ParameterSet<S>&, const SaeConfig&, const "
-                "TrainOptions&, const detail::DenseWorkspace<S>&, Scratch<S>&, LossTerms<S>&)");
-  static_assert(detail::HasGradientRule<Activation>::value,
-                "ActivationArch: the activation policy must declare template <typename S> static "
-                "gradientRule(const ParameterSet<S>&, const SaeConfig&, const TrainOptions&, "
-                "const detail::DenseWorkspace<S>&, const Scratch<S>&), returning a callable "
-                "S(Index b, Index i, S d_mse_d_f)");
-  static_assert(detail::HasPenaltyGradient<Activation>::value,
-                "ActivationArch: the activation policy must declare template <typename S> static "
-                "void penaltyGradient(const ParameterSet<S>&, const SaeConfig&, const "
-                "TrainOptions&, const detail::DenseWorkspace<S>&, const Scratch<S>&, Vector<S>& "
-                "d_norms, ParameterSet<S>& g)");
+  static_assert(
+      detail::ActivationPolicyLacks<detail::missingActivationMember<Activation>()>::value);
 
   static constexpr const char* kName = Activation::kName;
 

@@ -15,6 +15,7 @@
 #include <sae/core/config.hpp>
 #include <sae/core/error.hpp>
 #include <sae/core/parameters.hpp>
+#include <sae/kernels/reduce.hpp>
 
 namespace sae {
 
@@ -25,26 +26,6 @@ namespace detail {
 inline constexpr Index kGradNormChunk = Index(1) << 14;
 /// Below this many scalars, gradient scaling runs on one thread.
 inline constexpr Index kGradScaleParallelMin = Index(1) << 15;
-
-/// Sum of x[i]^2 in double over one chunk, in a fixed order: eight interleaved partial sums
-/// (which the compiler can keep in vector registers), combined pairwise, then the tail.
-template <typename Scalar>
-double sumOfSquares(const Scalar* x, Index n) {
-  double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-  Index i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) {
-      const double xj = static_cast<double>(x[i + j]);
-      acc[j] += xj * xj;
-    }
-  }
-  double sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; i < n; ++i) {
-    const double xi = static_cast<double>(x[i]);
-    sum += xi * xi;
-  }
-  return sum;
-}
 
 /// Describes why the gradient norm is not finite: the first non-finite gradient, or overflow.
 template <typename Scalar>
@@ -84,7 +65,7 @@ double globalGradNorm(const ParameterSet<Scalar>& grads) {
   SAE_PRAGMA_OMP(parallel for schedule(static) if (chunks > 1))
   for (Index c = 0; c < chunks; ++c) {
     const Index begin = c * detail::kGradNormChunk;
-    out[c] = detail::sumOfSquares(g + begin, std::min(detail::kGradNormChunk, n - begin));
+    out[c] = kernels::sumOfSquares(g + begin, std::min(detail::kGradNormChunk, n - begin));
   }
   double total = 0.0;
   for (const double s : partial) total += s;

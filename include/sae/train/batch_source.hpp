@@ -41,20 +41,19 @@ class SyntheticSource {
   /// @param seed       seed of the directions and of every batch.
   /// @param batch_size rows per batch, > 0.
   SyntheticSource(const eval::SyntheticOptions& options, std::uint64_t seed, Index batch_size)
-      : m_options(options), m_seed(seed), m_batch_size(batch_size) {
+      : m_features(options, seed), m_seed(seed), m_batch_size(batch_size) {
     require(batch_size > 0, "synthetic data: batch_size must be positive, found ", batch_size);
-    m_directions = eval::SyntheticFeatures<Scalar>(options, seed).directions();
   }
 
-  Index dIn() const { return m_options.d_in; }
+  Index dIn() const { return options().d_in; }
   Index batchSize() const { return m_batch_size; }
   /// @brief Ground-truth feature directions `[n_features, d_in]`, unit rows.
-  const RowMatrix<Scalar>& directions() const { return m_directions; }
-  const eval::SyntheticOptions& options() const { return m_options; }
+  const RowMatrix<Scalar>& directions() const { return m_features.directions(); }
+  const eval::SyntheticOptions& options() const { return m_features.options(); }
 
   void next(RowMatrix<Scalar>& batch) {
     Rng rng(m_seed ^ 0x5DEECE66DULL, std::uint64_t(m_batches) + 1);
-    fill(rng, m_batch_size, batch);
+    m_features.sample(rng, m_batch_size, batch);
     ++m_batches;
   }
 
@@ -71,39 +70,21 @@ class SyntheticSource {
     RowMatrix<Scalar> out;
     if (max_rows <= 0) return out;
     Rng rng(m_seed ^ 0x48F1D0C7ULL, 0);
-    fill(rng, max_rows, out);
+    m_features.sample(rng, max_rows, out);
     return out;
   }
 
   std::string describe() const {
-    return sae::detail::concat("synthetic (d_in ", m_options.d_in, ", ", m_options.n_features,
-                               " features, ", m_options.expected_active, " active, noise ",
-                               m_options.noise, ", seed ", m_seed, ")");
+    return sae::detail::concat("synthetic (d_in ", options().d_in, ", ", options().n_features,
+                               " features, ", options().expected_active, " active, noise ",
+                               options().noise, ", seed ", m_seed, ")");
   }
 
  private:
-  // The sampling of eval::SyntheticFeatures::sample, from the given generator.
-  void fill(Rng& rng, Index rows, RowMatrix<Scalar>& out) const {
-    out.resize(rows, m_options.d_in);
-    const double p = m_options.expected_active / double(m_options.n_features);
-    const double span = m_options.max_magnitude - m_options.min_magnitude;
-    for (Index b = 0; b < rows; ++b) {
-      auto row = out.row(b);
-      for (Index j = 0; j < row.size(); ++j) row[j] = Scalar(m_options.noise * rng.normal());
-      for (Index i = 0; i < m_options.n_features; ++i) {
-        if (rng.uniform() < p) {
-          const double magnitude = m_options.min_magnitude + span * rng.uniform();
-          row += Scalar(magnitude) * m_directions.row(i);
-        }
-      }
-    }
-  }
-
-  eval::SyntheticOptions m_options;
+  eval::SyntheticFeatures<Scalar> m_features;  // the directions; batches draw from their own Rng
   std::uint64_t m_seed;
   Index m_batch_size;
   std::int64_t m_batches = 0;
-  RowMatrix<Scalar> m_directions;
 };
 
 /// @brief Batches of activation files read in order, wrapping around at the end; the last

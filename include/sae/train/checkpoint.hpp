@@ -258,10 +258,7 @@ class CheckpointDir {
                      std::int64_t step) const {
     const std::string path = pathFor(step);
     writer.write(path, state);
-    const std::string name = path.substr(m_dir.size() + 1) + "\n";
-    io::AtomicFileWriter w(m_dir + "/latest");
-    w.write(name.data(), name.size());
-    w.commit();
+    io::writeTextFile(m_dir + "/latest", path.substr(m_dir.size() + 1) + "\n");
     std::vector<std::string> steps;
     for (const auto& n : list())
       if (n.rfind("step_", 0) == 0 && n.size() > 12 &&

@@ -29,6 +29,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -265,39 +266,32 @@ struct TrainerConfig {
     c.d_sae = d_sae > 0 ? d_sae : Index(std::llround(expansion_factor * double(d_in)));
     c.k = usesK() ? k : 0;
     c.rescale_acts_by_decoder_norm = usesK() && rescale_acts_by_decoder_norm;
-    c.apply_b_dec_to_input = apply_b_dec_to_input;
-    c.l1_coefficient = l1_coefficient;
-    c.lp_norm = lp_norm;
-    c.aux_loss_coefficient = aux_loss_coefficient;
-    c.l0_coefficient = l0_coefficient;
-    c.jumprelu_bandwidth = jumprelu_bandwidth;
     c.sparsity_loss_mode = jumprelu_sparsity_loss_mode.value();
-    c.jumprelu_tanh_scale = jumprelu_tanh_scale;
-    c.jumprelu_init_threshold = jumprelu_init_threshold;
-    c.pre_act_loss_coefficient = pre_act_loss_coefficient;
-    c.topk_threshold_lr = topk_threshold_lr;
-    c.matryoshka_widths = matryoshka_widths;
+    // The fields SaeConfig has under the same name.
+    // clang-format off
+#define SAE_COPY_FIELD(name) c.name = name;
+    SAE_COPY_FIELD(apply_b_dec_to_input) SAE_COPY_FIELD(l1_coefficient) SAE_COPY_FIELD(lp_norm)
+    SAE_COPY_FIELD(aux_loss_coefficient) SAE_COPY_FIELD(l0_coefficient)
+    SAE_COPY_FIELD(jumprelu_bandwidth) SAE_COPY_FIELD(jumprelu_tanh_scale)
+    SAE_COPY_FIELD(jumprelu_init_threshold) SAE_COPY_FIELD(pre_act_loss_coefficient)
+    SAE_COPY_FIELD(topk_threshold_lr) SAE_COPY_FIELD(matryoshka_widths)
+#undef SAE_COPY_FIELD
     return c;
+    // clang-format on
   }
 
   /// @brief The learning-rate schedule.
   LrSchedule schedule() const {
-    LrSchedule s;
-    s.lr = lr;
-    s.total_steps = total_steps;
-    s.warmup_steps = lr_warmup_steps;
-    s.decay_steps = lr_decay_steps;
     lr_scheduler.check("lr_scheduler");
-    s.decay = lr_scheduler.value();
+    LrSchedule s;
+    std::tie(s.lr, s.total_steps, s.warmup_steps, s.decay_steps, s.decay) =
+        std::make_tuple(lr, total_steps, lr_warmup_steps, lr_decay_steps, lr_scheduler.value());
     return s;
   }
 
   AdamOptions adamOptions() const {
     AdamOptions a;
-    a.lr = lr;
-    a.beta1 = adam_beta1;
-    a.beta2 = adam_beta2;
-    a.eps = adam_eps;
+    std::tie(a.lr, a.beta1, a.beta2, a.eps) = std::make_tuple(lr, adam_beta1, adam_beta2, adam_eps);
     return a;
   }
 
@@ -503,8 +497,8 @@ class Trainer {
   void initialize() {
     makeDirectories(m_cfg.out_dir);
     m_ckdir.prepare();
-    writeText(m_cfg.out_dir + "/train_config.json", m_cfg.toJson().dump(2) + "\n");
-    writeText(metricsPath(), "");
+    io::writeTextFile(m_cfg.out_dir + "/train_config.json", m_cfg.toJson().dump(2) + "\n");
+    io::writeTextFile(metricsPath(), "");
     m_step.reset(m_cfg.seed);
     Model& model = m_step.model();
     const nlohmann::json start = m_source.position();
@@ -590,7 +584,7 @@ class Trainer {
     m_last_checkpoint = path;
     truncateMetrics();
     // The configuration of the resumed run (a longer total_steps, changed free fields).
-    writeText(m_cfg.out_dir + "/train_config.json", m_cfg.toJson().dump(2) + "\n");
+    io::writeTextFile(m_cfg.out_dir + "/train_config.json", m_cfg.toJson().dump(2) + "\n");
   }
 
   /// @brief Newest checkpoint of the run folder (via checkpoints/latest), if any.
@@ -822,12 +816,6 @@ class Trainer {
       return {{"l1_coefficient", c.l1_coefficient * scale}};
   }
 
-  static void writeText(const std::string& path, const std::string& text) {
-    io::AtomicFileWriter w(path);
-    w.write(text.data(), text.size());
-    w.commit();
-  }
-
   void appendMetrics(const nlohmann::json& line) const {
     std::ofstream out(metricsPath(), std::ios::app);
     if (!out) throw IoError(metricsPath() + ": cannot append");
@@ -847,7 +835,7 @@ class Trainer {
       }
       kept += line + "\n";
     }
-    writeText(metricsPath(), kept);
+    io::writeTextFile(metricsPath(), kept);
   }
 
   TrainerConfig m_cfg;
