@@ -34,8 +34,8 @@
 /// for the best speed.
 ///
 /// Thread safety: a loaded Gpt2Tokenizer is immutable. All const member functions may be called
-/// concurrently from any number of threads: the compiled pattern is shared read-only, and the
-/// match data, JIT stack, BPE scratch and cache belong to the call.
+/// concurrently from any number of threads: the compiled pattern (JIT-compiled when PCRE2 has
+/// a JIT) is shared read-only, and the match data, BPE scratch and cache belong to the call.
 ///
 /// Loading validates the files completely; every problem is a FormatError naming the file and
 /// the line (and column for vocab.json): bad JSON, a duplicated token, an id that is negative,
@@ -358,13 +358,6 @@ struct CodeDeleter {
 struct MatchDataDeleter {
   void operator()(pcre2_match_data* m) const { pcre2_match_data_free(m); }
 };
-struct MatchContextDeleter {
-  void operator()(pcre2_match_context* m) const { pcre2_match_context_free(m); }
-};
-struct JitStackDeleter {
-  void operator()(pcre2_jit_stack* s) const { pcre2_jit_stack_free(s); }
-};
-
 /// The message of a PCRE2 error code.
 inline std::string pcre2Message(int code) {
   PCRE2_UCHAR buffer[256];
@@ -497,21 +490,13 @@ class Gpt2Tokenizer {
            static_cast<std::uint32_t>(b);
   }
 
-  /// What one encode call owns: match data, JIT stack, BPE scratch and the piece cache.
+  /// What one encode call owns: the match data, the BPE scratch and the piece cache.
   struct CallState {
     explicit CallState(const Gpt2Tokenizer& t)
         : match(pcre2_match_data_create_from_pattern(t.m_code.get(), nullptr)) {
       if (!match) throw Error("Gpt2Tokenizer: out of memory for PCRE2 match data");
-      if (t.m_jit) {
-        context.reset(pcre2_match_context_create(nullptr));
-        stack.reset(pcre2_jit_stack_create(32 * 1024, 8 * 1024 * 1024, nullptr));
-        if (!context || !stack) throw Error("Gpt2Tokenizer: out of memory for the PCRE2 JIT stack");
-        pcre2_jit_stack_assign(context.get(), nullptr, stack.get());
-      }
     }
     std::unique_ptr<pcre2_match_data, detail::MatchDataDeleter> match;
-    std::unique_ptr<pcre2_match_context, detail::MatchContextDeleter> context;
-    std::unique_ptr<pcre2_jit_stack, detail::JitStackDeleter> stack;
     // BPE scratch: the symbols of a piece as a doubly linked list, and the candidate merges.
     std::vector<std::int32_t> id, prev, next;
     struct Candidate {
@@ -662,8 +647,9 @@ class Gpt2Tokenizer {
       throw Error(detail::concat("Gpt2Tokenizer: PCRE2 cannot compile GPT-2's pattern at offset ",
                                  errOffset, ": ", detail::pcre2Message(err)));
     }
-    // JIT when PCRE2 was built with it (Debian's is); the interpreter otherwise.
-    m_jit = pcre2_jit_compile(m_code.get(), PCRE2_JIT_COMPLETE) == 0;
+    // JIT-compiled when PCRE2 has a JIT (Debian's has); pcre2_match() interprets the pattern
+    // otherwise.
+    (void)pcre2_jit_compile(m_code.get(), PCRE2_JIT_COMPLETE);
   }
 
   static std::string hexCode(std::int64_t v, int width = 4) {
@@ -685,8 +671,13 @@ class Gpt2Tokenizer {
     std::size_t offset = 0;
     std::uint32_t options = 0;  // the first match validates the UTF-8 of the whole text
     while (offset < text.size()) {
-      const int rc = pcre2_match(m_code.get(), subject, text.size(), offset, options,
-                                 st.match.get(), st.context.get());
+      int rc =
+          pcre2_match(m_code.get(), subject, text.size(), offset, options, st.match.get(), nullptr);
+      if (rc == PCRE2_ERROR_JIT_STACKLIMIT) {
+        // The JIT's stack (32 KiB by default) did not suffice: the interpreter's is on the heap.
+        rc = pcre2_match(m_code.get(), subject, text.size(), offset, options | PCRE2_NO_JIT,
+                         st.match.get(), nullptr);
+      }
       if (rc < 0) {
         const std::string where = source.empty() ? std::string("encode") : std::string(source);
         if (rc <= PCRE2_ERROR_UTF8_ERR1 && rc >= PCRE2_ERROR_UTF8_ERR21) {
@@ -790,7 +781,6 @@ class Gpt2Tokenizer {
   std::array<std::int32_t, 256> m_byteIds{};
   std::int32_t m_eot = -1;
   std::unique_ptr<pcre2_code, detail::CodeDeleter> m_code;
-  bool m_jit = false;
 };
 
 }  // namespace sae::lm
