@@ -368,7 +368,8 @@ inline std::string pcre2Message(int code) {
 }  // namespace detail
 
 /// @brief GPT-2's byte-level BPE tokenizer (see the file comment for the algorithm, the
-/// validation of the files and thread safety).
+/// validation of the files and thread safety). Movable, not copyable (it owns the compiled
+/// pattern); share one tokenizer between threads by reference.
 class Gpt2Tokenizer {
  public:
   /// Pieces longer than this (in bytes) are not cached.
@@ -493,7 +494,9 @@ class Gpt2Tokenizer {
   /// What one encode call owns: the match data, the BPE scratch and the piece cache.
   struct CallState {
     explicit CallState(const Gpt2Tokenizer& t)
-        : match(pcre2_match_data_create_from_pattern(t.m_code.get(), nullptr)) {
+        : match(t.m_code ? pcre2_match_data_create_from_pattern(t.m_code.get(), nullptr)
+                         : nullptr) {
+      if (!t.m_code) throw ConfigError("Gpt2Tokenizer: used after it was moved from");
       if (!match) throw Error("Gpt2Tokenizer: out of memory for PCRE2 match data");
     }
     std::unique_ptr<pcre2_match_data, detail::MatchDataDeleter> match;
