@@ -366,6 +366,15 @@ TEST_CASE("A small vocabulary's BPE follows the merge ranks", "[Gpt2Tokenizer]")
   CHECK(u.encode(" thehe") == Ids{258, 257});
 }
 
+TEST_CASE("A moved-from tokenizer is a ConfigError, the moved-to one works", "[Gpt2Tokenizer]") {
+  TempDir dir("lm_tokenizer");
+  const SmallFiles f;
+  Gpt2Tokenizer a = loadSmall(dir, f.vocabJson(), f.mergesTxt());
+  const Gpt2Tokenizer b = std::move(a);
+  CHECK(b.encode(" the") == Ids{258});
+  CHECK_THROWS_AS(a.encode(" the"), sae::ConfigError);  // NOLINT(bugprone-use-after-move)
+}
+
 TEST_CASE("Missing tokenizer files are IoErrors naming them", "[Gpt2Tokenizer]") {
   TempDir dir("lm_tokenizer");
   CHECK_THROWS_AS(Gpt2Tokenizer::fromDirectory(dir.path()), sae::IoError);
