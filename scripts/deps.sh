@@ -7,7 +7,9 @@
 set -euo pipefail
 
 # The compiler (build-essential, or at least g++) comes first; then the build tools and libraries.
-SAE_DEB_PACKAGES=(cmake libeigen3-dev nlohmann-json3-dev catch2 libcli11-dev libdnnl-dev)
+# libpcre2-dev and pkgconf are for sae::lm (include/sae/lm/), found through pkg-config.
+SAE_DEB_PACKAGES=(cmake libeigen3-dev nlohmann-json3-dev catch2 libcli11-dev libdnnl-dev
+  libpcre2-dev pkgconf)
 
 sae_deb_installed() {
   # shellcheck disable=SC2016  # ${db:Status-Status} is a dpkg-query field, not a shell expansion
@@ -17,7 +19,7 @@ sae_deb_installed() {
 sae_check_deps() {
   if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "deps.sh: no dpkg-query, not a Debian system: make sure a C++17 compiler, CMake >= 3.16," \
-      "Eigen 3.4, nlohmann/json 3, Catch2 2.13 and CLI11 are installed" >&2
+      "Eigen 3.4, nlohmann/json 3, Catch2 2.13, CLI11 and PCRE2 (for sae::lm) are installed" >&2
     return 0
   fi
   local missing=() pkg

@@ -33,7 +33,7 @@ foreach(file
   endif()
 endforeach()
 
-file(GLOB target_files "${package_dir}/saeTargets*.cmake")
+file(GLOB target_files "${package_dir}/sae*Targets*.cmake")
 get_filename_component(source_dir "${CMAKE_CURRENT_LIST_DIR}/../.." ABSOLUTE)
 foreach(file IN LISTS target_files)
   file(READ "${file}" targets)
