@@ -184,4 +184,25 @@ TEST_CASE("writeTextFile replaces a file whole, or leaves it and names the path"
   CHECK_THROWS_AS(sae::io::writeTextFile(missing, "x"), sae::IoError);
 }
 
+TEST_CASE("writeNpyInt32 writes a 1-D <i4 array that reads back exactly", "[npy]") {
+  TempDir dir("npy_int32");
+  const std::vector<std::int32_t> ids = {0, 1, -1, 50256, 2147483647, -2147483647 - 1};
+  sae::io::writeNpyInt32(dir.file("ids.npy"), ids);
+  const sae::io::NpyIntegerReader r(dir.file("ids.npy"));
+  CHECK(r.dtype() == DType::I32);
+  CHECK(sae::io::readNpyIntegers(dir.file("ids.npy")) ==
+        std::vector<std::int64_t>(ids.begin(), ids.end()));
+  // numpy's bytes: the 128-byte preamble, then each value little-endian.
+  const std::string bytes = readFile(dir.file("ids.npy"));
+  REQUIRE(bytes.size() == 128 + 4 * ids.size());
+  CHECK(bytes.compare(0, 6, "\x93NUMPY") == 0);
+  CHECK(bytes.find("'descr': '<i4'") != std::string::npos);
+  CHECK(bytes.find("'shape': (6,)") != std::string::npos);
+  CHECK(bytes.compare(128 + 12, 4, std::string("\x50\xc4\x00\x00", 4)) == 0);  // 50256
+  sae::io::writeNpyInt32(dir.file("empty.npy"), std::vector<std::int32_t>{});
+  CHECK(sae::io::readNpyIntegers(dir.file("empty.npy")).empty());
+  CHECK_THROWS_WITH(sae::io::writeNpyInt32(dir.file("no_dir/ids.npy"), ids),
+                    Catch::Contains(dir.file("no_dir/ids.npy")));
+}
+
 }  // namespace sae_test_io_writers

@@ -1,4 +1,4 @@
-// The `sae` command-line program: train, encode, eval, info, convert.
+// The `sae` command-line program: train, encode, eval, info, convert, tokenize.
 //
 //   sae train --out DIR                         # TopK SAE on built-in synthetic data
 //   sae train --data acts.npy --arch topk --k 32 --expansion 8 --steps 2000 --out DIR
@@ -11,6 +11,7 @@
 //   sae eval --sae DIR --data acts.npy [--features stats.json [--top-n 20] [--token-ids ids.npy]]
 //   sae info PATH                               # .npy / .npz / .safetensors / SAE folder
 //   sae convert SRC DST [--to saelens|sparsify] [--dtype float32|float64|float16|bfloat16]
+//   sae tokenize --model DIR --text FILE... [--prepend-bos] --out ids.npy   # GPT-2 token ids
 //
 // SAEs are read from SAELens folders, sparsify folders and Gemma Scope params.npz files
 // (sae::io::loadSae); convert writes SAELens or (TopK only) sparsify folders.
@@ -20,7 +21,8 @@
 // SIGTERM (after writing a checkpoint).
 //
 // Each subcommand lives in its own file (train.cpp, encode.cpp, eval.cpp, info.cpp,
-// convert.cpp): an options struct and a register function returning its Command.
+// convert.cpp, tokenize.cpp): an options struct and a register function returning its Command.
+// tokenize needs the language-model part (sae::lm, CMake option SAE_LM).
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -33,8 +35,11 @@ int main(int argc, char** argv) {
   CLI::App app{"sae: train, run and inspect sparse autoencoders (SAELens-compatible files)"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "help for every subcommand");
-  const std::vector<Command> commands = {registerTrain(app), registerEncode(app), registerEval(app),
-                                         registerInfo(app), registerConvert(app)};
+  std::vector<Command> commands = {registerTrain(app), registerEncode(app), registerEval(app),
+                                   registerInfo(app), registerConvert(app)};
+#if SAE_CLI_HAS_LM
+  commands.push_back(registerTokenize(app));
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

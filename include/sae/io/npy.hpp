@@ -836,4 +836,25 @@ inline void writeNpyMask(const std::string& path, const Eigen::Ref<const LatentM
   w.commit();
 }
 
+/// @brief Writes `n` int32 values as a 1-D `<i4` `.npy` file of shape `(n,)`, atomically (token
+/// ids, positions, source indices). @param path Destination; IoError naming it on failure.
+inline void writeNpyInt32(const std::string& path, const std::int32_t* data, Index n) {
+  require(n >= 0, path, ": writeNpyInt32 needs n >= 0, found ", n);
+  const std::string pre = detail::npyPreamble("<i4", {n});
+  AtomicFileWriter w(path);
+  w.write(pre.data(), pre.size());
+  if (kNativeByteOrder == ByteOrder::Little) {
+    if (n > 0) w.write(data, static_cast<std::size_t>(n) * sizeof(std::int32_t));
+  } else {
+    for (Index i = 0; i < n; ++i) {
+      const std::uint32_t le = detail::byteSwap(detail::bitCast<std::uint32_t>(data[i]));
+      w.write(&le, sizeof(le));
+    }
+  }
+  w.commit();
+}
+inline void writeNpyInt32(const std::string& path, const std::vector<std::int32_t>& v) {
+  writeNpyInt32(path, v.data(), static_cast<Index>(v.size()));
+}
+
 }  // namespace sae::io
