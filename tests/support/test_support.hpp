@@ -34,6 +34,11 @@ inline std::string dataPath(const std::string& name) {
   return std::string(SAE_TEST_DATA_DIR) + "/io/" + name;
 }
 
+/// Path of `name` in tests/data/lm (the language-model part's files).
+inline std::string lmDataPath(const std::string& name) {
+  return std::string(SAE_TEST_DATA_DIR) + "/lm/" + name;
+}
+
 /// The value at (r, c) of the matrices tests/data/io/generate.py writes (the formula documented
 /// there): v(r, c) = (c even ? 1 : -1) * (10 r + c + 0.25).
 inline double expectedValue(Index r, Index c) {
