@@ -53,6 +53,7 @@ Command registerEval(CLI::App& app);
 Command registerInfo(CLI::App& app);
 Command registerConvert(CLI::App& app);
 Command registerTokenize(CLI::App& app);  // with SAE_CLI_HAS_LM
+Command registerDump(CLI::App& app);      // with SAE_CLI_HAS_LM
 
 inline bool isDir(const std::string& p) {
   struct stat st {};
@@ -72,6 +73,41 @@ inline json readJsonFile(const std::string& path) {
   } catch (const json::exception& e) {
     throw sae::FormatError(path + ": not valid JSON: " + e.what());
   }
+}
+
+/// @brief --data paths with each `sae dump` folder (one holding dump.json) replaced by the shard
+/// files of its hook, in row order; a dump of several hooks must be named with its hook's
+/// subfolder. Other paths are kept as they are.
+inline std::vector<std::string> expandDumpFolders(const std::vector<std::string>& paths) {
+  std::vector<std::string> out;
+  for (const std::string& p : paths) {
+    const std::string meta_path = p + "/dump.json";
+    std::ifstream probe(meta_path);
+    if (!isDir(p) || !probe) {
+      out.push_back(p);
+      continue;
+    }
+    const json meta = readJsonFile(meta_path);
+    std::string folder;
+    std::vector<std::string> shards;
+    try {
+      const json& hooks = meta.at("hooks");
+      if (hooks.size() != 1) {
+        std::string names;
+        for (const auto& h : hooks)
+          names += (names.empty() ? "" : ", ") + p + "/" + h.at("folder").get<std::string>();
+        throw sae::ConfigError(p + " is a `sae dump` folder of " + std::to_string(hooks.size()) +
+                               " hooks: give one of them as --data (" + names + ")");
+      }
+      folder = hooks[0].at("folder").get<std::string>();
+      shards = hooks[0].at("shards").get<std::vector<std::string>>();
+    } catch (const json::exception& e) {
+      throw sae::FormatError(meta_path + ": not a `sae dump` description: " + e.what());
+    }
+    if (shards.empty()) throw sae::ConfigError(meta_path + ": the dump has no shards");
+    for (const std::string& s : shards) out.push_back(p + "/" + folder + "/" + s);
+  }
+  return out;
 }
 
 /// `s` with its line breaks replaced by spaces (error messages are one line).

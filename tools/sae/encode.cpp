@@ -33,7 +33,7 @@ struct EncodeOptions {
 int runEncode(const EncodeOptions& o, const CLI::App&) {
   const bool bf16 = o.in.prepare();
   const auto loaded = sae::io::loadSae<float>(o.in.sae);
-  const sae::io::ActivationFiles files(o.in.data);
+  const sae::io::ActivationFiles files(expandDumpFolders(o.in.data));
   checkWidth(loaded, files.cols(), o.in.sae);
   const sae::ActivationNormalizer normalizer = loaded.normalizer();
   const Index N = files.rows(), d_sae = loaded.config.sae_cfg.d_sae;

@@ -21,8 +21,8 @@
 // SIGTERM (after writing a checkpoint).
 //
 // Each subcommand lives in its own file (train.cpp, encode.cpp, eval.cpp, info.cpp,
-// convert.cpp, tokenize.cpp): an options struct and a register function returning its Command.
-// tokenize needs the language-model part (sae::lm, CMake option SAE_LM).
+// convert.cpp, tokenize.cpp, dump.cpp): an options struct and a register function returning its
+// Command. tokenize and dump need the language-model part (sae::lm, CMake option SAE_LM).
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -39,6 +39,7 @@ int main(int argc, char** argv) {
                                    registerInfo(app), registerConvert(app)};
 #if SAE_CLI_HAS_LM
   commands.push_back(registerTokenize(app));
+  commands.push_back(registerDump(app));
 #endif
   try {
     app.parse(argc, argv);

@@ -164,7 +164,7 @@ TrainerConfig requestedConfig(const TrainOptions& o, const CLI::App& sub,
     given["total_steps"] = "--tokens";
   }
   if (!o.data.empty()) {
-    cfg.data = {{"kind", "files"}, {"paths", o.data}, {"holdout", o.holdout}};
+    cfg.data = {{"kind", "files"}, {"paths", expandDumpFolders(o.data)}, {"holdout", o.holdout}};
     if (!o.tensor.empty()) cfg.data["tensor"] = o.tensor;
     given["data"] = "--data";
   } else if (!cfg.data.contains("kind")) {

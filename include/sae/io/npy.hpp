@@ -781,12 +781,13 @@ void writeNpyVector(const std::string& path, const Eigen::MatrixBase<Derived>& v
 class NpyStreamWriter {
  public:
   /// @param path Destination (IoError naming it when it cannot be created).
-  /// @param cols Columns of every row (>= 0). @param as Element type stored: F32 or F64.
+  /// @param cols Columns of every row (>= 0). @param as Element type stored: F32, F64 or F16
+  /// (`<f2`, rounded to nearest even).
   NpyStreamWriter(const std::string& path, Index cols, DType as = DType::F32)
       : m_out(path), m_cols(cols), m_as(as) {
     require(cols >= 0, path, ": NpyStreamWriter needs cols >= 0, found ", cols);
-    require(as == DType::F32 || as == DType::F64, path, ": NpyStreamWriter stores F32 or F64, not ",
-            dtypeName(as));
+    require(as == DType::F32 || as == DType::F64 || as == DType::F16, path,
+            ": NpyStreamWriter stores F32, F64 or F16, not ", dtypeName(as));
     m_header = header();
     m_out.write(m_header.data(), m_header.size());
   }
@@ -817,13 +818,59 @@ class NpyStreamWriter {
 
  private:
   std::string header() const {
-    return detail::npyPreamble(m_as == DType::F32 ? "<f4" : "<f8", {m_rows, m_cols});
+    const char* descr = m_as == DType::F32 ? "<f4" : m_as == DType::F64 ? "<f8" : "<f2";
+    return detail::npyPreamble(descr, {m_rows, m_cols});
   }
 
   AtomicFileWriter m_out;
   Index m_cols;
   DType m_as;
   Index m_rows = 0;
+  std::string m_header;
+};
+
+/// @brief Writes a 1-D `<i4` `.npy` file whose values arrive in chunks (token ids, positions),
+/// atomically: the header is fixed up by commit(), as NpyStreamWriter does, and nothing appears
+/// at `path` before it.
+class NpyInt32StreamWriter {
+ public:
+  /// @param path Destination (IoError naming it when it cannot be created).
+  explicit NpyInt32StreamWriter(const std::string& path) : m_out(path) {
+    m_header = header();
+    m_out.write(m_header.data(), m_header.size());
+  }
+
+  /// @brief Appends `n` values.
+  void append(const std::int32_t* data, Index n) {
+    require(n >= 0, m_out.path(), ": NpyInt32StreamWriter::append needs n >= 0, found ", n);
+    if (kNativeByteOrder == ByteOrder::Little) {
+      if (n > 0) m_out.write(data, static_cast<std::size_t>(n) * sizeof(std::int32_t));
+    } else {
+      for (Index i = 0; i < n; ++i) {
+        const std::uint32_t le = detail::byteSwap(detail::bitCast<std::uint32_t>(data[i]));
+        m_out.write(&le, sizeof(le));
+      }
+    }
+    m_count += n;
+  }
+
+  /// @brief Values appended so far.
+  Index size() const noexcept { return m_count; }
+
+  /// @brief Writes the final length into the header and moves the file into place.
+  void commit() {
+    const std::string h = header();
+    require(h.size() == m_header.size(), m_out.path(), ": the npy header grew from ",
+            m_header.size(), " to ", h.size(), " bytes");
+    m_out.overwrite(0, h.data(), h.size());
+    m_out.commit();
+  }
+
+ private:
+  std::string header() const { return detail::npyPreamble("<i4", {m_count}); }
+
+  AtomicFileWriter m_out;
+  Index m_count = 0;
   std::string m_header;
 };
 
@@ -840,17 +887,8 @@ inline void writeNpyMask(const std::string& path, const Eigen::Ref<const LatentM
 /// ids, positions, source indices). @param path Destination; IoError naming it on failure.
 inline void writeNpyInt32(const std::string& path, const std::int32_t* data, Index n) {
   require(n >= 0, path, ": writeNpyInt32 needs n >= 0, found ", n);
-  const std::string pre = detail::npyPreamble("<i4", {n});
-  AtomicFileWriter w(path);
-  w.write(pre.data(), pre.size());
-  if (kNativeByteOrder == ByteOrder::Little) {
-    if (n > 0) w.write(data, static_cast<std::size_t>(n) * sizeof(std::int32_t));
-  } else {
-    for (Index i = 0; i < n; ++i) {
-      const std::uint32_t le = detail::byteSwap(detail::bitCast<std::uint32_t>(data[i]));
-      w.write(&le, sizeof(le));
-    }
-  }
+  NpyInt32StreamWriter w(path);
+  w.append(data, n);
   w.commit();
 }
 inline void writeNpyInt32(const std::string& path, const std::vector<std::int32_t>& v) {

@@ -74,6 +74,8 @@ struct Gpt2Config {
   Index n_positions = 0;  ///< Longest window.
   Index vocab_size = 0;   ///< Tokens.
   double layer_norm_epsilon = 1e-5;
+  /// `bos_token_id` of config.json (50256 for GPT-2), -1 when it has none.
+  std::int64_t bos_token_id = -1;
 
   Index headDim() const { return n_embd / n_head; }
   /// Parameters (the tied unembedding counted once): 124,439,808 for GPT-2 small.
@@ -135,6 +137,8 @@ struct Gpt2Config {
         throw fail("'layer_norm_epsilon' must be a positive number, found " + e.dump());
       c.layer_norm_epsilon = e.get<double>();
     }
+    if (j.contains("bos_token_id") && !j["bos_token_id"].is_null())
+      c.bos_token_id = integer("bos_token_id", nullptr, 0, c.vocab_size - 1);
     if (j.contains("activation_function")) {
       const auto& a = j["activation_function"];
       if (!a.is_string() || a.get<std::string>() != "gelu_new")
