@@ -15,17 +15,22 @@ void eigenAssertion(bool ok, const char* condition);
 #define eigen_assert(x) eigenAssertion(static_cast<bool>(x), #x)
 
 #include <atomic>
+#include <cmath>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <string>
 #include <type_traits>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
 #include <sae/sae.hpp>
+#if SAE_TEST_HAS_LM
+#include <sae/lm/gpt2.hpp>
+#endif
 
 // GCC pairs the inlined malloc of these replacements with the free of the deletes and warns
 // (-Wmismatched-new-delete); both sides are ours and match.
@@ -455,3 +460,49 @@ TEMPLATE_TEST_CASE("Warm encode and decode of rescaled TopK and BatchTopK do not
   CHECK(out == fresh);
   CHECK(codes.l0() > 0);
 }
+
+#if SAE_TEST_HAS_LM
+// The GPT-2 engine: once its buffers have grown to a call's shape, a forward with hooks and
+// logits allocates nothing, and neither does a step of cached generation.
+TEST_CASE("GPT-2: a warm forward and cached generation steps do not allocate",
+          "[allocations][lm]") {
+  sae::lm::Gpt2Model m = sae::lm::Gpt2Model::load(std::string(SAE_TEST_DATA_DIR) + "/lm/tiny-gpt2");
+  sae::lm::TokenMatrix tokens(3, 16);
+  for (Index i = 0; i < tokens.size(); ++i) tokens.data()[i] = static_cast<std::int32_t>(i % 101);
+  sae::RowMatrix<float> logits;
+  float seen = 0.0f;
+  sae::lm::HookList hooks;
+  hooks.add("blocks.1.hook_resid_pre", [](sae::lm::HookActivation& a) {
+    a.value.col(0).array() += 1.0f;
+    return sae::lm::HookAction::Continue;
+  });
+  hooks.addReader("blocks.0.mlp.hook_post",
+                  [&](const sae::lm::HookActivation& a) { seen += a.value(0, 0); });
+  m.forward(tokens, hooks, &logits);
+  g_allocations = 0;
+  g_counting = true;
+  for (int i = 0; i < 3; ++i) m.forward(tokens, hooks, &logits);
+  g_counting = false;
+  CHECK(g_allocations.load() == 0);
+  CHECK(std::isfinite(seen));
+
+  // Generation: the allocation count seen at each step's first hook (after the embedding); the
+  // steps after the first two (the prompt, then the first one-token step) add none.
+  std::vector<std::size_t> at_step;
+  at_step.reserve(64);
+  sae::lm::HookList watch;
+  watch.addReader("hook_embed",
+                  [&](const sae::lm::HookActivation&) { at_step.push_back(g_allocations.load()); });
+  const std::vector<std::int32_t> prompt = {1, 2, 3};
+  sae::lm::Gpt2Sampling sampling;
+  sampling.temperature = 0.8;
+  sampling.top_k = 10;
+  m.generate(prompt, 6, sampling, watch);  // warm
+  g_allocations = 0;
+  g_counting = true;
+  m.generate(prompt, 10, sampling, watch);
+  g_counting = false;
+  REQUIRE(at_step.size() == 6 + 10);
+  for (std::size_t i = 6 + 3; i < at_step.size(); ++i) CHECK(at_step[i] == at_step[6 + 2]);
+}
+#endif

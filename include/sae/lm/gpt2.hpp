@@ -318,7 +318,7 @@ class Gpt2Model {
                RowMatrix<float>* logits) {
     resolveHooks(hooks);
     checkTokens(tokens, batch, seq, 0);
-    prepareCache(batch, seq);
+    prepareCache(batch, seq, seq);
     if (logits != nullptr) logits->resize(batch * seq, m_config.vocab_size);
     return run(tokens, batch, seq, 0, logits != nullptr ? Logits::All : Logits::None,
                logits != nullptr ? logits->data() : nullptr);
@@ -354,14 +354,14 @@ class Gpt2Model {
       bool stopped = false;
       if (sampling.use_cache) {
         if (step == 0) {
-          prepareCache(1, n + max_new);
+          prepareCache(1, n + max_new, n);
           stopped = run(seq.data(), 1, n, 0, Logits::Last, m_last_logits.data());
         } else {
           stopped = run(&seq.back(), 1, 1, n + step - 1, Logits::Last, m_last_logits.data());
         }
       } else {
         const Index len = static_cast<Index>(seq.size());
-        prepareCache(1, len);
+        prepareCache(1, len, len);
         stopped = run(seq.data(), 1, len, 0, Logits::Last, m_last_logits.data());
       }
       if (stopped) throw ConfigError("generate: a hook stopped the forward; no token to sample");
@@ -511,21 +511,38 @@ class Gpt2Model {
     }
   }
 
+  /// Resolves hook names to hook points; the same names as the last call's are not parsed
+  /// again (so that a warm forward allocates nothing).
   void resolveHooks(const HookList& hooks) {
+    const auto& entries = hooks.entries();
+    bool same = entries.size() == m_hooks.size();
+    for (std::size_t i = 0; same && i < entries.size(); ++i)
+      same = m_hook_names[i] == entries[i].name;
+    if (same) {
+      for (std::size_t i = 0; i < entries.size(); ++i) m_hooks[i].entry = &entries[i];
+      return;
+    }
     m_hooks.clear();
+    m_hook_names.clear();
     m_last_order = -1;
-    for (const auto& e : hooks.entries()) {
+    for (const auto& e : entries) {
       const HookId id = parseHookName(e.name, static_cast<int>(m_config.n_layer));
       const int order = detail::hookOrder(id);
       m_hooks.push_back({id, &e, order});
+      m_hook_names.push_back(e.name);
       m_last_order = std::max(m_last_order, order);
     }
   }
 
-  void prepareCache(Index batch, Index capacity) {
+  /// Sizes the KV cache for `batch` sequences of up to `capacity` positions, and the attention
+  /// scores for calls of up to `seq` new positions.
+  void prepareCache(Index batch, Index capacity, Index seq) {
     m_cache_batch = batch;
     m_cache_capacity = capacity;
     const Index d = m_config.n_embd;
+    const auto threads = static_cast<std::size_t>(maxThreads());
+    if (m_scores.size() < threads) m_scores.resize(threads);
+    for (auto& s : m_scores) s.view(seq, capacity);
     m_keys.resize(static_cast<std::size_t>(m_config.n_layer));
     m_values.resize(static_cast<std::size_t>(m_config.n_layer));
     for (Index l = 0; l < m_config.n_layer; ++l) {
@@ -778,6 +795,7 @@ class Gpt2Model {
 
   // Per call.
   std::vector<detail::ResolvedHook> m_hooks;
+  std::vector<std::string> m_hook_names;
   int m_last_order = -1;
   bool m_stopped_by_hook = false;
   detail::GrowBuffer m_resid, m_tmp, m_ln, m_qkv, m_z, m_hidden;
