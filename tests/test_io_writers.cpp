@@ -2,6 +2,7 @@
 // nothing at the path before commit), SafetensorsWriter's int32 / int64 tensors with
 // SafetensorsFile::readIntegers, and listNpz over the numpy-written archives of tests/data/io
 // (see generate.py for their contents).
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -67,6 +68,49 @@ TEST_CASE("NpyStreamWriter writes the bytes writeNpy writes for the whole matrix
   }());
 }
 
+TEST_CASE("NpyStreamWriter stores float16 as <f2, rounded to nearest", "[NpyStreamWriter]") {
+  const std::string dir = tempDir("f2");
+  // Values exact in binary16 come back exactly; others rounded to the nearest half.
+  RowMatrix<float> m(3, 4);
+  m << 0.5f, -1.25f, 1024.0f, 65504.0f,     //
+      0.0f, -0.0f, 6.103515625e-05f, 3.0f,  //
+      1.0f + 1.0f / 4096.0f, 0.1f, -2.0f, 7.0f;
+  NpyStreamWriter w(dir + "/h.npy", 4, DType::F16);
+  w.append(m.topRows(2));
+  w.append(m.bottomRows(1));
+  w.commit();
+  const sae::io::NpyReader r(dir + "/h.npy");
+  CHECK(r.descr() == "<f2");
+  CHECK(r.shape() == std::vector<Index>{3, 4});
+  const RowMatrix<float> back = sae::io::readNpy<float>(dir + "/h.npy");
+  CHECK(back.topRows(2) == m.topRows(2));
+  CHECK(back(2, 0) == 1.0f);                          // 1 + 2^-12 rounds to even: 1
+  CHECK(std::abs(back(2, 1) - 0.1f) <= 0.1f / 2048);  // half's relative step 2^-11
+  CHECK(back.rightCols(2).bottomRows(1) == m.rightCols(2).bottomRows(1));
+}
+
+TEST_CASE("NpyInt32StreamWriter writes what writeNpyInt32 writes, in chunks", "[NpyStreamWriter]") {
+  const std::string dir = tempDir("i4stream");
+  const std::vector<std::int32_t> v = {5, -1, 2147483647, -2147483647 - 1, 0, 50256, 3};
+  {
+    sae::io::NpyInt32StreamWriter w(dir + "/s.npy");
+    w.append(v.data(), 2);
+    w.append(v.data() + 2, 0);
+    w.append(v.data() + 2, 5);
+    CHECK(w.size() == 7);
+    CHECK_FALSE(std::filesystem::exists(dir + "/s.npy"));
+    w.commit();
+  }
+  sae::io::writeNpyInt32(dir + "/whole.npy", v);
+  CHECK(readBytes(dir + "/s.npy") == readBytes(dir + "/whole.npy"));
+  CHECK(sae::io::readNpyIntegers(dir + "/s.npy") == std::vector<std::int64_t>(v.begin(), v.end()));
+  {
+    sae::io::NpyInt32StreamWriter abandoned(dir + "/gone.npy");
+    abandoned.append(v.data(), 3);
+  }
+  CHECK_FALSE(std::filesystem::exists(dir + "/gone.npy"));
+}
+
 TEST_CASE("NpyStreamWriter: no rows, bad rows, no commit", "[NpyStreamWriter][bad]") {
   const std::string dir = tempDir("edge");
   {
@@ -85,7 +129,7 @@ TEST_CASE("NpyStreamWriter: no rows, bad rows, no commit", "[NpyStreamWriter][ba
   // No temporary file left behind: the folder holds empty.npy only.
   CHECK(std::distance(std::filesystem::directory_iterator(dir), {}) == 1);
   CHECK_THROWS_WITH(NpyStreamWriter(dir + "/x.npy", 2, DType::BF16),
-                    Catch::Contains("NpyStreamWriter stores F32 or F64"));
+                    Catch::Contains("NpyStreamWriter stores F32, F64 or F16, not bfloat16"));
   CHECK_THROWS_AS(NpyStreamWriter(dir + "/no/such/dir/x.npy", 2), sae::IoError);
 }
 

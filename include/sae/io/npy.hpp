@@ -765,6 +765,33 @@ void writeNpyVector(const std::string& path, const Eigen::MatrixBase<Derived>& v
   w.commit();
 }
 
+namespace detail {
+
+/// A `.npy` file written atomically whose header goes first and is rewritten in place by
+/// commit() once the length is known (npyPreamble pads the first dimension, so the header's
+/// size does not change).
+class StreamedNpyFile {
+ public:
+  StreamedNpyFile(const std::string& path, const std::string& header)
+      : m_out(path), m_header_size(header.size()) {
+    m_out.write(header.data(), header.size());
+  }
+  AtomicFileWriter& out() noexcept { return m_out; }
+  const std::string& path() const noexcept { return m_out.path(); }
+  void commit(const std::string& header) {
+    require(header.size() == m_header_size, m_out.path(), ": the npy header grew from ",
+            m_header_size, " to ", header.size(), " bytes");
+    m_out.overwrite(0, header.data(), header.size());
+    m_out.commit();
+  }
+
+ private:
+  AtomicFileWriter m_out;
+  std::size_t m_header_size;
+};
+
+}  // namespace detail
+
 /// @brief Writes a 2-D `.npy` file of `cols` columns whose rows arrive in chunks, so that the
 /// whole array never has to be in memory; atomically (see AtomicFileWriter).
 ///
@@ -784,12 +811,10 @@ class NpyStreamWriter {
   /// @param cols Columns of every row (>= 0). @param as Element type stored: F32, F64 or F16
   /// (`<f2`, rounded to nearest even).
   NpyStreamWriter(const std::string& path, Index cols, DType as = DType::F32)
-      : m_out(path), m_cols(cols), m_as(as) {
+      : m_cols(cols), m_as(as), m_file(path, header()) {
     require(cols >= 0, path, ": NpyStreamWriter needs cols >= 0, found ", cols);
     require(as == DType::F32 || as == DType::F64 || as == DType::F16, path,
             ": NpyStreamWriter stores F32, F64 or F16, not ", dtypeName(as));
-    m_header = header();
-    m_out.write(m_header.data(), m_header.size());
   }
 
   /// @brief Appends the rows of `rows` (float or double, `cols` columns; ConfigError otherwise).
@@ -797,10 +822,10 @@ class NpyStreamWriter {
   void append(const Eigen::MatrixBase<Derived>& rows) {
     using Scalar = typename Derived::Scalar;
     static_assert(kFloatOrDouble<Scalar>, "NpyStreamWriter appends float or double rows");
-    require(rows.cols() == m_cols, m_out.path(), ": rows of ", rows.cols(),
+    require(rows.cols() == m_cols, m_file.path(), ": rows of ", rows.cols(),
             " columns appended to an array of ", m_cols, " columns");
     const Eigen::Ref<const RowMatrix<Scalar>> m(rows.derived());
-    for (Index r = 0; r < m.rows(); ++r) m_out.writeElements(m.row(r).data(), m_cols, m_as);
+    for (Index r = 0; r < m.rows(); ++r) m_file.out().writeElements(m.row(r).data(), m_cols, m_as);
     m_rows += m.rows();
   }
 
@@ -808,13 +833,7 @@ class NpyStreamWriter {
   Index rows() const noexcept { return m_rows; }
 
   /// @brief Writes the final row count into the header and moves the file into place.
-  void commit() {
-    const std::string h = header();
-    require(h.size() == m_header.size(), m_out.path(), ": the npy header grew from ",
-            m_header.size(), " to ", h.size(), " bytes");
-    m_out.overwrite(0, h.data(), h.size());
-    m_out.commit();
-  }
+  void commit() { m_file.commit(header()); }
 
  private:
   std::string header() const {
@@ -822,11 +841,10 @@ class NpyStreamWriter {
     return detail::npyPreamble(descr, {m_rows, m_cols});
   }
 
-  AtomicFileWriter m_out;
   Index m_cols;
   DType m_as;
   Index m_rows = 0;
-  std::string m_header;
+  detail::StreamedNpyFile m_file;
 };
 
 /// @brief Writes a 1-D `<i4` `.npy` file whose values arrive in chunks (token ids, positions),
@@ -835,20 +853,18 @@ class NpyStreamWriter {
 class NpyInt32StreamWriter {
  public:
   /// @param path Destination (IoError naming it when it cannot be created).
-  explicit NpyInt32StreamWriter(const std::string& path) : m_out(path) {
-    m_header = header();
-    m_out.write(m_header.data(), m_header.size());
-  }
+  explicit NpyInt32StreamWriter(const std::string& path) : m_file(path, header()) {}
 
   /// @brief Appends `n` values.
   void append(const std::int32_t* data, Index n) {
-    require(n >= 0, m_out.path(), ": NpyInt32StreamWriter::append needs n >= 0, found ", n);
+    require(n >= 0, m_file.path(), ": NpyInt32StreamWriter::append needs n >= 0, found ", n);
+    AtomicFileWriter& out = m_file.out();
     if (kNativeByteOrder == ByteOrder::Little) {
-      if (n > 0) m_out.write(data, static_cast<std::size_t>(n) * sizeof(std::int32_t));
+      if (n > 0) out.write(data, static_cast<std::size_t>(n) * sizeof(std::int32_t));
     } else {
       for (Index i = 0; i < n; ++i) {
         const std::uint32_t le = detail::byteSwap(detail::bitCast<std::uint32_t>(data[i]));
-        m_out.write(&le, sizeof(le));
+        out.write(&le, sizeof(le));
       }
     }
     m_count += n;
@@ -858,20 +874,13 @@ class NpyInt32StreamWriter {
   Index size() const noexcept { return m_count; }
 
   /// @brief Writes the final length into the header and moves the file into place.
-  void commit() {
-    const std::string h = header();
-    require(h.size() == m_header.size(), m_out.path(), ": the npy header grew from ",
-            m_header.size(), " to ", h.size(), " bytes");
-    m_out.overwrite(0, h.data(), h.size());
-    m_out.commit();
-  }
+  void commit() { m_file.commit(header()); }
 
  private:
   std::string header() const { return detail::npyPreamble("<i4", {m_count}); }
 
-  AtomicFileWriter m_out;
   Index m_count = 0;
-  std::string m_header;
+  detail::StreamedNpyFile m_file;
 };
 
 /// @brief Writes a mask as a 1-D `|u1` `.npy` file, atomically (the format of dead_mask.npy).
