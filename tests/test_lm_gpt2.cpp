@@ -467,7 +467,10 @@ TEST_CASE("Gpt2Model::load: broken folders are errors naming the file and the te
   // A config that disagrees with the weights.
   msg = fails(noTensors, [](nlohmann::json& c) { c["n_layer"] = 3; });
   CHECK_THAT(msg, Contains("missing tensor 'h.2.ln_1.weight'"));
-  msg = fails(noTensors, [](nlohmann::json& c) { c["vocab_size"] = 100; });
+  msg = fails(noTensors, [](nlohmann::json& c) {
+    c["vocab_size"] = 100;
+    c["bos_token_id"] = 99;
+  });
   CHECK_THAT(msg, Contains("'wte.weight' has shape [101, 32], config.json implies [100, 32]"));
   msg = fails(noTensors, [](nlohmann::json& c) { c["n_head"] = 5; });
   CHECK_THAT(msg, Contains("config.json") && Contains("n_embd 32 is not divisible by n_head 5"));
