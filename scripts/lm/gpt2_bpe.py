@@ -139,7 +139,8 @@ def check(bpe, ids_path):
         got = bpe.encode(sample, special=special)
         if got != expected:
             failures += 1
-            print(f"MISMATCH [{group}] {sample[:60]!r}\n  expected {expected[:20]}\n  got      {got[:20]}")
+            print(f"MISMATCH [{group}] {sample[:60]!r}")
+            print(f"  expected {expected[:20]}\n  got      {got[:20]}")
         elif bpe.decode(got) != sample:
             failures += 1
             print(f"ROUND TRIP [{group}] {sample[:60]!r}")
@@ -150,7 +151,9 @@ def check(bpe, ids_path):
 def main():
     parser = argparse.ArgumentParser(description="Exact GPT-2 BPE tokenizer (Python).")
     parser.add_argument("files", nargs="*", help="text files whose token ids to print")
-    parser.add_argument("--tokenizer", default=DEFAULT_DIR, help="folder of vocab.json + merges.txt")
+    parser.add_argument(
+        "--tokenizer", default=DEFAULT_DIR, help="folder of vocab.json + merges.txt"
+    )
     parser.add_argument(
         "--check",
         action="store_true",
