@@ -49,7 +49,8 @@ struct Expected {
   TokenMatrix tokens;
   RowMatrix<float> logits_head, logsumexp, logit_next;
   io::SafetensorsFile file;
-  explicit Expected(const std::string& folder) : file(folder + "/expected.safetensors") {
+  explicit Expected(const std::string& folder) : Expected(folder + "/expected.safetensors", 0) {}
+  Expected(const std::string& path, int) : file(path) {
     const io::TensorInfo& t = file.info("tokens");
     const auto ids = file.readIntegers("tokens");
     tokens.resize(t.shape[0], t.shape[1]);
@@ -135,6 +136,37 @@ TEST_CASE("Gpt2Model logits and TransformerLens hook values match PyTorch (F32, 
       CHECK(got[name].rowwise().mean().cwiseAbs().maxCoeff() < 1e-5f);
     }
   }
+}
+
+TEST_CASE("The reference model (models/ref-gpt2) matches PyTorch on held-out text",
+          "[lm][gpt2][reference]") {
+  // F16 weights of the committed model; expected values from scripts/lm/write_expected.py
+  // (float64 PyTorch on BOS + 31 tokens of the French man-page and Python held-out samples).
+  const std::string dir = std::string(SAE_TEST_DATA_DIR) + "/../../models/ref-gpt2";
+  Gpt2Model m = Gpt2Model::load(dir);
+  CHECK(m.config().vocab_size == 50257);
+  CHECK(m.config().bos_token_id == 50256);
+  const Expected e(lmDataPath("ref-gpt2-expected.safetensors"), 0);
+  REQUIRE(e.tokens(0, 0) == 50256);
+  std::map<std::string, RowMatrix<float>> got;
+  RowMatrix<float> logits;
+  m.forward(e.tokens, captureAll(m, got), &logits);
+  checkLogits(logits, e, 1e-4);
+  REQUIRE(got.size() == 2 + 7 * 4 + 1);
+  for (const auto& [name, value] : got) {
+    INFO(name);
+    CHECK(relativeError(value, e.hook(name)) < 1e-4);
+  }
+  // A trained model predicts held-out text far better than chance (ln 50257 = 10.8 nats).
+  double ce = 0.0;
+  const Index T = e.tokens.cols();
+  for (Index b = 0; b < e.tokens.rows(); ++b)
+    for (Index t = 0; t + 1 < T; ++t) {
+      const Index r = b * T + t;
+      ce += e.logsumexp(0, r) - logits(r, e.tokens(b, t + 1));
+    }
+  ce /= static_cast<double>(e.tokens.rows() * (T - 1));
+  CHECK(ce < 8.0);  // measured 6.17 (the first tokens of a document are the hardest)
 }
 
 TEST_CASE("Without TransformerLens processing hooks see Hugging Face's values", "[lm][gpt2]") {
