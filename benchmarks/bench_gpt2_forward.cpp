@@ -151,7 +151,7 @@ int main(int argc, char** argv) {
                  "Where --random writes its folder (kept; default: a temporary folder)");
   app.add_option("--batch", batch, "Sequences per forward");
   app.add_option("--context", context, "Tokens per sequence");
-  app.add_option("--iters", iters, "Timed calls (the median is reported)");
+  app.add_option("--iters", iters, "Timed calls (the median is reported; 0: only write --random)");
   app.add_option("--warmup", warmup, "Untimed calls first");
   app.add_option("--threads", threads, "OpenMP threads");
   app.add_option("--precision", precision, "fp32 or bf16 (setBf16)")
@@ -187,6 +187,10 @@ int main(int argc, char** argv) {
                   random_dir.c_str(), since(t0));
       dir = random_dir;
       label = "random " + random_shape;
+    }
+    if (iters < 1) {  // --iters 0: only write the --random folder (scripts/bench_lm.sh)
+      if (remove_dir) fs::remove_all(random_dir);
+      return 0;
     }
 
     auto t0 = Clock::now();
