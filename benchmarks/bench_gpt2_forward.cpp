@@ -303,7 +303,7 @@ int main(int argc, char** argv) {
       sae::lm::Gpt2Sampling greedy;
       auto run = [&](bool cache) {
         greedy.use_cache = cache;
-        const auto t = timeCalls(warmup > 0 ? 1 : 0, std::max(1, std::min(iters, 3)),
+        const auto t = timeCalls(warmup > 0 ? 1 : 0, 1,
                                  [&] { (void)model.generate(prompt, generate, greedy); });
         return median(t) * 1e3 / generate;
       };

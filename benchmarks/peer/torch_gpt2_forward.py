@@ -213,7 +213,7 @@ def main():
         if a.generate > 0:
             prompt_len = min(a.prompt, cfg["n_positions"] - a.generate)
             prompt = torch.randint(0, vocab - 1, (1, prompt_len), generator=gen)
-            reps = max(1, min(a.iters, 3))
+            reps = 1  # one timed generation after a warm-up one, as the C++ side
             per = {}
             for name, cache in (("cached", True), ("recompute", False)):
                 t = timed(lambda: generate(model, prompt, a.generate, cache),
