@@ -15,7 +15,8 @@
 //
 // FLOPs per token (2 per multiply-add): per block 24 d^2 + 4 d T (T: the context; the causal
 // half is not subtracted, as usual), the unembedding 2 d vocab. Times are the median of --iters
-// timed calls after --warmup untimed ones. Tokens are uniform random ids.
+// timed calls after --warmup untimed ones (generation: one timed run of prompt + --generate
+// greedy tokens, after a warm-up run). Tokens are uniform random ids.
 //
 // The split by part comes from hooks on every hook point that read the clock (one extra
 // function call per point and layer): embed (to resid_pre of block 0), attention (ln_1, QKV,
