@@ -825,7 +825,12 @@ class NpyStreamWriter {
     require(rows.cols() == m_cols, m_file.path(), ": rows of ", rows.cols(),
             " columns appended to an array of ", m_cols, " columns");
     const Eigen::Ref<const RowMatrix<Scalar>> m(rows.derived());
-    for (Index r = 0; r < m.rows(); ++r) m_file.out().writeElements(m.row(r).data(), m_cols, m_as);
+    if (m.outerStride() == m_cols) {  // contiguous rows: one write
+      m_file.out().writeElements(m.data(), m.size(), m_as);
+    } else {
+      for (Index r = 0; r < m.rows(); ++r)
+        m_file.out().writeElements(m.row(r).data(), m_cols, m_as);
+    }
     m_rows += m.rows();
   }
 
