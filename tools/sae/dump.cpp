@@ -57,11 +57,10 @@ struct DumpOptions {
   std::string out;
 };
 
-/// One input: a text file or the token file, and its tokens once read.
+/// One input: a text file or the token file, and its token count (from the first pass).
 struct Source {
   std::string path;
-  std::vector<std::int32_t> ids;  // filled while it is being dumped
-  Index tokens = 0;               // counted up front
+  Index tokens = 0;
 };
 
 /// The token ids of a source (a text file tokenised, or the 1-D integer .npy checked).
@@ -90,7 +89,7 @@ class HookShards {
   HookShards(std::string dir, Index width, sae::io::DType dtype, Index shard_rows)
       : m_dir(std::move(dir)), m_width(width), m_dtype(dtype), m_shard_rows(shard_rows) {}
 
-  /// Appends rows [first, first + n) of `value`.
+  /// Appends `rows` to the current shard (which has room for them).
   void append(const Eigen::Ref<const RowMatrix<float>>& rows) {
     if (m_dtype == sae::io::DType::BF16) {
       if (m_buffer.rows() != m_shard_rows) m_buffer.resize(m_shard_rows, m_width);
@@ -219,7 +218,7 @@ int runDump(const DumpOptions& o, const CLI::App&) {
   // Count the tokens (and check every file: readable, valid UTF-8, ids in range).
   std::vector<Source> sources;
   for (const std::string& p : is_text ? o.text : std::vector<std::string>{o.tokens})
-    sources.push_back({p, {}, 0});
+    sources.push_back({p, 0});
   const Index body = o.context - (o.prepend_bos ? 1 : 0);  // tokens of a window after BOS
   Index total = 0;
   for (Source& s : sources) {

@@ -628,11 +628,8 @@ class Gpt2Model {
       keys.row(dst) = qkv.row(r).segment(d, d);
       values.row(dst) = qkv.row(r).segment(2 * d, d);
     }
-    const int threads = maxThreads();
-    if (static_cast<int>(m_scores.size()) < threads)
-      m_scores.resize(static_cast<std::size_t>(threads));
+    // The per-thread score buffers were sized by prepareCache (seq x capacity covers a chunk).
     const Index chunk = std::min(seq, kQueryChunk);
-    for (auto& s : m_scores) s.view(chunk, len);
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     const Index tasks = batch * H;
     SAE_PRAGMA_OMP(parallel for schedule(dynamic, 1) if (tasks > 1 && seq * len * hd >= 4096))
