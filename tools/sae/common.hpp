@@ -14,6 +14,10 @@
 
 #include <sae/sae.hpp>
 
+#ifndef SAE_CLI_HAS_LM
+#define SAE_CLI_HAS_LM 0  // 1 when the build has the language-model part (sae::lm)
+#endif
+
 namespace sae_cli {
 
 using sae::Index;
@@ -136,10 +140,12 @@ struct InferenceOptions {
   int threads = 0;
   sae::Precision precision = sae::Precision::Fp32;
 
-  /// Registers --sae (with `sae_help`), --data, --batch, --threads and --precision on `sub`.
-  void add(CLI::App& sub, const std::string& sae_help) {
+  /// Registers --sae (with `sae_help`), --data (required unless `data_optional`), --batch,
+  /// --threads and --precision on `sub`.
+  void add(CLI::App& sub, const std::string& sae_help, bool data_optional = false) {
     sub.add_option("--sae", sae, sae_help)->required();
-    sub.add_option("--data", data, "activation files")->required()->check(CLI::ExistingFile);
+    auto* d = sub.add_option("--data", data, "activation files")->check(CLI::ExistingFile);
+    if (!data_optional) d->required();
     sub.add_option("--batch", batch, "rows per chunk")->check(CLI::PositiveNumber);
     sub.add_option("--threads", threads, "threads (0: all)")->check(CLI::NonNegativeNumber);
     addEnumOption<sae::Precision>(sub, "--precision", precision,
@@ -156,6 +162,24 @@ struct InferenceOptions {
     return true;
   }
 };
+
+/// The options of `sae eval --model` (the SAE spliced into its language model).
+struct ModelEvalArgs {
+  std::string model;              ///< --model: GPT-2 folder
+  std::string hook;               ///< --hook (default: the SAE's metadata.hook_name)
+  std::vector<std::string> text;  ///< --text files
+  std::string tokens;             ///< --tokens ids.npy
+  Index context = 128;            ///< --context: tokens per window, BOS included
+  bool prepend_bos = true;        ///< --no-prepend-bos turns it off
+  Index batches = 0;              ///< --batches: at most this many batches (0: all windows)
+  Index batch_size = 8;           ///< --batch-size: windows per batch
+  bool force = false;             ///< --force: a --hook other than the SAE's own
+  bool quiet = false;             ///< --quiet: no progress line
+};
+
+/// `sae eval --model`: SAELens's downstream metrics and the hook's reconstruction metrics, as
+/// the JSON object `sae eval` prints (eval_model.cpp; with SAE_CLI_HAS_LM).
+ojson evaluateInModel(const InferenceOptions& in, const ModelEvalArgs& args);
 
 /// ConfigError unless the data have the SAE's input width.
 inline void checkWidth(const sae::io::LoadedSae<float>& m, Index cols, const std::string& sae_dir) {

@@ -17,16 +17,15 @@
 #include <filesystem>
 #include <memory>
 #include <string>
-#include <string_view>
 #include <vector>
 
-#include <sae/io/mapped_file.hpp>
 #include <sae/io/npy.hpp>
 #include <sae/io/safetensors.hpp>
 #include <sae/lm/gpt2.hpp>
 #include <sae/lm/tokenizer.hpp>
 
 #include "common.hpp"
+#include "lm_inputs.hpp"
 #include "progress.hpp"
 
 namespace sae_cli {
@@ -66,21 +65,7 @@ struct Source {
 /// The token ids of a source (a text file tokenised, or the 1-D integer .npy checked).
 std::vector<std::int32_t> readIds(const Source& s, bool is_text, const sae::lm::Gpt2Tokenizer* tok,
                                   Index vocab) {
-  if (is_text) {
-    const sae::io::MappedFile file(s.path);
-    const std::string_view text(reinterpret_cast<const char*>(file.data()), file.size());
-    return tok->encode(text, s.path);
-  }
-  const std::vector<std::int64_t> raw = sae::io::readNpyIntegers(s.path);
-  std::vector<std::int32_t> ids(raw.size());
-  for (std::size_t i = 0; i < raw.size(); ++i) {
-    if (raw[i] < 0 || raw[i] >= vocab)
-      throw sae::FormatError(s.path + ": token id " + std::to_string(raw[i]) + " at index " +
-                             std::to_string(i) + " is outside the model's vocabulary [0, " +
-                             std::to_string(vocab) + ")");
-    ids[i] = static_cast<std::int32_t>(raw[i]);
-  }
-  return ids;
+  return readTokenIds(s.path, is_text, tok, vocab);
 }
 
 /// Where the rows of one hook go: the current shard and the shards written so far.

@@ -32,6 +32,7 @@ struct EvalOptions {
   InferenceOptions in;
   Index max_rows = 0;
   FeatureArgs features;
+  ModelEvalArgs model;
 };
 
 // The token ids of --token-ids: the integer .npy files concatenated in order (each flattened in
@@ -76,6 +77,21 @@ ojson densityHistogram(const Eigen::VectorXd& density) {
 }  // namespace
 
 int runEval(const EvalOptions& o, const CLI::App&) {
+  const bool in_model = !o.model.text.empty() || !o.model.tokens.empty();
+  if (in_model) {
+    if (!o.in.data.empty())
+      throw sae::ConfigError(
+          "give --data (activation files) or --text / --tokens with --model "
+          "(the SAE in its model), not both");
+    if (!o.features.out.empty())
+      throw sae::ConfigError("--features reads activation files: give --data");
+    std::printf("%s\n", evaluateInModel(o.in, o.model).dump(2).c_str());
+    return 0;
+  }
+  if (o.in.data.empty())
+    throw sae::ConfigError(
+        "give the activations as --data FILE..., or the SAE's model as "
+        "--model DIR with --text FILE... or --tokens ids.npy");
   const bool bf16 = o.in.prepare();
   const FeatureArgs& fa = o.features;
   const auto loaded = sae::io::loadSae<float>(o.in.sae);
@@ -152,7 +168,7 @@ int runEval(const EvalOptions& o, const CLI::App&) {
 
 Command registerEval(CLI::App& app) {
   auto [cmd, sub, o] = newCommand(app, "eval", kAbout, runEval);
-  o.in.add(sub, "SAE folder or Gemma Scope params.npz");
+  o.in.add(sub, "SAE folder or Gemma Scope params.npz", /*data_optional=*/SAE_CLI_HAS_LM != 0);
   sub.add_option("--max-rows", o.max_rows, "use at most this many rows (0: all)")
       ->check(CLI::NonNegativeNumber);
   auto* feat = sub.add_option("--features", o.features.out,
@@ -166,6 +182,39 @@ Command registerEval(CLI::App& app) {
                  "the order of --data")
       ->check(CLI::ExistingFile)
       ->needs(feat);
+#if SAE_CLI_HAS_LM
+  ModelEvalArgs& m = o.model;
+  auto* model = sub.add_option("--model", m.model,
+                               "GPT-2 folder: evaluate the SAE spliced into it at its hook "
+                               "(CE-loss recovered and KL divergence, as SAELens computes them) "
+                               "over --text or --tokens")
+                    ->check(CLI::ExistingDirectory);
+  sub.add_option("--hook", m.hook, "--model: hook point (default: the SAE's metadata.hook_name)")
+      ->needs(model);
+  auto* text = sub.add_option("--text", m.text, "--model: UTF-8 text files to evaluate on")
+                   ->check(CLI::ExistingFile)
+                   ->needs(model);
+  sub.add_option("--tokens", m.tokens, "--model: 1-D integer .npy of token ids to evaluate on")
+      ->check(CLI::ExistingFile)
+      ->needs(model)
+      ->excludes(text);
+  sub.add_option("--context", m.context, "--model: tokens per window, BOS included")
+      ->capture_default_str()
+      ->needs(model);
+  sub.add_flag("--prepend-bos,!--no-prepend-bos", m.prepend_bos,
+               "--model: start each window with <|endoftext|> (special: never scored)")
+      ->needs(model);
+  sub.add_option("--batches", m.batches, "--model: at most this many batches (0: every window)")
+      ->check(CLI::NonNegativeNumber)
+      ->needs(model);
+  sub.add_option("--batch-size", m.batch_size, "--model: windows per batch")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber)
+      ->needs(model);
+  sub.add_flag("--force", m.force, "--model: allow a --hook other than the SAE's own")
+      ->needs(model);
+  sub.add_flag("--quiet", m.quiet, "--model: no progress line")->needs(model);
+#endif
   return cmd;
 }
 
