@@ -323,6 +323,8 @@ TEST_CASE("sae dump of text files, float16 and bfloat16, and sae train on a dump
             "--expansion", "2", "--batch", "16", "--steps", "5", "--quiet"});
   const nlohmann::json cfg = nlohmann::json::parse(readFile(dir.file("run") + "/cfg.json"));
   CHECK(cfg.at("d_in") == 8);
+  // The saved SAE names the hook it was trained on (for `sae eval --model` without --hook).
+  CHECK(cfg.at("metadata").at("hook_name") == "blocks.0.hook_resid_post");
   const std::string two = dir.file("two");
   runCliOk({"dump", "--model", model, "--text", a, "--hook", "blocks.0.hook_resid_pre", "--hook",
             "blocks.0.mlp.hook_pre", "--context", "32", "--quiet", "--out", two});
@@ -330,7 +332,9 @@ TEST_CASE("sae dump of text files, float16 and bfloat16, and sae train on a dump
                 "is a `sae dump` folder of 2 hooks");
   runCliOk({"train", "--data", two + "/blocks.0.mlp.hook_pre", "--out", dir.file("run3"), "--arch",
             "topk", "--k", "2", "--expansion", "1", "--batch", "16", "--steps", "5", "--quiet"});
-  CHECK(nlohmann::json::parse(readFile(dir.file("run3") + "/cfg.json")).at("d_in") == 32);
+  const nlohmann::json cfg3 = nlohmann::json::parse(readFile(dir.file("run3") + "/cfg.json"));
+  CHECK(cfg3.at("d_in") == 32);
+  CHECK(cfg3.at("metadata").at("hook_name") == "blocks.0.mlp.hook_pre");
 }
 
 TEST_CASE("sae dump: bad input fails before anything is written", "[cli][lm][dump][bad]") {

@@ -114,6 +114,37 @@ inline std::vector<std::string> expandDumpFolders(const std::vector<std::string>
   return out;
 }
 
+/// The hook point the `--data` paths were dumped from, when every one of them is a `sae dump`
+/// folder of one hook or a hook folder inside a dump (DUMP/<hook name>) and they agree; else "".
+inline std::string dumpedHook(const std::vector<std::string>& paths) {
+  std::string hook;
+  for (std::string p : paths) {
+    while (p.size() > 1 && p.back() == '/') p.pop_back();
+    std::string name;
+    if (!isDir(p)) return "";
+    const std::string here = p + "/dump.json";
+    const std::size_t slash = p.find_last_of('/');
+    const std::string parent = slash == std::string::npos ? "." : p.substr(0, slash);
+    const std::string base = slash == std::string::npos ? p : p.substr(slash + 1);
+    try {
+      if (std::ifstream(here)) {
+        const json meta = readJsonFile(here);
+        if (meta.at("hooks").size() != 1) return "";
+        name = meta.at("hooks")[0].at("name").get<std::string>();
+      } else if (std::ifstream(parent + "/dump.json")) {
+        const json meta = readJsonFile(parent + "/dump.json");
+        for (const auto& h : meta.at("hooks"))
+          if (h.at("folder").get<std::string>() == base) name = h.at("name").get<std::string>();
+      }
+    } catch (const json::exception&) {
+      return "";  // not a dump description: the data just has no known hook
+    }
+    if (name.empty() || (!hook.empty() && hook != name)) return "";
+    hook = name;
+  }
+  return hook;
+}
+
 /// `s` with its line breaks replaced by spaces (error messages are one line).
 inline std::string oneLine(std::string s) {
   for (char& c : s)

@@ -166,6 +166,9 @@ TrainerConfig requestedConfig(const TrainOptions& o, const CLI::App& sub,
   if (!o.data.empty()) {
     cfg.data = {{"kind", "files"}, {"paths", expandDumpFolders(o.data)}, {"holdout", o.holdout}};
     if (!o.tensor.empty()) cfg.data["tensor"] = o.tensor;
+    // Activations of `sae dump`: the saved cfg.json names their hook (metadata.hook_name).
+    const std::string hook = dumpedHook(o.data);
+    if (!hook.empty()) cfg.data["hook_name"] = hook;
     given["data"] = "--data";
   } else if (!cfg.data.contains("kind")) {
     cfg.data = {{"kind", "synthetic"},

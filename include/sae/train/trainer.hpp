@@ -784,6 +784,10 @@ class Trainer {
                   {"seed", m_cfg.seed},
                   {"normalize_activations_in_training", m_cfg.normalize_activations},
                   {"input_scale_folded", m_scale}};
+    // The hook the data came from, when the data description knows it (`sae dump` folders).
+    if (m_cfg.data.is_object() && m_cfg.data.contains("hook_name") &&
+        m_cfg.data.at("hook_name").is_string())
+      o.metadata["hook_name"] = m_cfg.data.at("hook_name");
     io::saveSaeLens(m_step.model(), m_cfg.out_dir, o);
   }
 
