@@ -134,20 +134,23 @@ int runAttribute(const AttributeOptions& o, const CLI::App& sub) {
          {"bottom_logits", tokenList(sae::lm::topTokens(effect, 5, false), tok, "effect")}});
   }
   if (o.json) {
-    std::printf("%s\n", out.dump(2).c_str());
+    std::printf("%s\n", out.dump(2, ' ', false, ojson::error_handler_t::replace).c_str());
     return 0;
   }
   std::printf(
       "target %d %s (logit %.4f) at position %lld of %lld; %zu active features, total "
       "direct contribution %.6g\n",
-      target, ojson(out["target_text"]).dump().c_str(), double(next[target]),
-      static_cast<long long>(pos), static_cast<long long>(n), all.size(), total);
+      target, out["target_text"].dump(-1, ' ', false, ojson::error_handler_t::replace).c_str(),
+      double(next[target]), static_cast<long long>(pos), static_cast<long long>(n), all.size(),
+      total);
   std::printf("%8s %12s %12s %14s  top / bottom direct-effect tokens\n", "feature", "activation",
               "dla", "contribution");
   for (const auto& f : out["features"]) {
     std::string top, bottom;
-    for (const auto& t : f["top_logits"]) top += " " + t["text"].dump();
-    for (const auto& t : f["bottom_logits"]) bottom += " " + t["text"].dump();
+    for (const auto& t : f["top_logits"])
+      top += " " + t["text"].dump(-1, ' ', false, ojson::error_handler_t::replace);
+    for (const auto& t : f["bottom_logits"])
+      bottom += " " + t["text"].dump(-1, ' ', false, ojson::error_handler_t::replace);
     std::printf("%8lld %12.5g %12.5g %14.6g  +%s / -%s\n",
                 static_cast<long long>(f["feature"].get<Index>()), f["activation"].get<double>(),
                 f["dla"].get<double>(), f["contribution"].get<double>(), top.c_str(),

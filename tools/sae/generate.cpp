@@ -176,7 +176,7 @@ int runGenerate(const GenerateOptions& o, const CLI::App&) {
       out["steps"].push_back(std::move(step));
     }
   }
-  std::printf("%s\n", out.dump(2).c_str());
+  std::printf("%s\n", out.dump(2, ' ', false, ojson::error_handler_t::replace).c_str());
   return 0;
 }
 

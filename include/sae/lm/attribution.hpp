@@ -128,7 +128,7 @@ inline std::vector<FeatureAttribution> attributeLogit(const Gpt2Model& model, Sa
     const double a = dense(0, f);
     if (a == 0.0) continue;
     const Vector<float> d = decoderRowInHookUnits(sae, f, units, out_scale);
-    const double dla = double(d.dot(wte.row(target).transpose()));
+    const double dla = d.cast<double>().dot(wte.row(target).transpose().cast<double>());
     out.push_back({f, a, dla, a * dla});
   }
   std::sort(out.begin(), out.end(), [](const FeatureAttribution& p, const FeatureAttribution& q) {
