@@ -8,6 +8,8 @@
 // a feature that fires mostly on French text, steered into an English prompt, raises the
 // probability of French-only next tokens (measured here, margins stated below).
 //
+// --clamp of an inactive feature adds v W_dec[f] / ||W_dec[f]|| (the SAE rescales by decoder norm).
+//
 // attribute: every active feature's activation, dla and contribution equal a computation done
 // here in double, sorted by |contribution|, and their sum is (x_hat - b_dec) . W_U[:, target].
 #include <algorithm>
@@ -192,6 +194,35 @@ TEST_CASE("sae generate: an edit that changes no code changes nothing", "[cli][l
   auto zero = generateArgs(kPrompt, 8);
   zero.insert(zero.end(), {"--sae", saeDir(), "--steer", "7:0"});
   sameOutput(runJson(zero), plain);
+}
+
+TEST_CASE("sae generate --clamp of an inactive feature adds v W_dec[f] / ||W_dec[f]||",
+          "[cli][lm][generate]") {
+  // The SAE decodes (f / ||W_dec[f]||) W_dec[f] (rescale_acts_by_decoder_norm): setting an
+  // inactive feature's code to v adds v W_dec[f] / ||W_dec[f]|| to the row, error term kept.
+  const Ids prompt = withBos(kPrompt);
+  const sae::Index last = static_cast<sae::Index>(prompt.size()) - 1;
+  sae::Sae<float> sae(loadedSae());
+  sae::Sae<float>::Codes c;
+  sae.encode(hookRows(prompt), c);
+  const sae::RowMatrix<float> codes = c.toDense();
+  sae::Index idle = -1;
+  for (sae::Index f = 0; f < codes.cols() && idle < 0; ++f)
+    if ((codes.col(f).array() == 0.0f).all()) idle = f;
+  REQUIRE(idle >= 0);
+  const Eigen::VectorXd d = decoder().row(idle).transpose();
+  auto args = generateArgs(kPrompt, 1);
+  args.insert(args.end(), {"--sae", saeDir(), "--clamp", std::to_string(idle) + "=30"});
+  const json j = runJson(args);
+  const sae::RowMatrix<float> by_hand = steeredLogits(prompt, d / d.norm(), 30.0);
+  const sae::RowMatrix<float> plain = steeredLogits(prompt, d, 0.0);
+  double moved = 0.0;
+  for (const json& t : j["steps"][0]["top_logits"]) {
+    const std::int32_t tok = t.at("token").get<std::int32_t>();
+    CHECK(t.at("logit").get<double>() == Approx(by_hand(last, tok)).margin(1e-3));
+    moved = std::max(moved, std::abs(double(by_hand(last, tok) - plain(last, tok))));
+  }
+  CHECK(moved > 0.1);  // the clamp did change the logits
 }
 
 TEST_CASE("sae generate --steer adds c W_dec[f] and moves the logits along W_dec[f] W_U",
