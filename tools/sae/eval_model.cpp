@@ -25,15 +25,6 @@ namespace sae_cli {
 
 namespace {
 
-// The hook the SAE was trained on, from its cfg.json metadata (SAELens 6: metadata.hook_name),
-// or empty.
-std::string configuredHook(const sae::io::LoadedSae<float>& loaded) {
-  const auto& m = loaded.config.metadata;
-  if (m.is_object() && m.contains("hook_name") && m.at("hook_name").is_string())
-    return m.at("hook_name").get<std::string>();
-  return "";
-}
-
 // Windows of `context` tokens (BOS first when `bos` >= 0) cut from each file's ids in order,
 // grouped into batches of at most `batch_size` windows of one length: a file's shorter last
 // window goes with the others of its length.
@@ -114,21 +105,8 @@ ojson evaluateInModel(const InferenceOptions& in, const ModelEvalArgs& a) {
   const sae::lm::Gpt2Config& cfg = model.config();
 
   // The hook: --hook, or the SAE's own; they must agree unless --force.
-  const std::string own = configuredHook(loaded);
-  std::string hook = a.hook.empty() ? own : a.hook;
-  if (hook.empty())
-    throw sae::ConfigError(in.sae +
-                           " does not say which hook it reads (no metadata.hook_name in "
-                           "its cfg.json): give --hook");
-  if (!a.hook.empty() && !own.empty() && own != a.hook && !a.force)
-    throw sae::ConfigError("--hook " + a.hook + " disagrees with the hook of " + in.sae + " (" +
-                           own + " in its cfg.json); give --force to evaluate it there anyway");
-  const sae::lm::HookId id = sae::lm::parseHookName(hook, static_cast<int>(cfg.n_layer));
-  const Index width = sae::lm::hookWidth(id, cfg.n_embd);
-  if (width != loaded.dIn())
-    throw sae::ConfigError("the SAE in " + in.sae +
-                           " expects d_in = " + std::to_string(loaded.dIn()) + " but " + hook +
-                           " of " + a.model + " has width " + std::to_string(width));
+  const std::string hook =
+      resolveSaeHook(loaded, in.sae, a.hook, a.force, a.model, cfg.n_layer, cfg.n_embd);
   if (a.context < 2 || a.context > cfg.n_positions)
     throw sae::ConfigError("--context " + std::to_string(a.context) + " must be in [2, " +
                            std::to_string(cfg.n_positions) + "] (the model's n_positions)");

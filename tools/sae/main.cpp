@@ -12,6 +12,8 @@
 //   sae info PATH                               # .npy / .npz / .safetensors / SAE folder
 //   sae convert SRC DST [--to saelens|sparsify] [--dtype float32|float64|float16|bfloat16]
 //   sae tokenize --model DIR --text FILE... [--prepend-bos] --out ids.npy   # GPT-2 token ids
+//   sae generate --model DIR --prompt TEXT [--sae RUN (--steer F:C | --clamp F=V | --ablate F)...]
+//   sae attribute --sae RUN --model DIR --prompt TEXT [--target TOKEN | --target-id ID]
 //
 // SAEs are read from SAELens folders, sparsify folders and Gemma Scope params.npz files
 // (sae::io::loadSae); convert writes SAELens or (TopK only) sparsify folders.
@@ -21,8 +23,10 @@
 // SIGTERM (after writing a checkpoint).
 //
 // Each subcommand lives in its own file (train.cpp, encode.cpp, eval.cpp, info.cpp,
-// convert.cpp, tokenize.cpp, dump.cpp): an options struct and a register function returning its
-// Command. tokenize and dump need the language-model part (sae::lm, CMake option SAE_LM).
+// convert.cpp, tokenize.cpp, dump.cpp,
+// generate.cpp, attribute.cpp): an options struct and a register function returning its
+// Command. tokenize, dump, generate and attribute need the language-model part (sae::lm, CMake
+// option SAE_LM).
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -40,6 +44,8 @@ int main(int argc, char** argv) {
 #if SAE_CLI_HAS_LM
   commands.push_back(registerTokenize(app));
   commands.push_back(registerDump(app));
+  commands.push_back(registerGenerate(app));
+  commands.push_back(registerAttribute(app));
 #endif
   try {
     app.parse(argc, argv);
