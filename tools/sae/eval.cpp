@@ -2,6 +2,7 @@
 // --features the per-feature statistics.
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <variant>
@@ -11,6 +12,12 @@
 #include <sae/io/activation_files.hpp>
 #include <sae/io/atomic_write.hpp>
 #include <sae/io/npy.hpp>
+
+#if SAE_CLI_HAS_LM
+#include <sae/lm/attribution.hpp>
+#include <sae/lm/gpt2.hpp>
+#include <sae/lm/tokenizer.hpp>
+#endif
 
 #include "common.hpp"
 
@@ -74,6 +81,35 @@ ojson densityHistogram(const Eigen::VectorXd& density) {
   return hist;
 }
 
+#if SAE_CLI_HAS_LM
+// `sae eval --features --model DIR`: per feature, the 10 top and bottom tokens of its direct
+// logit effect W_dec[f] . W_U ("top_logits" / "bottom_logits": [{token, text, value}...]; text
+// when DIR has GPT-2's tokenizer files).
+void addFeatureLogits(ojson& fj, const std::string& dir, const sae::Sae<float>& sae) {
+  const sae::lm::Gpt2Model model = sae::lm::Gpt2Model::load(dir);
+  std::unique_ptr<sae::lm::Gpt2Tokenizer> tok;
+  if (std::ifstream(dir + "/vocab.json") || std::ifstream(dir + "/encoder.json"))
+    tok = std::make_unique<sae::lm::Gpt2Tokenizer>(sae::lm::Gpt2Tokenizer::fromDirectory(dir));
+  const std::vector<sae::lm::FeatureLogits> logits = sae::lm::featureLogits(model, sae, 10);
+  auto list = [&](const std::vector<sae::lm::TokenValue>& tv) {
+    ojson a = ojson::array();
+    for (const auto& t : tv) {
+      ojson e = {{"token", t.token}};
+      if (tok) e["text"] = tok->decode(&t.token, 1);  // may cut a character: dumped lossily
+      e["value"] = t.value;
+      a.push_back(std::move(e));
+    }
+    return a;
+  };
+  for (auto& f : fj["features"]) {
+    const auto& l = logits.at(f.at("feature").get<std::size_t>());
+    f["top_logits"] = list(l.top);
+    f["bottom_logits"] = list(l.bottom);
+  }
+  fj["summary"]["model"] = dir;
+}
+#endif
+
 }  // namespace
 
 int runEval(const EvalOptions& o, const CLI::App&) {
@@ -92,6 +128,10 @@ int runEval(const EvalOptions& o, const CLI::App&) {
     throw sae::ConfigError(
         "give the activations as --data FILE..., or the SAE's model as "
         "--model DIR with --text FILE... or --tokens ids.npy");
+  if (!o.model.model.empty() && o.features.out.empty())
+    throw sae::ConfigError(
+        "--model with --data adds the features' top and bottom logits to --features: give "
+        "--features OUT.json, or --text / --tokens to evaluate the SAE in its model");
   const bool bf16 = o.in.prepare();
   const FeatureArgs& fa = o.features;
   const auto loaded = sae::io::loadSae<float>(o.in.sae);
@@ -156,7 +196,10 @@ int runEval(const EvalOptions& o, const CLI::App&) {
     fj["summary"]["sae"] = o.in.sae;
     fj["summary"]["data"] = o.in.data;
     if (ids) fj["summary"]["token_id_files"] = fa.token_ids;
-    const std::string text = fj.dump() + "\n";
+#if SAE_CLI_HAS_LM
+    if (!o.model.model.empty()) addFeatureLogits(fj, o.model.model, sae::Sae<float>(loaded));
+#endif
+    const std::string text = fj.dump(-1, ' ', false, ojson::error_handler_t::replace) + "\n";
     features_out->write(text.data(), text.size());
     features_out->commit();
     std::fprintf(stderr, "%s eval: feature statistics of %lld rows x %lld features -> %s\n", kProg,
@@ -187,7 +230,8 @@ Command registerEval(CLI::App& app) {
   auto* model = sub.add_option("--model", m.model,
                                "GPT-2 folder: evaluate the SAE spliced into it at its hook "
                                "(CE-loss recovered and KL divergence, as SAELens computes them) "
-                               "over --text or --tokens")
+                               "over --text or --tokens; with --data and --features, each "
+                               "feature's top and bottom logits (W_dec[f] . W_U)")
                     ->check(CLI::ExistingDirectory);
   sub.add_option("--hook", m.hook, "--model: hook point (default: the SAE's metadata.hook_name)")
       ->needs(model);

@@ -138,4 +138,45 @@ inline std::vector<FeatureAttribution> attributeLogit(const Gpt2Model& model, Sa
   return out;
 }
 
+/// @brief The top and bottom tokens of one feature's direct logit effect.
+struct FeatureLogits {
+  std::vector<TokenValue> top;     ///< The `n` largest entries of W_dec[f] · W_U, largest first.
+  std::vector<TokenValue> bottom;  ///< The `n` smallest, smallest first.
+};
+
+/// @brief For every feature f of `sae`, the top and bottom `n` tokens of its direct logit
+/// effect decoderRowInHookUnits(f) · W_U (SAELens dashboards' "logit" panels), computed as
+/// one product [block, d_model] x [d_model, vocab] per block of `block` features (the whole
+/// [d_sae, vocab] matrix is never held).
+/// @throws ConfigError when the SAE's d_in is not the model's d_model (the direct effect reads
+/// a residual-stream direction).
+inline std::vector<FeatureLogits> featureLogits(const Gpt2Model& model, const Sae<float>& sae,
+                                                Index n, Index block = 256) {
+  const RowMatrix<float>& wte = model.tokenEmbedding();
+  if (sae.dIn() != wte.cols())
+    throw ConfigError(sae::detail::concat(
+        "logits of features: the SAE's d_in = ", sae.dIn(), " is not the model's d_model = ",
+        wte.cols(), " (the direct logit effect needs a residual-stream SAE)"));
+  require(n >= 0 && block > 0, "featureLogits: n must be >= 0 and block > 0");
+  const steer::DecoderUnits units = decoderUnits(sae);
+  const Index d_sae = sae.dSae();
+  std::vector<FeatureLogits> out(static_cast<std::size_t>(d_sae));
+  RowMatrix<float> dirs, effect;
+  for (Index first = 0; first < d_sae; first += block) {
+    const Index b = std::min(block, d_sae - first);
+    dirs.resize(b, wte.cols());
+    for (Index i = 0; i < b; ++i)
+      dirs.row(i) = decoderRowInHookUnits(sae, first + i, units).transpose();
+    effect.noalias() = dirs * wte.transpose();
+#pragma omp parallel for schedule(dynamic)
+    for (Index i = 0; i < b; ++i) {
+      const Vector<float> e = effect.row(i).transpose();
+      FeatureLogits& f = out[static_cast<std::size_t>(first + i)];
+      f.top = topTokens(e, n, true);
+      f.bottom = topTokens(e, n, false);
+    }
+  }
+  return out;
+}
+
 }  // namespace sae::lm
