@@ -325,6 +325,13 @@ TEST_CASE("sae dump of text files, float16 and bfloat16, and sae train on a dump
   CHECK(cfg.at("d_in") == 8);
   // The saved SAE names the hook it was trained on (for `sae eval --model` without --hook).
   CHECK(cfg.at("metadata").at("hook_name") == "blocks.0.hook_resid_post");
+  // sae eval reads the dump folder too, every row of it.
+  const nlohmann::json ev =
+      nlohmann::json::parse(runCliOk({"eval", "--sae", dir.file("run"), "--data", f32}).out);
+  CHECK(ev.at("rows") == want_tokens.size());
+  // A folder that is not a dump is named as such (training reads every shard of one instead).
+  checkCliFails({"eval", "--sae", dir.file("run"), "--data", dir.file("run")},
+                dir.file("run") + " is a folder without dump.json");
   const std::string two = dir.file("two");
   runCliOk({"dump", "--model", model, "--text", a, "--hook", "blocks.0.hook_resid_pre", "--hook",
             "blocks.0.mlp.hook_pre", "--context", "32", "--quiet", "--out", two});

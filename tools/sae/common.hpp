@@ -83,12 +83,18 @@ inline json readJsonFile(const std::string& path) {
 
 /// @brief --data paths with each `sae dump` folder (one holding dump.json) replaced by the shard
 /// files of its hook, in row order; a dump of several hooks must be named with its hook's
-/// subfolder. Other paths are kept as they are.
-inline std::vector<std::string> expandDumpFolders(const std::vector<std::string>& paths) {
+/// subfolder. Other paths are kept as they are; other folders too when `plain_folders` (training
+/// streams every shard of a folder), else they are an error.
+inline std::vector<std::string> expandDumpFolders(const std::vector<std::string>& paths,
+                                                  bool plain_folders = false) {
   std::vector<std::string> out;
   for (const std::string& p : paths) {
     const std::string meta_path = p + "/dump.json";
     std::ifstream probe(meta_path);
+    if (isDir(p) && !probe && !plain_folders)
+      throw sae::ConfigError(p +
+                             " is a folder without dump.json: give activation files (.npy, "
+                             ".safetensors) or a `sae dump` folder as --data");
     if (!isDir(p) || !probe) {
       out.push_back(p);
       continue;
@@ -177,7 +183,7 @@ struct InferenceOptions {
   /// --threads and --precision on `sub`.
   void add(CLI::App& sub, const std::string& sae_help, bool data_optional = false) {
     sub.add_option("--sae", sae, sae_help)->required();
-    auto* d = sub.add_option("--data", data, "activation files")->check(CLI::ExistingFile);
+    auto* d = sub.add_option("--data", data, "activation files")->check(CLI::ExistingPath);
     if (!data_optional) d->required();
     sub.add_option("--batch", batch, "rows per chunk")->check(CLI::PositiveNumber);
     sub.add_option("--threads", threads, "threads (0: all)")->check(CLI::NonNegativeNumber);

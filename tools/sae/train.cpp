@@ -164,7 +164,8 @@ TrainerConfig requestedConfig(const TrainOptions& o, const CLI::App& sub,
     given["total_steps"] = "--tokens";
   }
   if (!o.data.empty()) {
-    cfg.data = {{"kind", "files"}, {"paths", expandDumpFolders(o.data)}, {"holdout", o.holdout}};
+    cfg.data = {
+        {"kind", "files"}, {"paths", expandDumpFolders(o.data, true)}, {"holdout", o.holdout}};
     if (!o.tensor.empty()) cfg.data["tensor"] = o.tensor;
     // Activations of `sae dump`: the saved cfg.json names their hook (metadata.hook_name).
     const std::string hook = dumpedHook(o.data);
