@@ -12,6 +12,9 @@
 //
 // attribute: every active feature's activation, dla and contribution equal a computation done
 // here in double, sorted by |contribution|, and their sum is (x_hat - b_dec) . W_U[:, target].
+//
+// eval --features --model: every feature's top and bottom logits are the largest and smallest
+// entries of its direct effect (W_dec[f] / ||W_dec[f]||) . W_U, computed here in double.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -23,6 +26,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <sae/io/npy.hpp>
 #include <sae/lm/gpt2.hpp>
 #include <sae/lm/tokenizer.hpp>
 #include <sae/runtime/sae.hpp>
@@ -407,6 +411,55 @@ TEST_CASE("sae attribute: contributions equal a direct computation", "[cli][lm][
   CHECK(k["features"][0]["top_logits"][0].at("token").get<Eigen::Index>() == top);
   CHECK(k["features"][0]["top_logits"][0].at("effect").get<double>() ==
         Approx(effect[top]).epsilon(1e-4));
+}
+
+TEST_CASE("sae eval --features --model: top and bottom logits are each feature's direct effect",
+          "[cli][lm][features]") {
+  const std::string dir = sae::test::scratchDir("generate", "logits");
+  const std::string x = dir + "/x.npy", out = dir + "/features.json";
+  sae::io::writeNpy(x, hookRows(withBos("The options of the command. Les options de la commande")));
+  runCliOk({"eval", "--sae", saeDir(), "--data", x, "--features", out, "--model", modelDir()});
+  const json j = json::parse(readFile(out));
+  CHECK(j.at("summary").at("model").get<std::string>() == modelDir());
+  const json& feats = j.at("features");
+  REQUIRE(feats.size() == 1024);
+  const Eigen::MatrixXd W_dec = decoder();
+  // 15 features spread over the dictionary, so over the library's blocks of 256 features.
+  for (std::size_t f = 0; f < 1024; f += 73) {
+    INFO("feature " << f);
+    const json& fj = feats[f];
+    REQUIRE(fj.at("feature").get<std::size_t>() == f);
+    const Eigen::VectorXd effect =
+        effectOf(W_dec.row(Eigen::Index(f)).transpose() / W_dec.row(Eigen::Index(f)).norm());
+    std::vector<double> sorted(effect.data(), effect.data() + effect.size());
+    std::sort(sorted.begin(), sorted.end());
+    for (const bool top : {true, false}) {
+      INFO((top ? "top_logits" : "bottom_logits"));
+      const json& list = fj.at(top ? "top_logits" : "bottom_logits");
+      REQUIRE(list.size() == 10);
+      std::set<std::int32_t> seen;
+      for (std::size_t i = 0; i < list.size(); ++i) {
+        const std::int32_t t = list[i].at("token").get<std::int32_t>();
+        const double v = list[i].at("value").get<double>();
+        REQUIRE(t >= 0);
+        REQUIRE(t < effect.size());
+        CHECK(seen.insert(t).second);
+        CHECK(v == Approx(effect[t]).epsilon(1e-4).margin(1e-6));
+        // The i-th largest (smallest) value by hand: ties between tokens may order either way.
+        const double want = top ? sorted[sorted.size() - 1 - i] : sorted[i];
+        CHECK(v == Approx(want).epsilon(1e-4).margin(1e-6));
+        // The token's text; a token that is part of a character is written with U+FFFD.
+        const std::string text = tokenizer().decode(&t, 1);
+        const json as_written =
+            json::parse(json(text).dump(-1, ' ', false, json::error_handler_t::replace));
+        CHECK(list[i].at("text") == as_written);
+      }
+    }
+  }
+  // A model of another width is refused, naming both widths.
+  checkCliFails({"eval", "--sae", saeDir(), "--data", x, "--features", out, "--model",
+                 lmDataPath("tiny-gpt2")},
+                "the SAE's d_in = 128 is not the model's d_model = 32");
 }
 
 TEST_CASE("sae generate and sae attribute refuse bad input", "[cli][lm][generate]") {
