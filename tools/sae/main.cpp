@@ -9,6 +9,7 @@
 //                                               # none; a larger --steps extends a finished run)
 //   sae encode --sae DIR --data acts.npy --out codes.safetensors [--dense]
 //   sae eval --sae DIR --data acts.npy [--features stats.json [--top-n 20] [--token-ids ids.npy]]
+//   sae report RUN [--out FILE]                  # HTML run report (curves, densities, config)
 //   sae info PATH                               # .npy / .npz / .safetensors / SAE folder
 //   sae convert SRC DST [--to saelens|sparsify] [--dtype float32|float64|float16|bfloat16]
 //   sae tokenize --model DIR --text FILE... [--prepend-bos] --out ids.npy   # GPT-2 token ids
@@ -39,8 +40,8 @@ int main(int argc, char** argv) {
   CLI::App app{"sae: train, run and inspect sparse autoencoders (SAELens-compatible files)"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "help for every subcommand");
-  std::vector<Command> commands = {registerTrain(app), registerEncode(app), registerEval(app),
-                                   registerInfo(app), registerConvert(app)};
+  std::vector<Command> commands = {registerTrain(app), registerEncode(app),  registerEval(app),
+                                   registerInfo(app),  registerConvert(app), registerReport(app)};
 #if SAE_CLI_HAS_LM
   commands.push_back(registerTokenize(app));
   commands.push_back(registerDump(app));

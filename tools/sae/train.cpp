@@ -2,6 +2,7 @@
 // options, fresh runs and --resume.
 #include <csignal>
 #include <cstdio>
+#include <exception>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include <sae/io/activation_stream.hpp>
+#include <sae/report/run_report.hpp>
 #include <sae/train/batch_source.hpp>
 #include <sae/train/checkpoint.hpp>
 #include <sae/train/trainer.hpp>
@@ -41,6 +43,7 @@ struct TrainOptions {
   Index synth_d_in = 64, synth_features = 256;
   double synth_active = 5, synth_noise = 0.01;
   bool resume = false, quiet = false;
+  bool report = false;  // --report: RUN/report.html at each checkpoint and at the end
 };
 
 // The CLI11 check a field's `check` text names (see sae::train::TrainField).
@@ -88,8 +91,26 @@ void addFieldFlag(CLI::App& sub, const TrainField& f, T& value) {
   }
 }
 
+// --report: refreshes RUN/report.html after each checkpoint. A report that cannot be written
+// is a warning, not the end of the run (the checkpoint is already on disk).
+struct ReportRefresh {
+  std::string run;
+  bool enabled = false;
+  void write() const {
+    if (!enabled) return;
+    try {
+      sae::report::writeRunReport(run, run + "/report.html");
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s train: warning: report not written: %s\n", kProg,
+                   oneLine(e.what()).c_str());
+    }
+  }
+  void onCheckpoint(const sae::train::TrainProgress&, const std::string&) const { write(); }
+};
+
 template <typename Arch, typename Source, typename Report>
-int runTrainer(const TrainerConfig& cfg, Source& source, bool resume, bool quiet, Report report) {
+int runTrainer(const TrainerConfig& cfg, Source& source, bool resume, bool quiet, bool html,
+               Report report) {
   sae::train::Trainer<float, Arch, Source> trainer(cfg, source);
   trainer.setHandleSignals(true);
   if (resume) {
@@ -105,7 +126,9 @@ int runTrainer(const TrainerConfig& cfg, Source& source, bool resume, bool quiet
   }
   sae::train::StopSignalGuard guard;
   TerminalProgress progress(quiet);
-  const sae::train::TrainResult r = trainer.train(-1, progress);
+  const ReportRefresh refresh{cfg.out_dir, html};
+  const sae::train::TrainResult r = trainer.train(-1, progress, refresh);
+  refresh.write();
   if (r.signal != 0) {
     std::fprintf(stderr,
                  "%s train: stopped by %s at step %lld; checkpoint %s written; continue with "
@@ -123,7 +146,7 @@ int runTrainer(const TrainerConfig& cfg, Source& source, bool resume, bool quiet
 }
 
 template <typename Source>
-int dispatchArch(const TrainerConfig& cfg, Source& source, bool resume, bool quiet,
+int dispatchArch(const TrainerConfig& cfg, Source& source, bool resume, bool quiet, bool html,
                  const sae::RowMatrix<float>* truth) {
   auto mmcs = [truth](const auto& trainer) {
     if (!truth) return;
@@ -132,7 +155,7 @@ int dispatchArch(const TrainerConfig& cfg, Source& source, bool resume, bool qui
     std::printf("{\"mmcs\": %.6f}\n", v);
   };
   return sae::visitArchitecture(cfg.architecture, [&](auto tag) {
-    return runTrainer<typename decltype(tag)::Arch>(cfg, source, resume, quiet, mmcs);
+    return runTrainer<typename decltype(tag)::Arch>(cfg, source, resume, quiet, html, mmcs);
   });
 }
 
@@ -227,7 +250,7 @@ int runTrain(const TrainOptions& o, const CLI::App& sub) {
     so.expected_active = cfg.data.value("active", 5.0);
     so.noise = cfg.data.value("noise", 0.01);
     sae::train::SyntheticSource<float> source(so, cfg.seed, cfg.batch_size);
-    return dispatchArch(cfg, source, o.resume, o.quiet, &source.directions());
+    return dispatchArch(cfg, source, o.resume, o.quiet, o.report, &source.directions());
   }
   if (kind == "files") {
     sae::io::StreamOptions so;
@@ -237,7 +260,7 @@ int runTrain(const TrainOptions& o, const CLI::App& sub) {
     so.tensor_name = cfg.data.value("tensor", std::string());
     const auto paths = cfg.data.at("paths").get<std::vector<std::string>>();
     sae::train::StreamSource<sae::io::ActivationStream<float>> source(paths, so);
-    return dispatchArch(cfg, source, o.resume, o.quiet, nullptr);
+    return dispatchArch(cfg, source, o.resume, o.quiet, o.report, nullptr);
   }
   throw sae::ConfigError("unknown data kind '" + kind + "' in the configuration");
 }
@@ -277,6 +300,8 @@ Command registerTrain(CLI::App& app) {
                  "synthetic data: mean features per token (default 5)")
       ->check(CLI::PositiveNumber);
   sub.add_flag("--quiet", o.quiet, "no progress output");
+  sub.add_flag("--report", o.report,
+               "write RUN/report.html (sae report) at each checkpoint and at the end");
   return cmd;
 }
 
