@@ -73,6 +73,28 @@ inline std::string num(double v) {
 // Margins of the plot area inside the SVG.
 inline constexpr int kLeft = 64, kRight = 16, kTop = 28, kBottom = 40;
 
+// The opening of a chart: the <svg> element, its title and heading, and the horizontal grid
+// lines with their labels at `yt` (py maps a value to its y pixel).
+template <typename YPixel>
+std::string openSvg(const std::string& id, const std::string& title, int W, int H, int width,
+                    const std::vector<double>& yt, YPixel py) {
+  std::string o;
+  o += "<svg class=\"chart\" id=\"" + escapeHtml(id) + "\" xmlns=\"http://www.w3.org/2000/svg\" ";
+  o += "width=\"" + std::to_string(W) + "\" height=\"" + std::to_string(H) + "\" viewBox=\"0 0 " +
+       std::to_string(W) + " " + std::to_string(H) + "\" role=\"img\">";
+  o += "<title>" + escapeHtml(title) + "</title>";
+  o += "<text class=\"chart-title\" x=\"" + std::to_string(kLeft) + "\" y=\"18\">" +
+       escapeHtml(title) + "</text>";
+  for (double t : yt) {
+    const std::string y = num(py(t));
+    o += "<line class=\"grid\" x1=\"" + std::to_string(kLeft) + "\" x2=\"" +
+         std::to_string(kLeft + width) + "\" y1=\"" + y + "\" y2=\"" + y + "\"/>";
+    o += "<text class=\"tick y\" x=\"" + std::to_string(kLeft - 6) + "\" y=\"" + y + "\">" +
+         formatNumber(t) + "</text>";
+  }
+  return o;
+}
+
 }  // namespace detail
 
 /// @brief The chart as an `<svg>` element: axes with tick labels, one `<polyline>` per series
@@ -96,20 +118,7 @@ inline std::string renderLineChart(const LineChart& c) {
   auto px = [&](double x) { return detail::kLeft + (x - x0) / (x1 - x0) * c.width; };
   auto py = [&](double y) { return detail::kTop + (1.0 - (y - y0) / (y1 - y0)) * c.height; };
 
-  std::string o;
-  o += "<svg class=\"chart\" id=\"" + escapeHtml(c.id) + "\" xmlns=\"http://www.w3.org/2000/svg\" ";
-  o += "width=\"" + std::to_string(W) + "\" height=\"" + std::to_string(H) + "\" viewBox=\"0 0 " +
-       std::to_string(W) + " " + std::to_string(H) + "\" role=\"img\">";
-  o += "<title>" + escapeHtml(c.title) + "</title>";
-  o += "<text class=\"chart-title\" x=\"" + std::to_string(detail::kLeft) + "\" y=\"18\">" +
-       escapeHtml(c.title) + "</text>";
-  for (double t : yt) {
-    const std::string y = num(py(t));
-    o += "<line class=\"grid\" x1=\"" + std::to_string(detail::kLeft) + "\" x2=\"" +
-         std::to_string(detail::kLeft + c.width) + "\" y1=\"" + y + "\" y2=\"" + y + "\"/>";
-    o += "<text class=\"tick y\" x=\"" + std::to_string(detail::kLeft - 6) + "\" y=\"" + y + "\">" +
-         formatNumber(t) + "</text>";
-  }
+  std::string o = detail::openSvg(c.id, c.title, W, H, c.width, yt, py);
   for (double t : xt) {
     const std::string x = num(px(t));
     o += "<text class=\"tick x\" x=\"" + x + "\" y=\"" +
@@ -171,20 +180,7 @@ inline std::string renderBarChart(const BarChart& c) {
   const double bw = n ? double(c.width) / double(n) : 0.0;
   auto py = [&](double y) { return detail::kTop + (1.0 - y / y1) * c.height; };
 
-  std::string o;
-  o += "<svg class=\"chart\" id=\"" + escapeHtml(c.id) + "\" xmlns=\"http://www.w3.org/2000/svg\" ";
-  o += "width=\"" + std::to_string(W) + "\" height=\"" + std::to_string(H) + "\" viewBox=\"0 0 " +
-       std::to_string(W) + " " + std::to_string(H) + "\" role=\"img\">";
-  o += "<title>" + escapeHtml(c.title) + "</title>";
-  o += "<text class=\"chart-title\" x=\"" + std::to_string(detail::kLeft) + "\" y=\"18\">" +
-       escapeHtml(c.title) + "</text>";
-  for (double t : yt) {
-    const std::string y = num(py(t));
-    o += "<line class=\"grid\" x1=\"" + std::to_string(detail::kLeft) + "\" x2=\"" +
-         std::to_string(detail::kLeft + c.width) + "\" y1=\"" + y + "\" y2=\"" + y + "\"/>";
-    o += "<text class=\"tick y\" x=\"" + std::to_string(detail::kLeft - 6) + "\" y=\"" + y + "\">" +
-         formatNumber(t) + "</text>";
-  }
+  std::string o = detail::openSvg(c.id, c.title, W, H, c.width, yt, py);
   const std::size_t label_every = std::max<std::size_t>(1, (n + 9) / 10);
   for (std::size_t i = 0; i < n; ++i) {
     const double v = std::isfinite(c.values[i]) ? std::max(0.0, c.values[i]) : 0.0;
