@@ -15,6 +15,7 @@
 #include <sae/io/safetensors.hpp>
 #include <sae/report/run_report.hpp>
 
+#include <support/browser.hpp>
 #include <support/cli_runner.hpp>
 #include <support/test_support.hpp>
 
@@ -207,24 +208,7 @@ TEST_CASE("sae train --report and sae report write the page", "[report][cli]") {
 }
 
 #ifdef SAE_CHROMIUM_PATH
-// Runs headless chromium on `page` (file://) with name resolution off, so that any network
-// request fails; returns its stdout, and its stderr in `log`.
-std::string chromium(const std::string& page, const std::string& mode, std::string& log) {
-  const std::string dir = std::filesystem::path(page).parent_path().string();
-  const std::string out = dir + "/chromium.out", err = dir + "/chromium.err";
-  const std::string cmd = std::string("timeout 120 '") + SAE_CHROMIUM_PATH +
-                          "' --headless --no-sandbox --disable-gpu --disable-dev-shm-usage "
-                          "--no-first-run --user-data-dir='" +
-                          dir +
-                          "/chromium-profile' "
-                          "--host-resolver-rules='MAP * ~NOTFOUND' --enable-logging=stderr "
-                          "--v=0 --window-size=1280,1500 --hide-scrollbars " +
-                          mode + " 'file://" + page + "' >'" + out + "' 2>'" + err + "'";
-  INFO(cmd);
-  REQUIRE(std::system(cmd.c_str()) == 0);
-  log = readFile(err);
-  return readFile(out);
-}
+using sae::test::chromium;
 
 TEST_CASE("the run report opens in headless chromium with no errors", "[report][browser]") {
   const std::string run = scratchDir("report", "browser", false);
@@ -245,14 +229,8 @@ TEST_CASE("the run report opens in headless chromium with no errors", "[report][
 
   const std::string shot = run + "/report.png";
   (void)chromium(page, "--screenshot='" + shot + "'", log);
-  const std::string png = readFile(shot);
-  REQUIRE(png.size() > 10000);
-  CHECK(png.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0);
-  // The artefact: build/report-screenshots/run-report.png (the README's picture).
-  const std::filesystem::path keep = std::filesystem::current_path() / "report-screenshots";
-  std::filesystem::create_directories(keep);
-  std::filesystem::copy_file(shot, keep / "run-report.png",
-                             std::filesystem::copy_options::overwrite_existing);
+  // The artefact: build/tests/report-screenshots/run-report.png (the README's picture).
+  sae::test::keepScreenshot(shot, "run-report.png");
 }
 #endif
 

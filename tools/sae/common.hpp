@@ -57,6 +57,7 @@ Command registerEval(CLI::App& app);
 Command registerInfo(CLI::App& app);
 Command registerConvert(CLI::App& app);
 Command registerReport(CLI::App& app);
+Command registerDashboard(CLI::App& app);
 Command registerTokenize(CLI::App& app);   // with SAE_CLI_HAS_LM
 Command registerDump(CLI::App& app);       // with SAE_CLI_HAS_LM
 Command registerGenerate(CLI::App& app);   // with SAE_CLI_HAS_LM

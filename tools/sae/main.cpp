@@ -24,7 +24,7 @@
 // SIGTERM (after writing a checkpoint).
 //
 // Each subcommand lives in its own file (train.cpp, encode.cpp, eval.cpp, info.cpp,
-// convert.cpp, tokenize.cpp, dump.cpp,
+// convert.cpp, report.cpp, dashboard.cpp, tokenize.cpp, dump.cpp,
 // generate.cpp, attribute.cpp): an options struct and a register function returning its
 // Command. tokenize, dump, generate and attribute need the language-model part (sae::lm, CMake
 // option SAE_LM).
@@ -40,8 +40,9 @@ int main(int argc, char** argv) {
   CLI::App app{"sae: train, run and inspect sparse autoencoders (SAELens-compatible files)"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "help for every subcommand");
-  std::vector<Command> commands = {registerTrain(app), registerEncode(app),  registerEval(app),
-                                   registerInfo(app),  registerConvert(app), registerReport(app)};
+  std::vector<Command> commands = {registerTrain(app),    registerEncode(app),  registerEval(app),
+                                   registerInfo(app),     registerConvert(app), registerReport(app),
+                                   registerDashboard(app)};
 #if SAE_CLI_HAS_LM
   commands.push_back(registerTokenize(app));
   commands.push_back(registerDump(app));

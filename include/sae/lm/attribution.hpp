@@ -144,14 +144,15 @@ struct FeatureLogits {
   std::vector<TokenValue> bottom;  ///< The `n` smallest, smallest first.
 };
 
-/// @brief For every feature f of `sae`, the top and bottom `n` tokens of its direct logit
-/// effect decoderRowInHookUnits(f) · W_U (SAELens dashboards' "logit" panels), computed as
-/// one product [block, d_model] x [d_model, vocab] per block of `block` features (the whole
-/// [d_sae, vocab] matrix is never held).
+/// @brief For the features `features` of `sae` (in that order), the top and bottom `n` tokens
+/// of their direct logit effect decoderRowInHookUnits(f) · W_U (SAELens dashboards' "logit"
+/// panels), computed as one product [block, d_model] x [d_model, vocab] per block of `block`
+/// features (the whole [features, vocab] matrix is never held).
 /// @throws ConfigError when the SAE's d_in is not the model's d_model (the direct effect reads
-/// a residual-stream direction).
+/// a residual-stream direction), or for a feature out of range.
 inline std::vector<FeatureLogits> featureLogits(const Gpt2Model& model, const Sae<float>& sae,
-                                                Index n, Index block = 256) {
+                                                Index n, const std::vector<Index>& features,
+                                                Index block = 256) {
   const RowMatrix<float>& wte = model.tokenEmbedding();
   if (sae.dIn() != wte.cols())
     throw ConfigError(sae::detail::concat(
@@ -159,14 +160,15 @@ inline std::vector<FeatureLogits> featureLogits(const Gpt2Model& model, const Sa
         wte.cols(), " (the direct logit effect needs a residual-stream SAE)"));
   require(n >= 0 && block > 0, "featureLogits: n must be >= 0 and block > 0");
   const steer::DecoderUnits units = decoderUnits(sae);
-  const Index d_sae = sae.dSae();
-  std::vector<FeatureLogits> out(static_cast<std::size_t>(d_sae));
+  const Index count = static_cast<Index>(features.size());
+  std::vector<FeatureLogits> out(features.size());
   RowMatrix<float> dirs, effect;
-  for (Index first = 0; first < d_sae; first += block) {
-    const Index b = std::min(block, d_sae - first);
+  for (Index first = 0; first < count; first += block) {
+    const Index b = std::min(block, count - first);
     dirs.resize(b, wte.cols());
     for (Index i = 0; i < b; ++i)
-      dirs.row(i) = decoderRowInHookUnits(sae, first + i, units).transpose();
+      dirs.row(i) = decoderRowInHookUnits(sae, features[static_cast<std::size_t>(first + i)], units)
+                        .transpose();
     effect.noalias() = dirs * wte.transpose();
 #pragma omp parallel for schedule(dynamic)
     for (Index i = 0; i < b; ++i) {
@@ -177,6 +179,14 @@ inline std::vector<FeatureLogits> featureLogits(const Gpt2Model& model, const Sa
     }
   }
   return out;
+}
+
+/// @brief featureLogits() of every feature of `sae`, in index order.
+inline std::vector<FeatureLogits> featureLogits(const Gpt2Model& model, const Sae<float>& sae,
+                                                Index n, Index block = 256) {
+  std::vector<Index> all(static_cast<std::size_t>(sae.dSae()));
+  for (Index f = 0; f < sae.dSae(); ++f) all[static_cast<std::size_t>(f)] = f;
+  return featureLogits(model, sae, n, all, block);
 }
 
 }  // namespace sae::lm
