@@ -331,7 +331,8 @@ TEST_CASE("dashboard files: the table, the lazy data files and escaped corpus te
   const json& ctx = f2["top"][0];
   CHECK(ctx["row"] == fx.d.script_row);
   const std::int64_t x = ctx["x"];
-  CHECK(ctx["a"][std::size_t(x)] == 3.0);
+  // Activations as [offset, value] pairs of the non-zero ones: here only the example's.
+  CHECK(ctx["a"] == json::array({json::array({x, 3.0})}));
   CHECK(c0["tokens"][std::to_string(ctx["t"][std::size_t(x)].get<int>())] == " <");
   CHECK(f2["intervals"].size() == 4);
   const std::string panel = f2["html"];
@@ -405,6 +406,39 @@ TEST_CASE("sae dashboard builds the folder and rejects bad input", "[dashboard][
   const std::string html = readFile(out + "/index.html");
   CHECK(html.find("<dd>" + std::string(kHook) + "</dd>") != std::string::npos);
   CHECK(html.find("<dt>L0</dt><dd>0.66667</dd>") != std::string::npos);  // 40 firings / 60 rows
+
+  // The Neuronpedia export: SAEDashboard's batch layout, feature 1's top list and intervals.
+  const std::string np = fx.dir + "/np";
+  const auto r2 = runCliOk({"dashboard", "--sae", fx.sae, "--data", fx.dump, "--tokenizer",
+                            lmDataPath("gpt2-tokenizer"), "--features", "1,2", "--neuronpedia", np,
+                            "--np-model-id", "hand", "--contexts", "3", "--quiet", "--out", out});
+  CHECK(json::parse(r2.out)["neuronpedia_files"] == 1);
+  const json batch = json::parse(readFile(np + "/batch-0.json"));
+  CHECK(batch["model_id"] == "hand");
+  CHECK(batch["layer"] == 0);
+  CHECK(batch["sae_set"] == "sae");
+  REQUIRE(batch["features"].size() == 2);
+  const json& n1 = batch["features"][0];
+  CHECK(n1["feature_index"] == 1);
+  CHECK(n1["frac_nonzero"].get<double>() == Approx(0.5));
+  CHECK(n1["pos_str"].empty());  // no --model: no logits
+  CHECK(n1["correlated_features_indices"].empty());
+  // 3 top contexts, then 5 samples of the top interval (the other 9 intervals are empty).
+  REQUIRE(n1["activations"].size() == 8);
+  const json& a0 = n1["activations"][0];
+  CHECK(a0["bin_min"] == -1);
+  CHECK(a0["bin_max"] == 0.5);
+  CHECK(a0["bin_contains"] == -1);
+  CHECK(a0["values"].size() == a0["tokens"].size());
+  const json& a3 = n1["activations"][3];
+  CHECK(a3["bin_min"] == 0.45);
+  CHECK(a3["bin_max"] == 0.5);
+  CHECK(a3["bin_contains"] == 1.0);
+  std::int64_t heights = 0;
+  for (const auto& h : n1["freq_hist_data_bar_heights"]) heights += h.get<std::int64_t>();
+  CHECK(heights == 30);
+  const json& n2 = batch["features"][1];
+  CHECK(n2["activations"][0]["tokens"].dump().find("\" <\"") != std::string::npos);
 
   const std::string wide = fx.dir + "/wide";
   writeDump(wide, fx.d, 6);

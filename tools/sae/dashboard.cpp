@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -41,6 +42,9 @@ struct DashboardOptions {
   Index n = 0;
   std::string eval;
   std::string title;
+  std::string neuronpedia;  // folder for SAEDashboard's Neuronpedia batch files; empty: none
+  std::string np_model_id;
+  std::string np_sae_set;
   sae::report::DashboardOptions gather;
   Index chunk = 64;
   int threads = 0;
@@ -251,10 +255,27 @@ int runDashboard(const DashboardOptions& o, const CLI::App&) {
   if (!o.model.empty()) page.card.emplace_back("model (logits)", o.model);
   if (!o.eval.empty()) addEvalFacts(o.eval, page.card);
   const auto written = sae::report::writeDashboard(data, rows, page, o.out);
+  std::size_t np_files = 0;
+  if (!o.neuronpedia.empty()) {
+    sae::report::NeuronpediaExport np;
+    const auto& meta = loaded.config.metadata;
+    np.model_id = o.np_model_id;
+    if (np.model_id.empty() && meta.contains("model_name") && meta["model_name"].is_string())
+      np.model_id = meta["model_name"].get<std::string>();
+    np.sae_set = o.np_sae_set.empty() ? fs::path(o.sae).filename().string() : o.np_sae_set;
+    // The layer of a TransformerLens hook name blocks.L.*.
+    if (hook.rfind("blocks.", 0) == 0) np.layer = std::atoi(hook.c_str() + 7);
+    np.n_tokens_in_prompt = rows.context;
+    np.n_prompts_total = rows.windows;
+    for (const auto& f : rows.source_names)
+      np.dataset += (np.dataset.empty() ? "" : ", ") + fs::path(f).filename().string();
+    np_files = sae::report::writeNeuronpediaBatches(data, rows, page, np, o.neuronpedia);
+  }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ojson summary = {{"out", written.index},   {"features", data.features.size()},
                    {"rows", st.tokens()},    {"data_files", written.data_files},
                    {"bytes", written.bytes}, {"seconds", secs}};
+  if (!o.neuronpedia.empty()) summary["neuronpedia_files"] = np_files;
   std::printf("%s\n", summary.dump().c_str());
   return 0;
 }
@@ -298,6 +319,15 @@ Command registerDashboard(CLI::App& app) {
                  "JSON printed by `sae eval` (--model: ce_loss_score, kl_div_score) for the "
                  "SAE's card")
       ->check(CLI::ExistingFile);
+  auto* np = sub.add_option("--neuronpedia", o.neuronpedia,
+                            "also write the data as SAEDashboard's Neuronpedia batch files "
+                            "(batch-N.json) into this folder");
+  sub.add_option("--np-model-id", o.np_model_id,
+                 "--neuronpedia: model_id (default: the SAE's metadata.model_name)")
+      ->needs(np);
+  sub.add_option("--np-sae-set", o.np_sae_set,
+                 "--neuronpedia: sae_set (default: the SAE folder's name)")
+      ->needs(np);
   sub.add_option("--title", o.title, "page title (default: Features of <SAE folder name>)");
   sub.add_option("--contexts", o.gather.top_n, "top-activating contexts per feature")
       ->capture_default_str()

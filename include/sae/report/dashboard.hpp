@@ -31,6 +31,7 @@
 #include <sae/io/atomic_write.hpp>
 #include <sae/report/dashboard_data.hpp>
 #include <sae/report/html.hpp>
+#include <sae/report/run_report.hpp>
 #include <sae/report/svg.hpp>
 
 namespace sae::report {
@@ -98,7 +99,9 @@ inline std::string validUtf8(const std::string& s) {
 
 namespace detail {
 
-using ojson = nlohmann::ordered_json;
+// nlohmann::json, not ordered_json: an ordered_json object looks keys up linearly, quadratic in
+// the thousands of tokens and features of a data file.
+using ojson = nlohmann::json;
 
 // JSON for a page or a script file: valid UTF-8 (bad bytes replaced) and no '<' (written \u003c,
 // which only occurs inside strings), so it can sit inside a <script> element.
@@ -256,7 +259,7 @@ inline ojson contextJson(const Context& c, const DumpRows& rows,
     const std::int32_t id = rows.tokens[static_cast<std::size_t>(c.first) + k];
     used[id] = 1;
     t.push_back(id);
-    a.push_back(rounded(c.acts[k]));
+    if (c.acts[k] != 0) a.push_back(ojson::array({k, rounded(c.acts[k])}));
   }
   const auto first = static_cast<std::size_t>(c.first);
   return {{"row", c.example},
@@ -385,8 +388,10 @@ inline constexpr const char* kDashboardJs = R"js(
       src.className = 'src';
       src.textContent = meta.sources[c.s] + ' row ' + c.row;
       line.appendChild(src);
+      var acts = c.t.map(function () { return 0; });
+      c.a.forEach(function (p) { acts[p[0]] = p[1]; });
       c.t.forEach(function (id, k) {
-        var span = document.createElement('span'), v = c.a[k];
+        var span = document.createElement('span'), v = acts[k];
         span.className = 'tok' + (v > 0 ? ' on' : '') + (k === c.x ? ' max' : '');
         span.textContent = chunk.tokens[id].replace(/\n/g, '\u21b5').replace(/\t/g, '\u2192');
         span.title = JSON.stringify(chunk.tokens[id]) + ': ' + v;
@@ -548,7 +553,7 @@ inline DashboardFiles writeDashboard(const DashboardData& data, const DumpRows& 
     ojson tokens = ojson::object();
     for (const auto& [id, unused] : used) {
       (void)unused;
-      tokens[std::to_string(id)] = detail::tokenTextOf(page, id);
+      tokens.emplace(std::to_string(id), detail::tokenTextOf(page, id));
     }
     char name[40];
     std::snprintf(name, sizeof name, "features-%05zu.js", chunk);
@@ -575,21 +580,7 @@ inline DashboardFiles writeDashboard(const DashboardData& data, const DumpRows& 
   for (const auto& [k, v] : page.card)
     h += "<dt>" + escapeHtml(k) + "</dt><dd>" + escapeHtml(v) + "</dd>";
   h += "</dl>";
-  {
-    const eval::DensityHistogram dh = st.densityHistogram();
-    BarChart bars;
-    bars.id = "density-histogram";
-    bars.title = "features by log10 density (" + std::to_string(st.dSae()) + " latents, " +
-                 std::to_string(dh.dead) + " dead)";
-    bars.x_label = "log10 density (first bar: never fired)";
-    bars.labels.push_back("dead");
-    bars.values.push_back(double(dh.dead));
-    for (int b = 0; b < eval::DensityHistogram::kBins; ++b) {
-      bars.labels.push_back(formatNumber(eval::DensityHistogram::edge(b), 3));
-      bars.values.push_back(double(dh.counts[static_cast<std::size_t>(b)]));
-    }
-    h += "<h3>Feature density</h3>" + renderBarChart(bars);
-  }
+  h += "<h3>Feature density</h3>" + renderDensityHistogram(st.densityHistogram(), st.dSae());
   h += "<h3>Features</h3><div class=\"toolbar\"><input id=\"search\" type=\"search\" "
        "placeholder=\"feature id, token or source\" aria-label=\"search features\">"
        "<button id=\"prev\" type=\"button\">&larr; previous</button><span id=\"page-info\"></span>"
@@ -611,6 +602,122 @@ inline DashboardFiles writeDashboard(const DashboardData& data, const DumpRows& 
   result.index = index;
   result.bytes += h.size();
   return result;
+}
+
+/// @brief The batch fields of a Neuronpedia export (SAEDashboard's NeuronpediaDashboardBatch).
+struct NeuronpediaExport {
+  std::string model_id;          ///< "model_id", e.g. "gpt2-small".
+  int layer = 0;                 ///< "layer".
+  std::string sae_set;           ///< "sae_set", e.g. "res-jb".
+  Index n_tokens_in_prompt = 0;  ///< Tokens per window.
+  Index n_prompts_total = 0;     ///< Windows the statistics cover.
+  std::string dataset;           ///< What the windows are (the dump's files).
+  Index batch = 128;             ///< Features per batch file.
+};
+
+/// @brief Writes the data of a dashboard as SAEDashboard's Neuronpedia batch files,
+/// `dir`/batch-N.json (atomic each): {"model_id", "layer", "sae_set", "features": [...]} with,
+/// per feature, the fields of NeuronpediaDashboardFeature:
+///   - filled: feature_index, frac_nonzero (density), freq_hist_data_bar_values (bin centres) and
+///     freq_hist_data_bar_heights (firing counts) of the activation histogram, pos_str /
+///     pos_values / neg_str / neg_values (the logits, when the page has them), n_prompts_total,
+///     n_tokens_in_prompt, dataset, and activations: the top contexts (bin_min -1, bin_max the
+///     max activation, bin_contains -1, as SAEDashboard writes its "TOP ACTIVATIONS" group),
+///     then the interval samples (bin_min, bin_max, bin_contains = the interval's share of the
+///     firings), each with its tokens as text and the feature's activation on each (3 decimals);
+///   - empty lists (not computed here): neuron_alignment_*, correlated_neurons_*,
+///     correlated_features_* (SAEDashboard's are activation correlations, not the decoder
+///     cosines this dashboard shows), logits_hist_data_*, decoder_weights_dist.
+/// Returns the number of files written. IoError naming the path when one cannot be written.
+inline std::size_t writeNeuronpediaBatches(const DashboardData& data, const DumpRows& rows,
+                                           const DashboardPage& page, const NeuronpediaExport& np,
+                                           const std::string& dir) {
+  namespace fs = std::filesystem;
+  using detail::ojson;
+  require(np.batch > 0, "neuronpedia export: batch must be positive");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec || !fs::is_directory(dir))
+    throw IoError(dir + ": cannot create the Neuronpedia export folder" +
+                  (ec ? ": " + ec.message() : std::string()));
+  const eval::FeatureStatistics& st = data.stats;
+  auto r3 = [](double v) { return std::round(v * 1000.0) / 1000.0; };
+  auto activation = [&](const Context& c, double lo, double hi, double contains) {
+    ojson tokens = ojson::array(), values = ojson::array();
+    for (std::size_t k = 0; k < c.acts.size(); ++k) {
+      tokens.push_back(
+          detail::tokenTextOf(page, rows.tokens[static_cast<std::size_t>(c.first) + k]));
+      values.push_back(r3(c.acts[k]));
+    }
+    return ojson{{"bin_min", lo},
+                 {"bin_max", hi},
+                 {"bin_contains", contains},
+                 {"tokens", std::move(tokens)},
+                 {"values", std::move(values)}};
+  };
+  auto logitList = [&](const std::vector<TokenScore>& ts, ojson& str, ojson& val) {
+    for (const TokenScore& t : ts) {
+      str.push_back(detail::tokenTextOf(page, t.token));
+      val.push_back(r3(t.value));
+    }
+  };
+  const std::size_t F = data.features.size(), B = static_cast<std::size_t>(np.batch);
+  std::size_t files = 0;
+  for (std::size_t first = 0; first < F; first += B, ++files) {
+    ojson features = ojson::array();
+    for (std::size_t i = first; i < std::min(F, first + B); ++i) {
+      const FeatureData& fd = data.features[i];
+      const double mx = st.maxActivation(fd.feature);
+      const double count = static_cast<double>(st.firingCount(fd.feature));
+      ojson f = ojson::object();
+      f["feature_index"] = fd.feature;
+      for (const char* k :
+           {"neuron_alignment_indices", "neuron_alignment_values", "neuron_alignment_l1",
+            "correlated_neurons_indices", "correlated_neurons_l1", "correlated_neurons_pearson",
+            "correlated_features_indices", "correlated_features_l1", "correlated_features_pearson",
+            "logits_hist_data_bar_heights", "logits_hist_data_bar_values", "decoder_weights_dist"})
+        f[k] = ojson::array();
+      ojson pos_str = ojson::array(), pos_val = ojson::array(), neg_str = ojson::array(),
+            neg_val = ojson::array();
+      if (i < page.logits.size()) {
+        logitList(page.logits[i].first, pos_str, pos_val);
+        logitList(page.logits[i].second, neg_str, neg_val);
+      }
+      f["pos_str"] = std::move(pos_str);
+      f["pos_values"] = std::move(pos_val);
+      f["neg_str"] = std::move(neg_str);
+      f["neg_values"] = std::move(neg_val);
+      f["frac_nonzero"] = st.frequency(fd.feature);
+      ojson centres = ojson::array(), heights = ojson::array();
+      const std::size_t bins = fd.histogram.size();
+      for (std::size_t b = 0; b < bins; ++b) {
+        centres.push_back(r3(mx * (double(b) + 0.5) / double(bins)));
+        heights.push_back(fd.histogram[b]);
+      }
+      f["freq_hist_data_bar_values"] = std::move(centres);
+      f["freq_hist_data_bar_heights"] = std::move(heights);
+      f["n_prompts_total"] = np.n_prompts_total;
+      f["n_tokens_in_prompt"] = np.n_tokens_in_prompt;
+      f["dataset"] = np.dataset;
+      ojson acts = ojson::array();
+      for (const Context& c : fd.top) acts.push_back(activation(c, -1, r3(mx), -1));
+      const std::size_t I = fd.intervals.size();
+      for (std::size_t iv = I; iv-- > 0;)
+        for (const Context& c : fd.intervals[iv])
+          acts.push_back(activation(c, r3(mx * double(iv) / double(I)),
+                                    r3(mx * double(iv + 1) / double(I)),
+                                    count > 0 ? double(fd.interval_counts[iv]) / count : 0.0));
+      f["activations"] = std::move(acts);
+      features.push_back(std::move(f));
+    }
+    const ojson batch = {{"model_id", np.model_id},
+                         {"layer", np.layer},
+                         {"sae_set", np.sae_set},
+                         {"features", std::move(features)}};
+    io::writeTextFile((fs::path(dir) / ("batch-" + std::to_string(files) + ".json")).string(),
+                      batch.dump(-1, ' ', false, ojson::error_handler_t::replace) + "\n");
+  }
+  return files;
 }
 
 }  // namespace sae::report

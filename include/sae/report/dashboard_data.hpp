@@ -43,6 +43,7 @@
 #include <sae/eval/feature_stats.hpp>
 #include <sae/eval/metrics.hpp>
 #include <sae/io/activation_files.hpp>
+#include <sae/io/activation_stream.hpp>
 #include <sae/io/loaded_sae.hpp>
 #include <sae/io/npy.hpp>
 #include <sae/models/codes.hpp>
@@ -57,6 +58,8 @@ struct DumpRows {
   std::vector<std::int32_t> positions;    ///< positions.npy: its position in its window.
   std::vector<std::int32_t> sources;      ///< sources.npy: index into source_names.
   std::vector<std::string> source_names;  ///< dump.json "files"[i].path.
+  Index context = 0;  ///< dump.json "context": tokens per window, BOS included (0: not given).
+  Index windows = 0;  ///< Sum of dump.json "files"[i].windows (0: not given).
   /// dump.json "hooks": name and shard files (paths inside the dump folder).
   std::vector<std::pair<std::string, std::vector<std::string>>> hooks;
 
@@ -126,8 +129,11 @@ inline DumpRows readDumpRows(const std::string& dir) {
   std::int64_t rows = 0;
   try {
     rows = meta.at("rows").get<std::int64_t>();
-    for (const auto& f : meta.at("files"))
+    for (const auto& f : meta.at("files")) {
       d.source_names.push_back(f.at("path").get<std::string>());
+      if (f.contains("windows")) d.windows += f.at("windows").get<Index>();
+    }
+    if (meta.contains("context")) d.context = meta.at("context").get<Index>();
     for (const auto& h : meta.at("hooks")) {
       std::vector<std::string> shards;
       const std::string folder = h.at("folder").get<std::string>();
@@ -204,13 +210,6 @@ struct DashboardData {
 
 namespace detail {
 
-inline std::uint64_t mix64(std::uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
 // The interval (or histogram bin) of value v in (0, max] split into n equal parts.
 inline int partOf(double v, double max, int n) {
   if (!(max > 0)) return 0;
@@ -218,37 +217,20 @@ inline int partOf(double v, double max, int n) {
   return std::clamp(i, 0, n - 1);
 }
 
-template <typename Model>
-typename Model::Codes encodeRows(const Model& model, const RowMatrix<float>& x, bool bf16) {
-  typename Model::Workspace ws;
-  ws.bf16_encoder = bf16;
-  typename Model::Codes codes;
-  model.encode(x, codes, ws);
-  return codes;
-}
-
 }  // namespace detail
 
-/// @brief Gathers a dashboard's data over the activation rows of `files` (row r is row r of
-/// `rows`), see the file comment. `select` picks the features to show from the statistics of
-/// pass 1 (called once; each index must be in [0, d_sae), no repeats).
-/// @throws ConfigError when the files' width is not the SAE's d_in, when their row count is not
-/// the dump's, or for a bad selection.
-template <typename Select>
-DashboardData gatherDashboard(const io::LoadedSae<float>& sae, const io::ActivationFiles& files,
-                              const DumpRows& rows, Select&& select, const DashboardOptions& o) {
-  const Index d_sae = sae.dSae(), N = files.rows();
-  if (files.cols() != sae.dIn())
-    throw ConfigError(sae::detail::concat("the activations of ", rows.dir, " have ", files.cols(),
-                                          " columns, but the SAE expects d_in = ", sae.dIn()));
-  if (N != rows.rows())
-    throw ConfigError(sae::detail::concat("the activations of ", rows.dir, " have ", N,
-                                          " rows, but its tokens.npy has ", rows.rows()));
-  require(N > 0, rows.dir, ": the dump has no rows");
-  require(o.top_n >= 0 && o.intervals > 0 && o.interval_samples >= 0 && o.before >= 0 &&
-              o.after >= 0 && o.histogram_bins > 0 && o.neighbours >= 0 && o.batch > 0,
-          "dashboard: bad options");
-  const ActivationNormalizer normalizer = sae.normalizer();
+namespace detail {
+
+// gatherDashboard() with the model in its own type: one workspace and one codes holder for
+// every batch of the three passes.
+template <typename Model, typename Select>
+DashboardData gatherWith(const Model& m, const ActivationNormalizer& normalizer,
+                         const io::ActivationFiles& files, const DumpRows& rows, Select&& select,
+                         const DashboardOptions& o) {
+  const Index d_sae = m.config().d_sae, N = files.rows();
+  typename Model::Workspace ws;
+  ws.bf16_encoder = o.bf16;
+  typename Model::Codes codes;
   auto forEachBatch = [&](int pass, auto&& fn) {
     RowMatrix<float> raw, x;
     NormalizationStats st;
@@ -266,17 +248,14 @@ DashboardData gatherDashboard(const io::LoadedSae<float>& sae, const io::Activat
   DashboardData out;
   out.stats = eval::FeatureStatistics(d_sae, o.top_n);
   eval::ReconstructionMetrics recon;
+  RowMatrix<float> y;
   forEachBatch(1, [&](Index b, const RowMatrix<float>& raw, const RowMatrix<float>& x,
                       NormalizationStats& st) {
-    std::visit(
-        [&](const auto& m) {
-          const auto codes = detail::encodeRows(m, x, o.bf16);
-          RowMatrix<float> y = m.decode(codes);
-          normalizer.denormalize(y, st);
-          recon.add<float>(raw, y);
-          out.stats.add(codes, b);
-        },
-        sae.model);
+    m.encode(x, codes, ws);
+    m.decode(codes, y);
+    normalizer.denormalize(y, st);
+    recon.add<float>(raw, y);
+    out.stats.add(codes, b);
   });
   out.explained_variance = recon.explainedVariance();
 
@@ -317,37 +296,32 @@ DashboardData gatherDashboard(const io::LoadedSae<float>& sae, const io::Activat
   if (F > 0) {
     forEachBatch(2, [&](Index b, const RowMatrix<float>&, const RowMatrix<float>& x,
                         NormalizationStats&) {
-      std::visit(
-          [&](const auto& m) {
-            const auto codes = detail::encodeRows(m, x, o.bf16);
-            forEachActive(codes, [&](Index r, Index f, auto v) {
-              const std::int32_t s = slot[static_cast<std::size_t>(f)];
-              if (s < 0 || v == 0) return;
-              const std::size_t i = static_cast<std::size_t>(s);
-              const double val = static_cast<double>(v), mx = maxv[i];
-              FeatureData& fd = out.features[i];
-              const std::int64_t row = b + r;
-              ++fd.histogram[static_cast<std::size_t>(detail::partOf(val, mx, o.histogram_bins))];
-              const auto iv = static_cast<std::size_t>(detail::partOf(val, mx, o.intervals));
-              ++fd.interval_counts[iv];
-              ++fd.source_counts[static_cast<std::size_t>(
-                  rows.sources[static_cast<std::size_t>(row)])];
-              if (K == 0) return;
-              const Sample smp{detail::mix64(static_cast<std::uint64_t>(row) * 0x100000001B3ull ^
-                                             static_cast<std::uint64_t>(f)),
-                               row, val};
-              std::vector<Sample>& h = heaps[i * I + iv];
-              if (h.size() < K) {
-                h.push_back(smp);
-                std::push_heap(h.begin(), h.end());
-              } else if (smp < h.front()) {
-                std::pop_heap(h.begin(), h.end());
-                h.back() = smp;
-                std::push_heap(h.begin(), h.end());
-              }
-            });
-          },
-          sae.model);
+      m.encode(x, codes, ws);
+      forEachActive(codes, [&](Index r, Index f, auto v) {
+        const std::int32_t s = slot[static_cast<std::size_t>(f)];
+        if (s < 0 || v == 0) return;
+        const std::size_t i = static_cast<std::size_t>(s);
+        const double val = static_cast<double>(v), mx = maxv[i];
+        FeatureData& fd = out.features[i];
+        const std::int64_t row = b + r;
+        ++fd.histogram[static_cast<std::size_t>(detail::partOf(val, mx, o.histogram_bins))];
+        const auto iv = static_cast<std::size_t>(detail::partOf(val, mx, o.intervals));
+        ++fd.interval_counts[iv];
+        ++fd.source_counts[static_cast<std::size_t>(rows.sources[static_cast<std::size_t>(row)])];
+        if (K == 0) return;
+        const Sample smp{
+            io::detail::hashKey(static_cast<std::uint64_t>(row), static_cast<std::uint64_t>(f)),
+            row, val};
+        std::vector<Sample>& h = heaps[i * I + iv];
+        if (h.size() < K) {
+          h.push_back(smp);
+          std::push_heap(h.begin(), h.end());
+        } else if (smp < h.front()) {
+          std::pop_heap(h.begin(), h.end());
+          h.back() = smp;
+          std::push_heap(h.begin(), h.end());
+        }
+      });
     });
   }
 
@@ -409,21 +383,17 @@ DashboardData gatherDashboard(const io::LoadedSae<float>& sae, const io::Activat
       }
       x = raw;
       normalizer.normalize(x, st);
-      std::visit(
-          [&](const auto& m) {
-            const auto codes = detail::encodeRows(m, x, o.bf16);
-            std::vector<std::vector<std::pair<std::int32_t, float>>> per(n);
-            forEachActive(codes, [&](Index r, Index f, auto v) {
-              const std::int32_t s = slot[static_cast<std::size_t>(f)];
-              if (s >= 0 && v != 0) per[static_cast<std::size_t>(r)].emplace_back(s, float(v));
-            });
-            for (std::size_t r = 0; r < n; ++r) {
-              std::sort(per[r].begin(), per[r].end());
-              pairs.insert(pairs.end(), per[r].begin(), per[r].end());
-              start[b + r + 1] = static_cast<std::int64_t>(pairs.size());
-            }
-          },
-          sae.model);
+      m.encode(x, codes, ws);
+      std::vector<std::vector<std::pair<std::int32_t, float>>> per(n);
+      forEachActive(codes, [&](Index r, Index f, auto v) {
+        const std::int32_t s = slot[static_cast<std::size_t>(f)];
+        if (s >= 0 && v != 0) per[static_cast<std::size_t>(r)].emplace_back(s, float(v));
+      });
+      for (std::size_t r = 0; r < n; ++r) {
+        std::sort(per[r].begin(), per[r].end());
+        pairs.insert(pairs.end(), per[r].begin(), per[r].end());
+        start[b + r + 1] = static_cast<std::int64_t>(pairs.size());
+      }
       if (o.progress) o.progress(3, static_cast<std::int64_t>(b + n), std::int64_t(needed.size()));
     }
   }
@@ -448,9 +418,7 @@ DashboardData gatherDashboard(const io::LoadedSae<float>& sae, const io::Activat
 
   // Nearest features by decoder cosine: selected rows against all rows, in blocks.
   if (o.neighbours > 0 && F > 0 && d_sae > 1) {
-    RowMatrix<float> dec = std::visit(
-        [](const auto& m) { return RowMatrix<float>(m.parameters().rowMajorCopy("W_dec")); },
-        sae.model);
+    RowMatrix<float> dec = m.parameters().rowMajorCopy("W_dec");
     for (Index f = 0; f < d_sae; ++f) {
       const float n = dec.row(f).norm();
       if (n > 0) dec.row(f) /= n;
@@ -479,6 +447,33 @@ DashboardData gatherDashboard(const io::LoadedSae<float>& sae, const io::Activat
     }
   }
   return out;
+}
+
+}  // namespace detail
+
+/// @brief Gathers a dashboard's data over the activation rows of `files` (row r is row r of
+/// `rows`), see the file comment. `select` picks the features to show from the statistics of
+/// pass 1 (called once; each index must be in [0, d_sae), no repeats).
+/// @throws ConfigError when the files' width is not the SAE's d_in, when their row count is not
+/// the dump's, or for a bad selection.
+template <typename Select>
+DashboardData gatherDashboard(const io::LoadedSae<float>& sae, const io::ActivationFiles& files,
+                              const DumpRows& rows, Select&& select, const DashboardOptions& o) {
+  const Index N = files.rows();
+  if (files.cols() != sae.dIn())
+    throw ConfigError(sae::detail::concat("the activations of ", rows.dir, " have ", files.cols(),
+                                          " columns, but the SAE expects d_in = ", sae.dIn()));
+  if (N != rows.rows())
+    throw ConfigError(sae::detail::concat("the activations of ", rows.dir, " have ", N,
+                                          " rows, but its tokens.npy has ", rows.rows()));
+  require(N > 0, rows.dir, ": the dump has no rows");
+  require(o.top_n >= 0 && o.intervals > 0 && o.interval_samples >= 0 && o.before >= 0 &&
+              o.after >= 0 && o.histogram_bins > 0 && o.neighbours >= 0 && o.batch > 0,
+          "dashboard: bad options");
+  const ActivationNormalizer normalizer = sae.normalizer();
+  return std::visit(
+      [&](const auto& m) { return detail::gatherWith(m, normalizer, files, rows, select, o); },
+      sae.model);
 }
 
 }  // namespace sae::report

@@ -149,6 +149,24 @@ inline std::string chartId(const std::string& metric) {
 
 }  // namespace detail
 
+/// @brief The log10-density histogram of `latents` features as a bar chart (element id
+/// "density-histogram"): a first bar of the features that never fired (with any below 10^-10,
+/// which a sparsity file cannot tell from 0), then DensityHistogram's 20 bins of half a decade.
+inline std::string renderDensityHistogram(const eval::DensityHistogram& h, Index latents) {
+  BarChart bars;
+  bars.id = "density-histogram";
+  bars.title = "features by log10 density (" + std::to_string(latents) + " latents, " +
+               std::to_string(h.dead + h.below_range) + " dead)";
+  bars.x_label = "log10 density (first bar: never fired)";
+  bars.labels.push_back("dead");
+  bars.values.push_back(double(h.dead + h.below_range));
+  for (int i = 0; i < eval::DensityHistogram::kBins; ++i) {
+    bars.labels.push_back(formatNumber(eval::DensityHistogram::edge(i), 3));
+    bars.values.push_back(double(h.counts[std::size_t(i)]));
+  }
+  return renderBarChart(bars);
+}
+
 /// @brief The report page of run folder `dir` (see the file comment). Throws as
 /// readRunMetrics() for the metrics, FormatError for a config that is not JSON or a sparsity
 /// file that cannot be read.
@@ -220,18 +238,7 @@ inline std::string runReportHtml(const std::string& dir) {
                           " has a non-finite log density");
       h.add(v <= -10.0 + 1e-6 ? 0.0 : std::pow(10.0, v));
     }
-    BarChart bars;
-    bars.id = "density-histogram";
-    bars.title = "features by log10 density (" + std::to_string(log_density.size()) + " latents, " +
-                 std::to_string(h.dead) + " dead)";
-    bars.x_label = "log10(firing frequency)";
-    bars.labels.push_back("dead");
-    bars.values.push_back(double(h.dead + h.below_range));
-    for (int i = 0; i < eval::DensityHistogram::kBins; ++i) {
-      bars.labels.push_back(formatNumber(eval::DensityHistogram::edge(i), 3));
-      bars.values.push_back(double(h.counts[std::size_t(i)]));
-    }
-    o += renderBarChart(bars);
+    o += renderDensityHistogram(h, Index(log_density.size()));
   } else {
     o += "<p id=\"density-missing\">No sparsity.safetensors yet: the density histogram is drawn "
          "from the final SAE.</p>";
