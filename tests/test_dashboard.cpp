@@ -407,6 +407,19 @@ TEST_CASE("sae dashboard builds the folder and rejects bad input", "[dashboard][
   CHECK(html.find("<dd>" + std::string(kHook) + "</dd>") != std::string::npos);
   CHECK(html.find("<dt>L0</dt><dd>0.66667</dd>") != std::string::npos);  // 40 firings / 60 rows
 
+  // --eval: the CE-loss score `sae eval --model` printed goes on the card; a JSON without any
+  // of its keys is an error.
+  const std::string eval = fx.dir + "/eval.json";
+  sae::test::writeBytes(eval, R"({"ce_loss_score": 0.98765, "kl_div_score": 0.5, "l0": 3})");
+  runCliOk(
+      {"dashboard", "--sae", fx.sae, "--data", fx.dump, "--eval", eval, "--quiet", "--out", out});
+  const std::string card = between(readFile(out + "/index.html"), "id=\"sae-card\">", "</dl>");
+  CHECK(card.find("<dt>ce_loss_score (eval.json)</dt><dd>0.98765</dd>") != std::string::npos);
+  CHECK(card.find("<dt>kl_div_score (eval.json)</dt><dd>0.5</dd>") != std::string::npos);
+  sae::test::writeBytes(eval, R"({"rows": 3})");
+  checkCliFails({"dashboard", "--sae", fx.sae, "--data", fx.dump, "--eval", eval, "--out", out},
+                eval + ": --eval expects the JSON `sae eval` prints");
+
   // The Neuronpedia export: SAEDashboard's batch layout, feature 1's top list and intervals.
   const std::string np = fx.dir + "/np";
   const auto r2 = runCliOk({"dashboard", "--sae", fx.sae, "--data", fx.dump, "--tokenizer",

@@ -167,6 +167,8 @@ int runDashboard(const DashboardOptions& o, const CLI::App&) {
   const auto loaded = sae::io::loadSae<float>(o.sae);
   // Everything that can be checked is checked before the passes over the data.
   if (!o.features.empty()) checkFeatureList(parseFeatureList(o.features), loaded.dSae(), o.sae);
+  std::vector<std::pair<std::string, std::string>> eval_facts;
+  if (!o.eval.empty()) addEvalFacts(o.eval, eval_facts);
   sae::report::prepareDashboardFolder(o.out);
   const sae::report::DumpRows rows = sae::report::readDumpRows(o.data);
   std::string hook = o.hook;
@@ -253,7 +255,7 @@ int runDashboard(const DashboardOptions& o, const CLI::App&) {
            sae::report::formatNumber(100.0 * double(st.deadCount()) / double(st.dSae()), 3) + "%)"},
       {"features shown", std::to_string(data.features.size())}};
   if (!o.model.empty()) page.card.emplace_back("model (logits)", o.model);
-  if (!o.eval.empty()) addEvalFacts(o.eval, page.card);
+  page.card.insert(page.card.end(), eval_facts.begin(), eval_facts.end());
   const auto written = sae::report::writeDashboard(data, rows, page, o.out);
   std::size_t np_files = 0;
   if (!o.neuronpedia.empty()) {
