@@ -3,6 +3,7 @@
 #pragma once
 
 #include <sys/stat.h>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -92,12 +93,11 @@ inline std::vector<std::string> expandDumpFolders(const std::vector<std::string>
   std::vector<std::string> out;
   for (const std::string& p : paths) {
     const std::string meta_path = p + "/dump.json";
-    std::ifstream probe(meta_path);
-    if (isDir(p) && !probe && !plain_folders)
-      throw sae::ConfigError(p +
-                             " is a folder without dump.json: give activation files (.npy, "
-                             ".safetensors) or a `sae dump` folder as --data");
-    if (!isDir(p) || !probe) {
+    if (!isDir(p) || !std::filesystem::exists(meta_path)) {
+      if (isDir(p) && !plain_folders)
+        throw sae::ConfigError(p +
+                               " is a folder without dump.json: give activation files (.npy, "
+                               ".safetensors) or a `sae dump` folder as --data");
       out.push_back(p);
       continue;
     }

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -226,9 +227,7 @@ inline std::string runReportHtml(const std::string& dir) {
   o += "</div>";
 
   o += "<h2>Feature density</h2>";
-  std::ifstream probe(dir + "/" + io::kSparsityFilename);
-  if (probe) {
-    probe.close();
+  if (std::filesystem::exists(dir + "/" + io::kSparsityFilename)) {
     const Eigen::VectorXd log_density = io::readSparsity(dir);
     eval::DensityHistogram h;
     for (Eigen::Index i = 0; i < log_density.size(); ++i) {

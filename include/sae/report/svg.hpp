@@ -95,6 +95,14 @@ std::string openSvg(const std::string& id, const std::string& title, int W, int 
   return o;
 }
 
+// The frame around the plot area and the x axis label under it (H: the SVG's height).
+inline std::string frameAndAxisLabel(int width, int height, int H, const std::string& x_label) {
+  return "<rect class=\"frame\" x=\"" + std::to_string(kLeft) + "\" y=\"" + std::to_string(kTop) +
+         "\" width=\"" + std::to_string(width) + "\" height=\"" + std::to_string(height) +
+         "\"/><text class=\"axis-label\" x=\"" + std::to_string(kLeft + width / 2) + "\" y=\"" +
+         std::to_string(H - 6) + "\">" + escapeHtml(x_label) + "</text>";
+}
+
 }  // namespace detail
 
 /// @brief The chart as an `<svg>` element: axes with tick labels, one `<polyline>` per series
@@ -124,11 +132,7 @@ inline std::string renderLineChart(const LineChart& c) {
     o += "<text class=\"tick x\" x=\"" + x + "\" y=\"" +
          std::to_string(detail::kTop + c.height + 16) + "\">" + formatNumber(t, 6) + "</text>";
   }
-  o += "<rect class=\"frame\" x=\"" + std::to_string(detail::kLeft) + "\" y=\"" +
-       std::to_string(detail::kTop) + "\" width=\"" + std::to_string(c.width) + "\" height=\"" +
-       std::to_string(c.height) + "\"/>";
-  o += "<text class=\"axis-label\" x=\"" + std::to_string(detail::kLeft + c.width / 2) + "\" y=\"" +
-       std::to_string(H - 6) + "\">" + escapeHtml(c.x_label) + "</text>";
+  o += detail::frameAndAxisLabel(c.width, c.height, H, c.x_label);
   int legend_x = detail::kLeft + c.width;
   for (auto it = c.series.rbegin(); it != c.series.rend(); ++it) {
     const Series& s = *it;
@@ -193,11 +197,7 @@ inline std::string renderBarChart(const BarChart& c) {
       o += "<text class=\"tick x\" x=\"" + num(x + bw / 2) + "\" y=\"" +
            std::to_string(detail::kTop + c.height + 16) + "\">" + escapeHtml(label) + "</text>";
   }
-  o += "<rect class=\"frame\" x=\"" + std::to_string(detail::kLeft) + "\" y=\"" +
-       std::to_string(detail::kTop) + "\" width=\"" + std::to_string(c.width) + "\" height=\"" +
-       std::to_string(c.height) + "\"/>";
-  o += "<text class=\"axis-label\" x=\"" + std::to_string(detail::kLeft + c.width / 2) + "\" y=\"" +
-       std::to_string(H - 6) + "\">" + escapeHtml(c.x_label) + "</text>";
+  o += detail::frameAndAxisLabel(c.width, c.height, H, c.x_label);
   o += "</svg>";
   return o;
 }
