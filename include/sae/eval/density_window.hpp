@@ -43,6 +43,15 @@ class FeatureDensityWindow {
     finishStep(codes.rows());
   }
 
+  /// @brief Records one step from its firing counts per latent over `rows` tokens (a
+  /// data-parallel run's counts and rows summed over its ranks).
+  void update(const Eigen::VectorXd& fired, Index rows) {
+    require(fired.size() == m_counts.size(), "FeatureDensityWindow: ", fired.size(),
+            " firing counts, expected ", m_counts.size());
+    m_counts += fired;
+    finishStep(rows);
+  }
+
   /// @brief Ends a step of `rows` tokens; closes the window after `window` steps.
   void finishStep(Index rows) {
     m_tokens += double(rows);

@@ -56,6 +56,32 @@ class ReconstructionMetrics {
   double fvu() const { return 1.0 - explainedVariance(); }
   void reset() { *this = ReconstructionMetrics(); }
 
+  /// @brief The running sums as one vector, `[sum of x (d_in values), sum of ||x||^2, sum of
+  /// squared errors, tokens]` (zeros before the first batch): sums of these over data-parallel
+  /// ranks are the sums of the whole batch (see unpack()).
+  Eigen::VectorXd pack(Index d_in) const {
+    require(m_sum.size() == 0 || m_sum.size() == d_in, "ReconstructionMetrics::pack: d_in ", d_in,
+            ", the batches had ", m_sum.size(), " columns");
+    Eigen::VectorXd v = Eigen::VectorXd::Zero(d_in + 3);
+    if (m_sum.size() > 0) v.head(d_in) = m_sum;
+    v[d_in] = m_sq;
+    v[d_in + 1] = m_err;
+    v[d_in + 2] = double(m_tokens);
+    return v;
+  }
+
+  /// @brief The metrics of the sums `v` made by pack().
+  static ReconstructionMetrics unpack(const Eigen::VectorXd& v) {
+    require(v.size() >= 3, "ReconstructionMetrics::unpack: ", v.size(), " values");
+    ReconstructionMetrics m;
+    const Index d_in = v.size() - 3;
+    m.m_sum = v.head(d_in);
+    m.m_sq = v[d_in];
+    m.m_err = v[d_in + 1];
+    m.m_tokens = std::int64_t(v[d_in + 2]);
+    return m;
+  }
+
  private:
   Eigen::VectorXd m_sum;
   double m_sq = 0, m_err = 0;
@@ -73,6 +99,14 @@ class FiringStats {
     checkWidth(codes.latents());
     forEachActive(codes, [&](Index, Index latent, auto) { m_counts[latent] += 1; });
     m_tokens += codes.rows();
+  }
+
+  /// @brief Adds one batch from its firing counts per latent over `rows` tokens (a
+  /// data-parallel run's counts and rows summed over its ranks).
+  void add(const Eigen::VectorXd& fired, Index rows) {
+    checkWidth(fired.size());
+    m_counts += fired;
+    m_tokens += rows;
   }
 
   std::int64_t tokens() const { return m_tokens; }

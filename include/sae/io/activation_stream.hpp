@@ -27,6 +27,15 @@
 /// and the stream then continues bit-for-bit as the stream that reached the position. Nothing in
 /// the sequence depends on `prefetch` or on timing.
 ///
+/// ## Parts
+/// With StreamOptions::parts = P > 1 the blocks are dealt out like cards: the stream of part p
+/// owns the blocks b with b % P == p and nothing else, so P streams built from the same shard
+/// list and options (one per rank of a data-parallel run) read disjoint rows that together
+/// cover the dataset, each knowing its share from the list alone. Each part shuffles its own
+/// blocks as above (the permutation is over its blocks, the windows are of its blocks);
+/// positions are per part. The hold-out rows are the same for every part (holdout() serves the
+/// whole dataset's), and a part's drop counters count its own blocks.
+///
 /// ## Memory
 /// The stream holds at most two windows of `shuffle_buffer_rows / 2` rows each (the one being
 /// served and, with prefetch, the next one being read): `shuffle_buffer_rows * d_in *
@@ -118,8 +127,14 @@ struct StreamOptions {
   std::string tensor_name;       ///< npz / safetensors: which array; empty = the only 2-D/3-D one.
   DType raw_dtype = DType::F32;  ///< Element type of raw files (.bin / .raw), little-endian.
   Index raw_cols = 0;            ///< Columns of raw files; required (> 0) when there are any.
-  Index block_rows = 0;  ///< Rows per shuffled block; 0 = automatic (window rows / 64, >= 1).
+  /// Rows per shuffled block; 0 = automatic (window rows / 64, >= 1; with parts > 1 also at
+  /// most total rows / (16 * parts), so that every part gets 16 blocks).
+  Index block_rows = 0;
   Index norm_sample_rows = 4096;  ///< Rows sampled to estimate the median norm, > 0.
+  /// Data-parallel training: this stream serves only the blocks `b` with `b % parts == part`
+  /// (see "Parts" in the file comment); parts = 1 (default) serves them all.
+  int part = 0;
+  int parts = 1;  ///< Number of disjoint parts the blocks are dealt into, >= 1.
 };
 
 /// @brief Where a stream is: the next row is row `offset` of the shuffled window `window` of
@@ -631,9 +646,17 @@ class ActivationStream {
 
     m_windowRows = m_opt.shuffle_buffer_rows / 2;
     m_blockRows = m_opt.block_rows > 0 ? m_opt.block_rows : std::max<Index>(1, m_windowRows / 64);
+    // Automatic blocks with several parts: small enough that each part gets 16 of them.
+    if (m_opt.block_rows == 0 && m_opt.parts > 1)
+      m_blockRows = std::max<Index>(1, std::min<Index>(m_blockRows, m_total / (16 * m_opt.parts)));
     m_blocksPerWindow = m_windowRows / m_blockRows;
     m_numBlocks = (m_total + m_blockRows - 1) / m_blockRows;
-    m_numWindows = (m_numBlocks + m_blocksPerWindow - 1) / m_blocksPerWindow;
+    m_partBlocks = (m_numBlocks - m_opt.part + m_opt.parts - 1) / m_opt.parts;
+    require(m_partBlocks > 0, "ActivationStream: the data has ", m_numBlocks, " block",
+            m_numBlocks == 1 ? "" : "s", " of ", m_blockRows, " rows, fewer than the ", m_opt.parts,
+            " parts it is to be dealt into (one per rank): use more data or a "
+            "smaller StreamOptions::block_rows");
+    m_numWindows = (m_partBlocks + m_blocksPerWindow - 1) / m_blocksPerWindow;
     m_blockCounted.assign(static_cast<std::size_t>(m_numBlocks), false);
 
     if (m_opt.max_norm_ratio > 0.0) estimateMedianNorm();
@@ -841,6 +864,9 @@ class ActivationStream {
             o.shuffle_buffer_rows / 2, "] (0 = automatic), found ", o.block_rows);
     require(o.norm_sample_rows > 0, "StreamOptions::norm_sample_rows must be positive, found ",
             o.norm_sample_rows);
+    require(o.parts >= 1 && o.part >= 0 && o.part < o.parts,
+            "StreamOptions::part must be in [0, parts) with parts >= 1, found part ", o.part,
+            " of ", o.parts);
   }
 
   // The d_in most shards have; the first shard that differs is named.
@@ -945,15 +971,17 @@ class ActivationStream {
     }
     out.order.reserve(static_cast<std::size_t>(m_windowRows));
     const detail::FeistelPermutation perm(
-        static_cast<std::uint64_t>(m_numBlocks),
+        static_cast<std::uint64_t>(m_partBlocks),
         detail::hashKey(detail::hashKey(m_opt.seed, detail::kTagBlocks),
                         static_cast<std::uint64_t>(epoch)));
     const std::int64_t first = window * m_blocksPerWindow;
-    const std::int64_t last = std::min(first + m_blocksPerWindow, m_numBlocks);
+    const std::int64_t last = std::min(first + m_blocksPerWindow, m_partBlocks);
     Index fill = 0;
     for (std::int64_t slot = first; slot < last; ++slot) {
       if (cancel != nullptr && cancel->load(std::memory_order_relaxed)) return;
-      const auto block = static_cast<std::int64_t>(perm(static_cast<std::uint64_t>(slot)));
+      const auto block =
+          static_cast<std::int64_t>(perm(static_cast<std::uint64_t>(slot))) * m_opt.parts +
+          m_opt.part;
       const std::int64_t g0 = block * m_blockRows;
       const std::int64_t g1 = std::min(g0 + m_blockRows, m_total);
       Scalar* base = out.rows.data() + fill * m_dIn;
@@ -1110,6 +1138,7 @@ class ActivationStream {
   Index m_blockRows = 0;
   std::int64_t m_blocksPerWindow = 0;
   std::int64_t m_numBlocks = 0;
+  std::int64_t m_partBlocks = 0;  // blocks of this part (all of them with parts = 1)
   std::int64_t m_numWindows = 0;
   double m_median = 0.0;
   double m_normLimit = std::numeric_limits<double>::infinity();

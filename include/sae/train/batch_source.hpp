@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -151,6 +152,42 @@ class FileSource {
   Index m_holdout = 0, m_train_rows = 0;
   Index m_row = 0;
   std::int64_t m_epoch = 0;
+};
+
+/// @brief One rank's share of a source of global batches: rows `[r n / N, (r + 1) n / N)` of
+/// each batch of `Source` (n rows), for data-parallel runs whose data is cheap to make on every
+/// rank (SyntheticSource): the ranks together see exactly the batches of one process, so an
+/// N-rank run matches a 1-rank run to rounding. Position, seek and holdout are the source's.
+template <typename Source>
+class RankSlice {
+ public:
+  using Scalar = typename std::decay_t<decltype(std::declval<const Source&>().holdout(0))>::Scalar;
+
+  /// @param source the global batches (kept by reference).
+  /// @param rank   this rank, in [0, ranks).
+  /// @param ranks  number of ranks, >= 1.
+  RankSlice(Source& source, int rank, int ranks) : m_source(source), m_rank(rank), m_ranks(ranks) {
+    require(ranks >= 1 && rank >= 0 && rank < ranks, "RankSlice: rank ", rank, " of ", ranks);
+  }
+
+  Index dIn() const { return m_source.dIn(); }
+  void next(RowMatrix<Scalar>& batch) {
+    m_source.next(m_global);
+    const Index n = m_global.rows();
+    const Index lo = Index(m_rank) * n / m_ranks, hi = Index(m_rank + 1) * n / m_ranks;
+    batch = m_global.middleRows(lo, hi - lo);
+  }
+  nlohmann::json position() const { return m_source.position(); }
+  void seek(const nlohmann::json& pos) { m_source.seek(pos); }
+  RowMatrix<Scalar> holdout(Index max_rows) const { return m_source.holdout(max_rows); }
+  std::string describe() const {
+    return sae::detail::concat(m_source.describe(), ", rank ", m_rank, " of ", m_ranks, "'s rows");
+  }
+
+ private:
+  Source& m_source;
+  int m_rank, m_ranks;
+  RowMatrix<Scalar> m_global;
 };
 
 /// @brief Adapts a stream with `position()` returning a type `P` with `toJson()` and

@@ -35,6 +35,17 @@ class DeadLatentTracker {
     for (Index i = 0; i < m_mask.size(); ++i) m_mask[i] = m_steps_since[i] >= m_window ? 1 : 0;
   }
 
+  /// @brief Records one step from its firing counts per latent (`fired[i]` > 0: latent i fired;
+  /// a data-parallel run's counts summed over its ranks) and updates the mask.
+  void updateFromCounts(const Eigen::VectorXd& fired) {
+    require(fired.size() == m_mask.size(), "DeadLatentTracker: ", fired.size(),
+            " firing counts, expected ", m_mask.size());
+    for (Index i = 0; i < m_mask.size(); ++i) {
+      m_steps_since[i] = fired[i] > 0 ? 0 : m_steps_since[i] + 1;
+      m_mask[i] = m_steps_since[i] >= m_window ? 1 : 0;
+    }
+  }
+
   /// @brief 1 for each latent dead now.
   const LatentMask& mask() const { return m_mask; }
   /// @brief Number of dead latents.

@@ -9,7 +9,8 @@
 /// - apply(lr): decoder-gradient projection (unit-norm option), clipping, the Adam update,
 ///   decoder renormalisation, the buffers (BatchTopK's threshold) and the dead-latent counters.
 /// Between the two, gradients() holds this step's gradients: the place where a data-parallel
-/// run would average them across machines (an all-reduce) before every replica applies them.
+/// run averages them across its ranks before every replica applies them (Trainer with a
+/// dist::Collective).
 #pragma once
 
 #include <cmath>
@@ -131,16 +132,21 @@ class TrainStep {
   /// @brief The second half of a step, from gradients() as they are now: the decoder-gradient
   /// projection (decoder_unit_norm), clipping to max_grad_norm (folded into the Adam update),
   /// the Adam update with learning rate `lr`, the decoder renormalisation (decoder_unit_norm),
-  /// the buffers and the dead-latent counters from the codes of the last backward().
+  /// the buffers and the dead-latent counters from the codes of the last backward() or, when
+  /// `fired` is given, from those firing counts per latent (a data-parallel run's, summed over
+  /// its ranks: see Trainer::setCollective()).
   /// @throws NumericError when the gradient norm is not finite (nothing is changed).
-  void apply(double lr) {
+  void apply(double lr, const Eigen::VectorXd* fired = nullptr) {
     if (m_opts.decoder_unit_norm) removeParallelDecoderGradient();
     const double grad_scale =
         m_opts.max_grad_norm > 0 ? clipCoefficient(m_grads, m_opts.max_grad_norm) : 1.0;
     m_adam.step(m_model.parameters(), m_grads, lr, grad_scale);
     if (m_opts.decoder_unit_norm) normalizeDecoder();
     m_model.updateBuffers(m_ws);  // BatchTopK: the EMA threshold, from this step's selection
-    m_dead.update(m_ws.codes);
+    if (fired != nullptr)
+      m_dead.updateFromCounts(*fired);
+    else
+      m_dead.update(m_ws.codes);
   }
 
   /// @brief Puts back a saved state (checkpoint resume): parameters, buffers, Adam's step and
