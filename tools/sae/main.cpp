@@ -7,6 +7,7 @@
 //             --k 32 --d-sae 4096 --out DIR       # saved as jumprelu
 //   sae train ... --out DIR --resume            # continue an interrupted run (same flags, or
 //                                               # none; a larger --steps extends a finished run)
+//   mpirun -np 2 sae train ... --out DIR        # data parallel over MPI (built with sae::mpi)
 //   sae encode --sae DIR --data acts.npy --out codes.safetensors [--dense]
 //   sae eval --sae DIR --data acts.npy [--features stats.json [--top-n 20] [--token-ids ids.npy]]
 //   sae report RUN [--out FILE]                  # HTML run report (curves, densities, config)

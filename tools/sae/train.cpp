@@ -1,5 +1,6 @@
 // `sae train`: the flags of the TrainerConfig fields (from SAE_TRAIN_FIELDS), the data
 // options, fresh runs and --resume.
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <exception>
@@ -7,6 +8,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -15,6 +17,9 @@
 #include <sae/train/batch_source.hpp>
 #include <sae/train/checkpoint.hpp>
 #include <sae/train/trainer.hpp>
+#if SAE_HAS_MPI
+#include <sae/dist/mpi.hpp>
+#endif
 
 #include "common.hpp"
 #include "progress.hpp"
@@ -108,11 +113,33 @@ struct ReportRefresh {
   void onCheckpoint(const sae::train::TrainProgress&, const std::string&) const { write(); }
 };
 
+// The ranks of a data-parallel run: under an MPI launcher (mpirun -np N sae train ...), MPI is
+// initialised and every rank trains on its share of the data; otherwise one process.
+struct Ranks {
+  sae::dist::Collective* comm = nullptr;
+  int rank = 0, size = 1;
+  bool leader() const { return rank == 0; }
+};
+
+Ranks startRanks() {
+#if SAE_HAS_MPI
+  if (sae::dist::MpiSession::launched()) {
+    static sae::dist::MpiSession session;  // MPI_Finalize when the program ends
+    static sae::dist::MpiCollective world;
+    return Ranks{&world, world.rank(), world.size()};
+  }
+#endif
+  return Ranks{};
+}
+
 template <typename Arch, typename Source, typename Report>
-int runTrainer(const TrainerConfig& cfg, Source& source, bool resume, bool quiet, bool html,
-               Report report) {
+int runTrainer(const TrainerConfig& cfg, Source& source, const Ranks& ranks, bool resume,
+               bool quiet, bool html, Report report) {
   sae::train::Trainer<float, Arch, Source> trainer(cfg, source);
   trainer.setHandleSignals(true);
+  trainer.setCollective(ranks.comm);
+  quiet = quiet || !ranks.leader();  // rank 0 speaks for the run
+  html = html && ranks.leader();
   if (resume) {
     const auto latest = trainer.latestCheckpoint();
     if (!latest) throw sae::IoError(cfg.out_dir + "/checkpoints: no checkpoint to resume from");
@@ -127,9 +154,21 @@ int runTrainer(const TrainerConfig& cfg, Source& source, bool resume, bool quiet
   sae::train::StopSignalGuard guard;
   TerminalProgress progress(quiet);
   const ReportRefresh refresh{cfg.out_dir, html};
+  const std::int64_t first_step = trainer.step();
   const sae::train::TrainResult r = trainer.train(-1, progress, refresh);
   refresh.write();
+  // Data parallel: what rank 0 sent and waited for in the sums, per step.
+  const sae::dist::TrafficStats traffic = trainer.traffic();
+  const double steps = double(std::max<std::int64_t>(1, r.step - first_step));
+  const double mb_per_step = double(traffic.bytes_sent) / 1e6 / steps;
+  const double sum_seconds = traffic.seconds / steps;
+  if (ranks.size > 1 && !quiet)
+    std::fprintf(stderr,
+                 "%s train: %d ranks: per step, rank 0 sent %.1f MB and spent %.3f s in the sums "
+                 "of gradients and counts\n",
+                 kProg, ranks.size, mb_per_step, sum_seconds);
   if (r.signal != 0) {
+    if (!ranks.leader()) return 128 + r.signal;
     std::fprintf(stderr,
                  "%s train: stopped by %s at step %lld; checkpoint %s written; continue with "
                  "`sae train --out %s --resume`\n",
@@ -137,17 +176,23 @@ int runTrainer(const TrainerConfig& cfg, Source& source, bool resume, bool quiet
                  r.checkpoint.c_str(), cfg.out_dir.c_str());
     return 128 + r.signal;
   }
+  if (!ranks.leader()) return 0;
   json summary = r.final_metrics;
   summary["out"] = cfg.out_dir;
   summary["steps"] = r.step;
+  if (ranks.size > 1) {
+    summary["ranks"] = ranks.size;
+    summary["sum_megabytes_per_step"] = mb_per_step;
+    summary["sum_seconds_per_step"] = sum_seconds;
+  }
   std::printf("%s\n", summary.dump().c_str());
   report(trainer);
   return 0;
 }
 
 template <typename Source>
-int dispatchArch(const TrainerConfig& cfg, Source& source, bool resume, bool quiet, bool html,
-                 const sae::RowMatrix<float>* truth) {
+int dispatchArch(const TrainerConfig& cfg, Source& source, const Ranks& ranks, bool resume,
+                 bool quiet, bool html, const sae::RowMatrix<float>* truth) {
   auto mmcs = [truth](const auto& trainer) {
     if (!truth) return;
     const double v =
@@ -155,7 +200,7 @@ int dispatchArch(const TrainerConfig& cfg, Source& source, bool resume, bool qui
     std::printf("{\"mmcs\": %.6f}\n", v);
   };
   return sae::visitArchitecture(cfg.architecture, [&](auto tag) {
-    return runTrainer<typename decltype(tag)::Arch>(cfg, source, resume, quiet, html, mmcs);
+    return runTrainer<typename decltype(tag)::Arch>(cfg, source, ranks, resume, quiet, html, mmcs);
   });
 }
 
@@ -210,6 +255,52 @@ TrainerConfig requestedConfig(const TrainOptions& o, const CLI::App& sub,
   return cfg;
 }
 
+// The data of the run, this rank's share of it, and the training.
+int trainOnRanks(const TrainOptions& o, const TrainerConfig& cfg, const Ranks& ranks) {
+  int threads = cfg.threads;
+#if SAE_HAS_MPI
+  // Threads 0 (all cores) under mpirun: the cores of the machine shared among its ranks.
+  if (threads == 0 && ranks.size > 1)
+    threads =
+        std::max(1, int(std::thread::hardware_concurrency()) / sae::dist::MpiSession::localSize());
+#endif
+  sae::setThreads(threads);
+  if (cfg.batch_size % ranks.size != 0)
+    throw sae::ConfigError(
+        sae::detail::concat("the batch of ", cfg.batch_size,
+                            " tokens (the global batch, --batch) is not a multiple "
+                            "of the ",
+                            ranks.size, " ranks"));
+
+  const std::string kind = cfg.data.value("kind", "");
+  if (kind == "synthetic") {
+    sae::eval::SyntheticOptions so;
+    so.d_in = cfg.data.value("d_in", Index(64));
+    so.n_features = cfg.data.value("features", Index(256));
+    so.expected_active = cfg.data.value("active", 5.0);
+    so.noise = cfg.data.value("noise", 0.01);
+    sae::train::SyntheticSource<float> source(so, cfg.seed, cfg.batch_size);
+    if (ranks.size == 1)
+      return dispatchArch(cfg, source, ranks, o.resume, o.quiet, o.report, &source.directions());
+    // Every rank makes the global batch and trains on its rows: the batches of one process.
+    sae::train::RankSlice<sae::train::SyntheticSource<float>> slice(source, ranks.rank, ranks.size);
+    return dispatchArch(cfg, slice, ranks, o.resume, o.quiet, o.report, &source.directions());
+  }
+  if (kind == "files") {
+    sae::io::StreamOptions so;
+    so.batch_size = cfg.batch_size / ranks.size;
+    so.seed = cfg.seed;
+    so.holdout_fraction = cfg.data.value("holdout", 0.0);
+    so.tensor_name = cfg.data.value("tensor", std::string());
+    so.part = ranks.rank;  // each rank streams its own blocks of the shards
+    so.parts = ranks.size;
+    const auto paths = cfg.data.at("paths").get<std::vector<std::string>>();
+    sae::train::StreamSource<sae::io::ActivationStream<float>> source(paths, so);
+    return dispatchArch(cfg, source, ranks, o.resume, o.quiet, o.report, nullptr);
+  }
+  throw sae::ConfigError("unknown data kind '" + kind + "' in the configuration");
+}
+
 }  // namespace
 
 int runTrain(const TrainOptions& o, const CLI::App& sub) {
@@ -240,29 +331,19 @@ int runTrain(const TrainOptions& o, const CLI::App& sub) {
                                "it or choose another --out");
     }
   }
-  sae::setThreads(cfg.threads);
-
-  const std::string kind = cfg.data.value("kind", "");
-  if (kind == "synthetic") {
-    sae::eval::SyntheticOptions so;
-    so.d_in = cfg.data.value("d_in", Index(64));
-    so.n_features = cfg.data.value("features", Index(256));
-    so.expected_active = cfg.data.value("active", 5.0);
-    so.noise = cfg.data.value("noise", 0.01);
-    sae::train::SyntheticSource<float> source(so, cfg.seed, cfg.batch_size);
-    return dispatchArch(cfg, source, o.resume, o.quiet, o.report, &source.directions());
+  const Ranks ranks = startRanks();
+  try {
+    return trainOnRanks(o, cfg, ranks);
+  } catch (const std::exception& e) {
+    if (ranks.size == 1) throw;
+    // The other ranks may be waiting in a sum this rank will never join: end them all.
+    std::fprintf(stderr, "%s train: rank %d: %s\n", kProg, ranks.rank, oneLine(e.what()).c_str());
+    std::fflush(stderr);
+#if SAE_HAS_MPI
+    sae::dist::MpiSession::abort(1);
+#endif
+    throw;
   }
-  if (kind == "files") {
-    sae::io::StreamOptions so;
-    so.batch_size = cfg.batch_size;
-    so.seed = cfg.seed;
-    so.holdout_fraction = cfg.data.value("holdout", 0.0);
-    so.tensor_name = cfg.data.value("tensor", std::string());
-    const auto paths = cfg.data.at("paths").get<std::vector<std::string>>();
-    sae::train::StreamSource<sae::io::ActivationStream<float>> source(paths, so);
-    return dispatchArch(cfg, source, o.resume, o.quiet, o.report, nullptr);
-  }
-  throw sae::ConfigError("unknown data kind '" + kind + "' in the configuration");
 }
 
 Command registerTrain(CLI::App& app) {

@@ -18,6 +18,25 @@
 /// the input scale and the model's buffers such as BatchTopK's `topk_threshold`, as
 /// `buffers.<name>`) is saved in each checkpoint, so a run resumed from a
 /// checkpoint ends bitwise identical to an uninterrupted run with the same seed and threads.
+///
+/// ## Data parallel (setCollective)
+/// A Trainer given a dist::Collective of N > 1 ranks is one replica of a data-parallel run:
+/// every rank runs the same Trainer on its own disjoint share of the data (its source yields
+/// batch_size / N rows per step; batch_size is the global batch), and between backward() and
+/// apply() of each step
+/// - the gradients are summed across ranks in rank order (Collective::sum, bitwise the same on
+///   every rank) and divided by N: the gradient of the global batch's mean loss;
+/// - the firing counts per latent are summed, so the dead-latent counters (AuxK), the feature
+///   density window and L0 see the global batch; the loss terms are averaged for the logs;
+/// - every rank applies the same Adam step, so the replicas stay identical: a checksum of the
+///   parameters and Adam moments is compared at every log step and checkpoint, and a mismatch
+///   stops the run with NumericError naming the rank;
+/// - a stop (signal or callback) on any rank is agreed on by all before the next step.
+/// Rank 0 alone writes files (train_config.json, metrics.jsonl, checkpoints with every rank's
+/// source position and the number of ranks, the final SAE) and runs the held-out evaluation;
+/// the others read the checkpoint to resume, so the run folder must be visible to every rank
+/// (one machine, or a shared filesystem). A checkpoint resumes only under the same number of
+/// ranks. The BatchTopK family, whose selection spans the whole batch, is refused.
 #pragma once
 
 #include <algorithm>
@@ -39,6 +58,7 @@
 #include <sae/core/enum_names.hpp>
 #include <sae/core/error.hpp>
 #include <sae/core/types.hpp>
+#include <sae/dist/collective.hpp>
 #include <sae/eval/density_window.hpp>
 #include <sae/eval/metrics.hpp>
 #include <sae/io/atomic_write.hpp>
@@ -492,13 +512,38 @@ class Trainer {
   /// StopSignalGuard); default off.
   void setHandleSignals(bool on) { m_handle_signals = on; }
 
+  /// @brief Makes this trainer one replica of a data-parallel run over `collective` (see "Data
+  /// parallel" in the file comment; nullptr or one rank: a single-process run). Call it before
+  /// initialize() or resume(), on every rank; the collective must outlive the trainer.
+  /// @throws ConfigError when batch_size is not a multiple of the ranks, or for the BatchTopK
+  /// family.
+  void setCollective(dist::Collective* collective) {
+    if (collective != nullptr && collective->size() > 1) {
+      const int n = collective->size();
+      require(!std::is_base_of_v<sae::detail::BatchTopKFamily, Arch>, Arch::kName,
+              " selects its latents across the whole batch, which data-parallel training "
+              "does not do yet: train it in one process (found ",
+              n, " ranks)");
+      require(m_cfg.batch_size % n == 0, "the batch of ", m_cfg.batch_size,
+              " tokens (the global batch, --batch) is not a multiple of the ", n, " ranks");
+    }
+    m_comm = collective;
+  }
+
+  /// @brief Rank of this replica (0 without a collective).
+  int rank() const { return m_comm != nullptr ? m_comm->rank() : 0; }
+  /// @brief Ranks of the run (1 without a collective).
+  int ranks() const { return m_comm != nullptr ? m_comm->size() : 1; }
+
   /// @brief Starts a new run: creates the run folder, initialises the model (SAELens
   /// initialisation from the seed, then the b_dec / unit-norm / normalisation options).
   void initialize() {
-    makeDirectories(m_cfg.out_dir);
-    m_ckdir.prepare();
-    io::writeTextFile(m_cfg.out_dir + "/train_config.json", m_cfg.toJson().dump(2) + "\n");
-    io::writeTextFile(metricsPath(), "");
+    if (leader()) {
+      makeDirectories(m_cfg.out_dir);
+      m_ckdir.prepare();
+      io::writeTextFile(m_cfg.out_dir + "/train_config.json", m_cfg.toJson().dump(2) + "\n");
+      io::writeTextFile(metricsPath(), "");
+    }
     m_step.reset(m_cfg.seed);
     Model& model = m_step.model();
     const nlohmann::json start = m_source.position();
@@ -529,6 +574,12 @@ class Trainer {
                                     ? Eigen::VectorXd(sample.colwise().mean().transpose())
                                     : detail::geometricMedian(sample);
       model.parameters().flat("b_dec") = b.cast<Scalar>();
+    }
+    if (distributed()) {
+      // The estimates above come from each rank's own data: all ranks start from rank 0's.
+      auto params = model.parameters().flat();
+      m_comm->broadcast(params.data(), std::size_t(params.size()) * sizeof(Scalar));
+      m_comm->broadcast(&m_scale, sizeof m_scale);
     }
     m_t = 0;
   }
@@ -562,7 +613,15 @@ class Trainer {
       const std::int64_t step = need("step").template get<std::int64_t>();
       const std::int64_t adam_step = need("adam_step").template get<std::int64_t>();
       const double scale = need("input_scale").template get<double>();
-      const nlohmann::json position = need("source_position");
+      const int world = ck.state().value("world_size", 1);
+      if (world != ranks())
+        ck.fail(sae::detail::concat(
+            "it was written by a run of ", world, world == 1 ? " process" : " ranks",
+            " and is resumed with ", ranks(), "; resume it with the same number (",
+            world == 1 ? std::string("without mpirun") : sae::detail::concat("mpirun -np ", world),
+            ")"));
+      const nlohmann::json position =
+          world == 1 ? need("source_position") : need("source_positions").at(std::size_t(rank()));
       if (step < 0 || step > m_cfg.total_steps)
         ck.fail(sae::detail::concat("step ", step, " outside [0, ", m_cfg.total_steps, "]"));
       eval::FeatureDensityWindow density = m_density;
@@ -580,11 +639,14 @@ class Trainer {
     } catch (const nlohmann::json::exception& e) {
       ck.fail(sae::detail::concat("malformed state: ", e.what()));
     }
-    m_ckdir.prepare();
     m_last_checkpoint = path;
-    truncateMetrics();
-    // The configuration of the resumed run (a longer total_steps, changed free fields).
-    io::writeTextFile(m_cfg.out_dir + "/train_config.json", m_cfg.toJson().dump(2) + "\n");
+    if (leader()) {
+      m_ckdir.prepare();
+      truncateMetrics();
+      // The configuration of the resumed run (a longer total_steps, changed free fields).
+      io::writeTextFile(m_cfg.out_dir + "/train_config.json", m_cfg.toJson().dump(2) + "\n");
+    }
+    if (distributed()) verifyReplicas("after resuming");
   }
 
   /// @brief Newest checkpoint of the run folder (via checkpoints/latest), if any.
@@ -626,20 +688,26 @@ class Trainer {
     eval::ReconstructionMetrics recon;
     eval::FiringStats firing(m_step.model().dSae());
 
+    const bool parallel = distributed();
+    const Index local_rows = m_cfg.batch_size / ranks();
     while (m_t < until) {
-      if (m_handle_signals && detail::g_stop_signal != 0) {
+      // (Several ranks agree on a stop after each step, below.)
+      if (!parallel && m_handle_signals && detail::g_stop_signal != 0) {
         result.signal = int(detail::g_stop_signal);
         break;
       }
       const std::int64_t t = m_t;
       m_source.next(m_x);
+      if (parallel)
+        require(m_x.rows() == local_rows, "rank ", rank(), "'s data source gave ", m_x.rows(),
+                " rows, expected batch_size / ranks = ", local_rows);
       if (m_scale != 1.0) m_x *= Scalar(m_scale);
       const double sparsity_scale = warmup.scaleAt(t);
       const double lr = schedule.lrAt(t);
       try {
         m_step.backward(m_x, sparsity_scale);
-        // A data-parallel run would average m_step.gradients() across replicas here.
-        m_step.apply(lr);
+        if (parallel) reduceStep();  // the global batch's gradients, firing counts, loss terms
+        m_step.apply(lr, parallel ? &m_fired : nullptr);
       } catch (const NumericError& e) {
         throw NumericError(sae::detail::concat(
             "training diverged at step ", t, ": ", e.what(), "; stopped without saving",
@@ -647,17 +715,29 @@ class Trainer {
                 ? std::string()
                 : "; the last good checkpoint " + m_last_checkpoint + " is intact"));
       }
-      m_density.update(m_step.codes());
+      if (parallel)
+        m_density.update(m_fired, m_cfg.batch_size);
+      else
+        m_density.update(m_step.codes());
       ++m_t;
-      const LossTerms<Scalar>& terms = m_step.lossTerms();
+      const LossTerms<Scalar>& terms = parallel ? m_terms : m_step.lossTerms();
       progress.lr = lr;
       progress.loss = double(terms.total());
 
       // Metrics: they never feed back into training.
       recon.add<Scalar>(m_x, m_step.reconstruction());
-      firing.add(m_step.codes());
-      tokens_since_log += m_x.rows();
+      if (parallel)
+        firing.add(m_fired, m_cfg.batch_size);
+      else
+        firing.add(m_step.codes());
+      tokens_since_log += m_cfg.batch_size;
       if (m_t % m_cfg.log_every == 0 || m_t == m_cfg.total_steps) {
+        if (parallel) {
+          verifyReplicas(sae::detail::concat("at step ", m_t));
+          Eigen::VectorXd sums = recon.pack(m_step.model().dIn());
+          m_comm->sum(sums.data(), std::size_t(sums.size()));
+          recon = eval::ReconstructionMetrics::unpack(sums);
+        }
         const auto t_now = Clock::now();
         const double secs = std::chrono::duration<double>(t_now - t_log).count();
         nlohmann::json line = {
@@ -680,7 +760,8 @@ class Trainer {
         t_log = t_now;
         tokens_since_log = 0;
       }
-      if (m_cfg.eval_every > 0 && m_t % m_cfg.eval_every == 0 && m_t < m_cfg.total_steps) {
+      if (leader() && m_cfg.eval_every > 0 && m_t % m_cfg.eval_every == 0 &&
+          m_t < m_cfg.total_steps) {
         const nlohmann::json metrics = evaluate();
         appendMetrics(metrics);
         (detail::notify(detail::kOnEvaluation, callbacks, now(), metrics), ...);
@@ -690,6 +771,19 @@ class Trainer {
         checkpoint();
       bool stop = false;
       ((stop = detail::notify(detail::kOnStep, callbacks, now()) || stop), ...);
+      if (parallel) {
+        // One vote per rank: bit 0 a callback's stop, the signal number above it.
+        const int sig = m_handle_signals ? int(detail::g_stop_signal) : 0;
+        int agreed_sig = 0;
+        for (const std::uint64_t v : m_comm->gather((std::uint64_t(sig) << 1) | (stop ? 1 : 0))) {
+          stop = stop || (v & 1) != 0;
+          agreed_sig = std::max(agreed_sig, int(v >> 1));
+        }
+        if (agreed_sig != 0 && m_t < until) {
+          result.signal = agreed_sig;
+          break;
+        }
+      }
       if (stop && m_t < until) {
         result.stopped = true;
         break;
@@ -704,11 +798,13 @@ class Trainer {
       result.checkpoint = m_last_checkpoint;
     } else {
       checkpoint();
-      result.final_metrics = evaluate();
-      result.final_metrics["tokens_per_second"] = result.tokens_per_second;
-      appendMetrics(result.final_metrics);
-      (detail::notify(detail::kOnEvaluation, callbacks, now(), result.final_metrics), ...);
-      saveFinal();
+      if (leader()) {
+        result.final_metrics = evaluate();
+        result.final_metrics["tokens_per_second"] = result.tokens_per_second;
+        appendMetrics(result.final_metrics);
+        (detail::notify(detail::kOnEvaluation, callbacks, now(), result.final_metrics), ...);
+        saveFinal();
+      }
       result.completed = true;
     }
     (detail::notify(detail::kOnEnd, callbacks, now(), result), ...);
@@ -719,6 +815,17 @@ class Trainer {
   std::string saveCheckpoint() {
     const Model& model = m_step.model();
     const Adam<Scalar>& adam = m_step.optimizer();
+    nlohmann::json positions = nlohmann::json::array();
+    if (distributed()) {
+      verifyReplicas(sae::detail::concat("before the checkpoint of step ", m_t));
+      for (const std::string& p : m_comm->gather(m_source.position().dump()))
+        positions.push_back(nlohmann::json::parse(p));
+      if (!leader()) {
+        // Rank 0 writes; every rank learns the path.
+        m_last_checkpoint = m_comm->gather(std::string()).front();
+        return m_last_checkpoint;
+      }
+    }
     CheckpointWriter w;
     w.addParameters("params.", model.parameters());
     w.addParameters("adam.m.", adam.firstMoment());
@@ -734,7 +841,12 @@ class Trainer {
         {"adam_step", adam.stepCount()},  {"input_scale", m_scale},
         {"density", m_density.scalars()}, {"source_position", m_source.position()},
         {"config", m_cfg.toJson()}};
+    if (distributed()) {
+      state["world_size"] = ranks();
+      state["source_positions"] = positions;
+    }
     m_last_checkpoint = m_ckdir.commit(w, state, m_t);
+    if (distributed()) m_comm->gather(m_last_checkpoint);
     return m_last_checkpoint;
   }
 
@@ -793,8 +905,64 @@ class Trainer {
 
   std::string metricsPath() const { return m_cfg.out_dir + "/metrics.jsonl"; }
 
+  /// @brief Compares a checksum of every rank's parameters, buffers and Adam moments with
+  /// rank 0's; NumericError naming the first rank that differs (on every rank). No-op without
+  /// several ranks.
+  void verifyReplicas(const std::string& when) {
+    if (!distributed()) return;
+    const Adam<Scalar>& adam = m_step.optimizer();
+    auto hashOf = [](const auto& set) {
+      const auto flat = set.flat();
+      return dist::checksum(flat.data(), std::size_t(flat.size()) * sizeof(flat[0]));
+    };
+    const std::uint64_t mine = hashOf(m_step.model().parameters()) ^
+                               (hashOf(m_step.model().buffers()) * 3) ^
+                               (hashOf(adam.firstMoment()) * 5) ^ (hashOf(adam.secondMoment()) * 7);
+    const std::vector<std::uint64_t> all = m_comm->gather(mine);
+    for (std::size_t r = 1; r < all.size(); ++r)
+      if (all[r] != all[0])
+        throw NumericError(sae::detail::concat(
+            "the replicas diverged ", when, ": rank ", r,
+            "'s weights differ from rank 0's (checksums ", all[r], " and ", all[0],
+            "); stopped without saving",
+            m_last_checkpoint.empty()
+                ? std::string()
+                : "; the last good checkpoint " + m_last_checkpoint + " is intact"));
+  }
+
+  /// @brief Traffic of the run's collective (zeros without one).
+  dist::TrafficStats traffic() const {
+    return m_comm != nullptr ? m_comm->traffic() : dist::TrafficStats{};
+  }
+
  private:
   using Clock = std::chrono::steady_clock;
+
+  bool distributed() const { return m_comm != nullptr && m_comm->size() > 1; }
+  bool leader() const { return rank() == 0; }
+
+  /// Data parallel, between backward() and apply(): the gradients summed over the ranks and
+  /// divided by their number (each rank's are of its mean loss over batch_size / N rows, so
+  /// this is the gradient of the global batch's mean), and in one more sum the firing counts
+  /// per latent (m_fired) and the loss terms (averaged into m_terms).
+  void reduceStep() {
+    const Scalar inv = Scalar(1) / Scalar(ranks());
+    auto g = m_step.gradients().flat();
+    m_comm->sum(g.data(), std::size_t(g.size()));
+    g *= inv;
+    const Index d_sae = m_step.model().dSae();
+    const LossTerms<Scalar>& local = m_step.lossTerms();
+    const auto named = local.terms();
+    m_small.setZero(d_sae + Index(named.size()));
+    forEachActive(m_step.codes(), [&](Index, Index latent, auto) { m_small[latent] += 1; });
+    for (std::size_t i = 0; i < named.size(); ++i)
+      m_small[d_sae + Index(i)] = double(named[i].second);
+    m_comm->sum(m_small.data(), std::size_t(m_small.size()));
+    m_fired = m_small.head(d_sae);
+    m_terms = LossTerms<Scalar>();
+    for (std::size_t i = 0; i < named.size(); ++i)
+      m_terms.add(named[i].first, Scalar(m_small[d_sae + Index(i)] / double(ranks())));
+  }
 
   static const nlohmann::json& stateField(const Checkpoint& ck, const char* key) {
     if (!ck.state().contains(key)) ck.fail(sae::detail::concat("state has no '", key, "'"));
@@ -821,6 +989,7 @@ class Trainer {
   }
 
   void appendMetrics(const nlohmann::json& line) const {
+    if (!leader()) return;  // data parallel: rank 0 writes the metrics
     std::ofstream out(metricsPath(), std::ios::app);
     if (!out) throw IoError(metricsPath() + ": cannot append");
     out << line.dump() << "\n";
@@ -853,6 +1022,9 @@ class Trainer {
   nlohmann::json m_last_line;
   std::string m_last_checkpoint;
   bool m_handle_signals = false;
+  dist::Collective* m_comm = nullptr;  // data parallel: see setCollective()
+  Eigen::VectorXd m_fired, m_small;    // the step's global firing counts; the sum's buffer
+  LossTerms<Scalar> m_terms;           // the step's loss terms averaged over the ranks
 };
 
 }  // namespace sae::train
