@@ -37,10 +37,10 @@ inline const char* cliPath() {
   return SAE_CLI_PATH;
 }
 
-/// Starts `sae args...` with stdout and stderr written to the files `out` and `err`.
-inline pid_t spawnCli(const std::vector<std::string>& args, const std::string& out,
-                      const std::string& err) {
-  std::vector<std::string> full = {cliPath()};
+/// Starts `program args...` with stdout and stderr written to the files `out` and `err`.
+inline pid_t spawnProgram(const std::string& program, const std::vector<std::string>& args,
+                          const std::string& out, const std::string& err) {
+  std::vector<std::string> full = {program};
   full.insert(full.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : full) argv.push_back(a.data());
@@ -54,6 +54,12 @@ inline pid_t spawnCli(const std::vector<std::string>& args, const std::string& o
   posix_spawn_file_actions_destroy(&fa);
   REQUIRE(rc == 0);
   return pid;
+}
+
+/// Starts `sae args...` with stdout and stderr written to the files `out` and `err`.
+inline pid_t spawnCli(const std::vector<std::string>& args, const std::string& out,
+                      const std::string& err) {
+  return spawnProgram(cliPath(), args, out, err);
 }
 
 /// Waits for a spawned program: its exit status, or 1000 + the signal that killed it.
