@@ -265,12 +265,7 @@ int trainOnRanks(const TrainOptions& o, const TrainerConfig& cfg, const Ranks& r
         std::max(1, int(std::thread::hardware_concurrency()) / sae::dist::MpiSession::localSize());
 #endif
   sae::setThreads(threads);
-  if (cfg.batch_size % ranks.size != 0)
-    throw sae::ConfigError(
-        sae::detail::concat("the batch of ", cfg.batch_size,
-                            " tokens (the global batch, --batch) is not a multiple "
-                            "of the ",
-                            ranks.size, " ranks"));
+  // (A batch that is not a multiple of the ranks is refused by Trainer::setCollective.)
 
   const std::string kind = cfg.data.value("kind", "");
   if (kind == "synthetic") {
